@@ -1,0 +1,1 @@
+"""The Textual terminal UI for soar-agent (reads the store; never imports torch)."""
