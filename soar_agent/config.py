@@ -1,0 +1,488 @@
+"""Run configuration: the nested dataclasses of one SOAR run, their documented defaults, and the loader.
+
+This module owns the shape of a run config (``RunConfig`` and its ten sections), the default value and
+the allowed range of every setting, reading a TOML file plus ``--set section.key=value`` overrides with
+strict validation (``load_config``), and writing a config back out (``config_to_dict``, ``dump_toml``).
+
+Validation is data-driven: every field carries its help text and constraints in ``field(metadata=...)``
+(built by ``_opt``), and one checker walks the fields. Any problem raises ``ConfigError`` with a single
+line ``<source>: <section.key>: expected <what>, got <value>``, where the source is the file path or
+``--set section.key`` for an override.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "RunSection",
+    "ModelSection",
+    "DomainSection",
+    "TeacherSection",
+    "StudentSection",
+    "RewardSection",
+    "PromotionSection",
+    "EvalSection",
+    "BudgetSection",
+    "MiningSection",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_toml",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the source, the dotted key and what
+    was expected."""
+
+
+def _opt(default: Any, help: str, **constraints: Any) -> Any:
+    """A dataclass field with its help text and validation constraints in ``metadata``.
+
+    Constraints: ``ge``/``gt``/``le``/``lt`` (numeric bounds, also applied to list items), ``choices``
+    (allowed values), ``pattern`` (regex a string must fully match), ``distinct`` (list without repeats),
+    ``expect`` (human wording of the expectation, replacing the generated one)."""
+    metadata = {"help": help, **constraints}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_PROB = {"ge": 0.0, "le": 1.0}
+
+
+@dataclass
+class RunSection:
+    """[run]: identity of the run."""
+
+    name: str = _opt(
+        "default",
+        "run directory name under runs/ (letters, digits, '.', '_', '-')",
+        pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        expect="a run name of letters, digits, '.', '_' or '-' (not starting with '.', '_' or '-')",
+    )
+    seed: int = _opt(0, "global random seed (python, numpy, torch)", ge=0)
+    mode: str = _opt(
+        "soar",
+        "soar = teacher-student meta-RL; hard-only = train students on the hard set directly (baseline);"
+        " intrinsic = teacher rewarded by an intrinsic, ungrounded signal (ablation)",
+        choices=("soar", "hard-only", "intrinsic"),
+    )
+
+
+@dataclass
+class ModelSection:
+    """[model]: the base model shared by teacher and students."""
+
+    path: str = _opt(
+        "default",
+        '"default" = the embedded tiny model shipped in the package, else a local Hugging Face directory',
+        pattern=r"(?s).*\S.*",
+        expect="a non-empty model path",
+    )
+    dtype: str = _opt("float32", "weights/compute dtype", choices=("float32", "bfloat16", "float16"))
+    lora: bool = _opt(False, "train LoRA adapters instead of full weights")
+    lora_rank: int = _opt(16, "LoRA rank r (only with lora = true)", ge=1)
+    lora_alpha: int = _opt(32, "LoRA scaling alpha (only with lora = true)", ge=1)
+    lora_dropout: float = _opt(0.0, "LoRA dropout probability (only with lora = true)", ge=0.0, lt=1.0)
+    engine: str = _opt("hf", "generation engine: hf = transformers generate, vllm = vLLM", choices=("hf", "vllm"))
+
+
+@dataclass
+class DomainSection:
+    """[domain]: the task family and its data files (JSONL paths are used as given, relative to the
+    working directory)."""
+
+    name: str = _opt("arith", "task domain", choices=("arith", "program", "math", "code"))
+    hard_train: str = _opt(
+        "", 'JSONL of hard training questions (reward pool Q_R); "" = the shipped hard set of a built-in domain'
+    )
+    hard_test: str = _opt(
+        "", 'JSONL of held-out hard questions for evaluation; "" = the shipped hard set of a built-in domain'
+    )
+    transfer: str = _opt("", 'optional held-out transfer set (JSONL), evaluated only, never used for reward; "" = none')
+
+
+@dataclass
+class TeacherSection:
+    """[teacher]: the copy of the model that writes stepping-stone datasets."""
+
+    datasets_per_step: int = _opt(4, "g: datasets the teacher writes per teacher step", ge=1)
+    items_per_dataset: int = _opt(16, "n: problems per dataset", ge=1)
+    temperature: float = _opt(1.0, "sampling temperature for writing problems (0 = greedy)", ge=0.0)
+    max_new_tokens: int = _opt(128, "token budget for one generated problem", ge=1)
+    max_sampling_rounds: int = _opt(
+        8, "rejection-sampling rounds to fill the datasets before the step is declared garbage", ge=1
+    )
+    reward_target: str = _opt(
+        "teacher",
+        "what students are rewarded against: teacher = the teacher's own answers; verified = answers from"
+        " the domain verifier; drop-unverified = teacher answers, dropping items the verifier does not confirm",
+        choices=("teacher", "verified", "drop-unverified"),
+    )
+    lr: float = _opt(1e-5, "teacher learning rate (RLOO over its datasets' rewards)", gt=0.0)
+
+
+@dataclass
+class StudentSection:
+    """[student]: the copies trained on each teacher dataset to measure its value."""
+
+    backend: str = _opt("rloo", "policy-gradient algorithm for the students", choices=("rloo", "grpo"))
+    students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1)
+    steps: int = _opt(10, "student training steps from the current baseline", ge=1)
+    extra_steps_after_promotion: int = _opt(
+        5, "additional steps on the winning datasets when the baseline is promoted (0 = none)", ge=0
+    )
+    batch_prompts: int = _opt(8, "prompts per student training step", ge=1)
+    group_size: int = _opt(8, "completions sampled per prompt (RLOO/GRPO group; needs >= 2 for a baseline)", ge=2)
+    temperature: float = _opt(1.0, "sampling temperature for student rollouts (0 = greedy)", ge=0.0)
+    max_new_tokens: int = _opt(160, "token budget for one student completion", ge=1)
+    lr: float = _opt(1e-5, "student learning rate", gt=0.0)
+    kl_coef: float = _opt(0.001, "KL penalty to the baseline policy (0 = none)", ge=0.0)
+    eps_low: float = _opt(0.2, "PPO-style ratio clip below 1 (ratio >= 1 - eps_low)", ge=0.0)
+    eps_high: float = _opt(0.2, "PPO-style ratio clip above 1 (ratio <= 1 + eps_high)", ge=0.0)
+    loss_aggregation: str = _opt(
+        "token", "token = average over all tokens in the batch; sequence = average per sequence, then over sequences",
+        choices=("token", "sequence"),
+    )
+    grad_clip: float = _opt(1.0, "gradient norm clip", gt=0.0)
+
+
+@dataclass
+class RewardSection:
+    """[reward]: the grounded teacher reward (student improvement on hard training questions)."""
+
+    questions: int = _opt(
+        64, "|Q_R|: hard-train questions sampled per teacher step to score students (greedy accuracy)", ge=1
+    )
+
+
+@dataclass
+class PromotionSection:
+    """[promotion]: when the best students replace the baseline."""
+
+    tau: float = _opt(0.01, "promote when the moving average of the reward exceeds tau (accuracy gain)", **_PROB)
+    window: int = _opt(3, "teacher steps in the reward moving average", ge=1)
+
+
+@dataclass
+class EvalSection:
+    """[eval]: periodic evaluation on the held-out hard test set."""
+
+    every_teacher_steps: int = _opt(5, "evaluate every this many teacher steps", ge=1)
+    samples: int = _opt(32, "completions sampled per test question (pass@k / mean accuracy)", ge=1)
+    max_new_tokens: int = _opt(160, "token budget for one evaluation completion", ge=1)
+
+
+@dataclass
+class BudgetSection:
+    """[budget]: when to stop and how much to keep."""
+
+    hours: float = _opt(0.0, "wall-clock limit in hours (0 = no limit)", ge=0.0)
+    max_teacher_steps: int = _opt(0, "teacher steps before stopping (0 = no limit)", ge=0)
+    keep_checkpoints: int = _opt(3, "most recent checkpoints kept on disk", ge=1)
+
+
+@dataclass
+class MiningSection:
+    """[mining]: building the hard train/test sets (questions the base model fails at pass@k)."""
+
+    k: int = _opt(128, "samples per question; a question is hard when none of the k is correct", ge=1)
+    pool_per_level: int = _opt(200, "candidate questions generated per difficulty level", ge=1)
+    levels: list[int] = _opt([], "difficulty levels to mine (empty = domain default)", ge=1, distinct=True)
+    test_fraction: float = _opt(0.5, "share of the mined hard questions held out as the hard test set", gt=0.0, lt=1.0)
+    temperature: float = _opt(1.0, "sampling temperature while mining", ge=0.0)
+    max_new_tokens: int = _opt(160, "token budget for one mining completion", ge=1)
+    seed: int = _opt(1234, "seed for question generation and the train/test split", ge=0)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: one attribute per TOML section."""
+
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    domain: DomainSection = field(default_factory=DomainSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    promotion: PromotionSection = field(default_factory=PromotionSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    budget: BudgetSection = field(default_factory=BudgetSection)
+    mining: MiningSection = field(default_factory=MiningSection)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field table and validation
+
+
+def _sections() -> dict[str, type]:
+    """Section name -> section dataclass, in file order."""
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+def _fields(section_cls: type) -> dict[str, tuple[Any, dict]]:
+    """Key -> (type, metadata) for one section."""
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: (hints[f.name], dict(f.metadata)) for f in dataclasses.fields(section_cls)}
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _expectation(tp: Any, meta: dict) -> str:
+    """Human wording of what a field accepts, e.g. 'an integer >= 2' or "one of 'hf', 'vllm'"."""
+    if "expect" in meta:
+        return meta["expect"]
+    if "choices" in meta:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    is_list = typing.get_origin(tp) is list
+    base = typing.get_args(tp)[0] if is_list else tp
+    noun = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}[base]
+    lo = (">=", meta["ge"]) if "ge" in meta else (">", meta["gt"]) if "gt" in meta else None
+    hi = ("<=", meta["le"]) if "le" in meta else ("<", meta["lt"]) if "lt" in meta else None
+    if lo and hi:
+        bounds = f" in {'[' if lo[0] == '>=' else '('}{_num(lo[1])}, {_num(hi[1])}{']' if hi[0] == '<=' else ')'}"
+    elif lo or hi:
+        op, x = lo or hi
+        bounds = f" {op} {_num(x)}"
+    else:
+        bounds = ""
+    if is_list:
+        plural = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}[base]
+        return f"a list of {'distinct ' if meta.get('distinct') else ''}{plural}{bounds}"
+    return noun + bounds
+
+
+def _show(value: Any) -> str:
+    """Short one-line rendering of an offending value."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _scalar_ok(base: type, value: Any, meta: dict) -> tuple[bool, Any]:
+    """(accepted, converted value) for one scalar against its base type and constraints."""
+    if base is bool:
+        return isinstance(value, bool), value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False, value
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        value = float(value)
+        if not math.isfinite(value):
+            return False, value
+    elif base is str:
+        if not isinstance(value, str):
+            return False, value
+        if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+            return False, value
+    if "choices" in meta and value not in meta["choices"]:
+        return False, value
+    if base in (int, float):
+        if ("ge" in meta and not value >= meta["ge"]) or ("gt" in meta and not value > meta["gt"]):
+            return False, value
+        if ("le" in meta and not value <= meta["le"]) or ("lt" in meta and not value < meta["lt"]):
+            return False, value
+    return True, value
+
+
+def _check(where: str, tp: Any, meta: dict, value: Any) -> Any:
+    """Validate and convert one value; ``where`` is the error prefix ('<source>: <section.key>')."""
+    if typing.get_origin(tp) is list:
+        base = typing.get_args(tp)[0]
+        ok = isinstance(value, list)
+        out: list = []
+        if ok:
+            for item in value:
+                item_ok, item = _scalar_ok(base, item, meta)
+                ok = ok and item_ok
+                out.append(item)
+            if ok and meta.get("distinct") and len(set(out)) != len(out):
+                ok = False
+        if not ok:
+            raise ConfigError(f"{where}: expected {_expectation(tp, meta)}, got {_show(value)}")
+        return out
+    ok, out = _scalar_ok(tp, value, meta)
+    if not ok:
+        raise ConfigError(f"{where}: expected {_expectation(tp, meta)}, got {_show(value)}")
+    return out
+
+
+def _unknown(where: str, what: str, name: str, known: Iterable[str]) -> ConfigError:
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(known)
+    return ConfigError(f"{where}: unknown {what} ({hint})")
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
+    """Build a validated RunConfig from a ``{section: {key: value}}`` mapping; missing keys keep their
+    defaults. ``source`` names the origin in error messages."""
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in sections:
+            raise _unknown(f"{source}: {name}", "section", name, sections)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {name}: expected a [{name}] table, got {_show(table)}")
+        fields = _fields(sections[name])
+        values = {}
+        for key, value in table.items():
+            if key not in fields:
+                raise _unknown(f"{source}: {name}.{key}", "key", key, fields)
+            tp, meta = fields[key]
+            values[key] = _check(f"{source}: {name}.{key}", tp, meta, value)
+        built[name] = sections[name](**values)
+    return RunConfig(**built)
+
+
+def _parse_override(raw: str) -> tuple[str, str, Any, str]:
+    """'section.key=value' -> (section, key, parsed value, raw value text)."""
+    if "=" not in raw:
+        raise ConfigError(f"--set {raw.strip()}: expected section.key=value")
+    dotted, text = (part.strip() for part in raw.split("=", 1))
+    if dotted.count(".") != 1 or not all(dotted.split(".")):
+        raise ConfigError(f"--set {dotted}: expected section.key=value (e.g. student.lr=3e-6)")
+    section, key = dotted.split(".")
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+        value = parsed["v"] if list(parsed) == ["v"] else text
+    except ValueError:  # TOMLDecodeError is a ValueError
+        value = text
+    return section, key, value, text
+
+
+def apply_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """A copy of ``cfg`` with ``section.key=value`` overrides applied, in order (the last one wins).
+
+    The value is parsed as a TOML value, falling back to the plain text when that fails; for string
+    settings the plain text is kept whenever it does not parse to a string (so ``run.name=2024`` is the
+    name "2024"). Errors name ``--set section.key`` as their source."""
+    out = copy.deepcopy(cfg)
+    sections = _sections()
+    for raw in overrides:
+        section, key, value, text = _parse_override(raw)
+        where = f"--set {section}.{key}"
+        if section not in sections:
+            raise _unknown(where, "section", section, sections)
+        fields = _fields(sections[section])
+        if key not in fields:
+            raise _unknown(where, "key", key, fields)
+        tp, meta = fields[key]
+        if tp is str and not isinstance(value, str):
+            value = text
+        setattr(getattr(out, section), key, _check(where, tp, meta, value))
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read and validate a run config. ``path=None`` starts from the defaults; ``overrides`` are
+    ``section.key=value`` strings (from ``--set``) applied after the file. Raises ConfigError."""
+    if path is None:
+        cfg = RunConfig()
+    else:
+        source = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{source}: no such config file")
+        if not p.is_file():
+            raise ConfigError(f"{source}: not a file")
+        try:
+            data = tomllib.loads(p.read_bytes().decode("utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            message = " ".join(str(exc).split())
+            raise ConfigError(f"{source}: invalid TOML: {message}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: invalid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config file: {exc.strerror or exc}") from None
+        cfg = config_from_dict(data, source)
+    return apply_overrides(cfg, overrides)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """``{section: {key: value}}`` plain-data view of a config (what ``config_from_dict`` reads)."""
+    return dataclasses.asdict(cfg)
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string."""
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\r":
+            out.append("\\r")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dump_toml(cfg: RunConfig, comments: bool = False) -> str:
+    """The config as TOML text (every section and key, in declaration order); ``load_config`` reads it
+    back to an equal RunConfig. ``comments=True`` adds each field's help text and default as a comment."""
+    lines: list[str] = []
+    for name, section_cls in _sections().items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        section = getattr(cfg, name)
+        for key, (_tp, meta) in _fields(section_cls).items():
+            if comments:
+                default = getattr(section_cls(), key)
+                lines.append(f"# {meta['help']} (default {_toml_value(default)})")
+            lines.append(f"{key} = {_toml_value(getattr(section, key))}")
+    return "\n".join(lines) + "\n"
