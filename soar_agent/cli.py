@@ -1,0 +1,252 @@
+"""The `soar` command line: a thin shell over the library (argparse; each command's help has an example).
+
+Errors users can cause (bad config, missing model, corrupt data) print one line `soar: error: ...` and
+exit with status 2; nothing else is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from soar_agent import __version__
+
+REPO_CURRICULA = Path(__file__).resolve().parent.parent / "curricula"
+HARD_SET_DIR = REPO_CURRICULA / "hard"
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def shipped_hard_set(domain_name: str, split: str) -> Path:
+    return HARD_SET_DIR / f"{domain_name}-hard-{split}.jsonl"
+
+
+def _parse_levels(text: str, domain) -> list[int]:
+    if text == "all":
+        return list(domain.LEVELS)
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--levels: expected 'all' or comma-separated integers, got {text!r}") from None
+    bad = [level for level in levels if level not in domain.LEVELS]
+    if bad or not levels:
+        raise UserError(f"--levels: {bad or text!r} outside the domain's levels {list(domain.LEVELS)}")
+    return levels
+
+
+def _load(model_path: str, dtype: str = "float32"):
+    from soar_agent.engine import HFEngine
+    from soar_agent.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, dtype=dtype)
+    return model, tokenizer, HFEngine(model, tokenizer)
+
+
+def _problems_from_file(path: str, domain) -> list:
+    from soar_agent.mining import read_jsonl
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such data file")
+    if hasattr(domain, "load_problems"):
+        return domain.load_problems(path)
+    return read_jsonl(Path(path), domain.NAME)
+
+
+# ---------------------------------------------------------------- soar eval
+
+
+def cmd_eval(args) -> int:
+    """Greedy accuracy and pass@k of a model on a domain, per level.
+
+    Example: soar eval --model default --domain arith --levels 1,2,3 --samples 8 --json
+    """
+    from soar_agent.evaluation import default_ks, evaluate_problems, summarize
+    from soar_agent.tasks import generate_problems, get_domain
+
+    domain = get_domain(args.domain)
+    if args.data:
+        problems = _problems_from_file(args.data, domain)
+    elif hasattr(domain, "generate"):
+        levels = _parse_levels(args.levels, domain)
+        rng = random.Random(args.seed)
+        problems = generate_problems(domain, [lv for lv in levels for _ in range(args.per_level)], rng)
+    else:
+        raise UserError(f"--domain {args.domain}: a dataset domain needs --data FILE.jsonl")
+    model, tokenizer, engine = _load(args.model)
+    results = evaluate_problems(engine, domain, problems, samples=args.samples, greedy=True,
+                                temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    summary = summarize(results, default_ks(args.samples) if args.samples else [])
+    summary.update(model=str(args.model), domain=args.domain, samples=args.samples,
+                   tokens_per_second=round(engine.stats.tokens_per_second, 1))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    ks = [key for key in summary if key.startswith("pass@")]
+    table = Table(title=f"{args.domain} on {args.model} ({args.samples} samples/problem)")
+    for column in ["level", "problems", "greedy"] + ks:
+        table.add_column(column, justify="right")
+    rows = summary.get("levels", {}) or {"all": summary}
+    for level, figures in rows.items():
+        table.add_row(level, str(figures["problems"]), f"{figures.get('greedy_acc', 0):.1%}",
+                      *[f"{figures.get(k, 0):.1%}" for k in ks])
+    table.add_row("all", str(summary["problems"]), f"{summary.get('greedy_acc', 0):.1%}",
+                  *[f"{summary.get(k, 0):.1%}" for k in ks], style="bold")
+    Console().print(table)
+    print(f"{engine.stats.tokens_per_second:.0f} tokens/s")
+    return 0
+
+
+# ---------------------------------------------------------------- soar mine-hard
+
+
+def cmd_mine_hard(args) -> int:
+    """Keep the problems a model fails k times out of k (fail@k), split train/test, store and write JSONL.
+
+    Example: soar mine-hard --domain arith --levels 5,6,7 --k 128 --pool-per-level 200
+    """
+    from soar_agent.config import load_config
+    from soar_agent.mining import mine_hard, write_jsonl
+    from soar_agent.store import Store
+    from soar_agent.tasks import generate_problems, get_domain
+
+    overrides = list(args.set or [])
+    if args.domain:
+        overrides.append(f"domain.name={args.domain}")
+    for key in ("k", "pool_per_level", "test_fraction", "seed", "max_new_tokens"):
+        if getattr(args, key) is not None:
+            overrides.append(f"mining.{key}={getattr(args, key)}")
+    if args.model:
+        overrides.append(f"model.path={args.model}")
+    config = load_config(args.config, overrides)
+    mining = config.mining
+    domain = get_domain(config.domain.name)
+    if args.data:
+        pool = _problems_from_file(args.data, domain)
+    elif hasattr(domain, "generate"):
+        levels = _parse_levels(args.levels, domain) if args.levels else list(mining.levels or domain.EDGE_LEVELS)
+        rng = random.Random(mining.seed)
+        pool = generate_problems(domain, [lv for lv in levels for _ in range(mining.pool_per_level)], rng)
+    else:
+        raise UserError(f"--domain {domain.NAME}: a dataset domain needs --data FILE.jsonl")
+    model, tokenizer, engine = _load(config.model.path, config.model.dtype)
+    report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.seed, mining.temperature,
+                       mining.max_new_tokens)
+    db_path = Path(args.db or f"runs/mine-{domain.NAME}/soar.db")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(db_path)
+    run_id = store.create_run(name=f"mine-{domain.NAME}", mode="mine-hard",
+                              config={"mining": vars(mining), "model": config.model.path, "domain": domain.NAME},
+                              model_path=str(config.model.path))
+    provenance = {"k": mining.k, "temperature": mining.temperature, "seed": mining.seed, "model": config.model.path}
+    for split, problems in (("train", report.train), ("test", report.test)):
+        ids = store.add_problems(run_id=run_id, problems=problems, source="hard", split=split, provenance=provenance)
+        store.create_dataset(run_id=run_id, name=f"{domain.NAME}-hard-{split}", kind=f"hard-{split}", problem_ids=ids)
+    store.log_event(run_id=run_id, level="info", kind="mine-hard",
+                    message=f"{len(report.train)} train + {len(report.test)} test fail@{mining.k} problems",
+                    data={"pool": report.pool, "kept": report.kept})
+    store.set_run_status(run_id, "complete")
+    out_dir = Path(args.out_dir)
+    write_jsonl(report.train, out_dir / f"{domain.NAME}-hard-train.jsonl")
+    write_jsonl(report.test, out_dir / f"{domain.NAME}-hard-test.jsonl")
+    summary = {"domain": domain.NAME, "k": mining.k, "pool": report.pool, "kept": report.kept,
+               "train": len(report.train), "test": len(report.test), "db": str(db_path), "out_dir": str(out_dir)}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"kept {len(report.train) + len(report.test)} fail@{mining.k} problems per level {report.kept} "
+          f"of {report.pool}; wrote {out_dir}/{domain.NAME}-hard-{{train,test}}.jsonl and {db_path}")
+    return 0
+
+
+# ---------------------------------------------------------------- soar pretrain-tiny
+
+
+def cmd_pretrain_tiny(args) -> int:
+    """Pretrain the embedded default model from scratch (seeded; ~30 minutes on 2 CPU cores).
+
+    Example: soar pretrain-tiny --out /tmp/tiny --seed 0
+    """
+    from soar_agent.pretrain import PretrainArgs, pretrain
+
+    pretrain(PretrainArgs(out=Path(args.out), seed=args.seed, steps=args.steps,
+                          examples_per_domain=args.examples_per_domain),
+             log=lambda message: print(message, flush=True))
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="soar", description="Self-improvement agent for language models (SOAR).")
+    parser.add_argument("--version", action="version", version=f"soar-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, handler):
+        sub = commands.add_parser(name, help=handler.__doc__.splitlines()[0], description=handler.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    ev = add("eval", cmd_eval)
+    ev.add_argument("--model", default="default", help="'default' (embedded) or a local HF model directory")
+    ev.add_argument("--domain", default="arith", help="arith | program | math | code")
+    ev.add_argument("--levels", default="all", help="'all' or comma-separated levels (built-in domains)")
+    ev.add_argument("--data", help="evaluate on the problems of a JSONL file instead of generated ones")
+    ev.add_argument("--samples", type=int, default=4, help="sampled completions per problem for pass@k (0 = greedy only)")
+    ev.add_argument("--per-level", type=int, default=50, help="generated problems per level")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=400)
+    ev.add_argument("--seed", type=int, default=7)
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    mh = add("mine-hard", cmd_mine_hard)
+    mh.add_argument("config", nargs="?", help="run config TOML (its [mining], [model] and [domain] sections)")
+    mh.add_argument("--domain")
+    mh.add_argument("--model")
+    mh.add_argument("--levels", help="comma-separated levels to draw the pool from (built-in domains)")
+    mh.add_argument("--data", help="pool of problems as JSONL (dataset domains)")
+    mh.add_argument("--k", type=int)
+    mh.add_argument("--pool-per-level", type=int)
+    mh.add_argument("--test-fraction", type=float)
+    mh.add_argument("--seed", type=int)
+    mh.add_argument("--max-new-tokens", type=int)
+    mh.add_argument("--db", help="store to write (default runs/mine-<domain>/soar.db)")
+    mh.add_argument("--out-dir", default=str(HARD_SET_DIR), help="where to write <domain>-hard-{train,test}.jsonl")
+    mh.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
+    mh.add_argument("--json", action="store_true")
+
+    pt = add("pretrain-tiny", cmd_pretrain_tiny)
+    pt.add_argument("--out", required=True, help="directory to write the HF model to")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--steps", type=int, default=2400)
+    pt.add_argument("--examples-per-domain", type=int, default=60000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from soar_agent.config import ConfigError
+    from soar_agent.models import ModelLoadError
+    from soar_agent.tasks.base import RejectedItem
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UserError, ConfigError, ModelLoadError, RejectedItem, ValueError) as error:
+        print(f"soar: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("soar: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Generation engines behind one interface: `generate(prompts, n, temperature, max_new_tokens, stop)`.
+
+`HFEngine` is a hand-written sampling loop over a Hugging Face model. `model.generate` keeps finished
+rows in the batch until the longest one ends and gives no per-token log-probs of the sampled tokens
+without extra passes; this loop batches prompts of similar length, reuses the KV cache, drops finished
+rows (and their cache) at once, and records the log-prob of every sampled token. `bench/generation.py`
+measures it against `model.generate`.
+
+`VLLMEngine` wraps vLLM (GPU only, `pip install soar-agent[gpu]`), imported lazily.
+
+Log-probs are those of the model's own distribution (temperature 1, before any sampling transform), as
+vLLM reports by default: what the RL importance ratios need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
+@dataclass
+class GenerationStats:
+    """Counters a caller can read for tokens/s (reset by the caller when it wants a window)."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    calls: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def _truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@dataclass
+class HFEngine:
+    """Batched sampling over a transformers causal LM (CPU or one GPU)."""
+
+    model: object
+    tokenizer: object
+    max_batch_size: int = 256
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, max_new_tokens: int = 128,
+                 stop: list[str] | None = None, seed: int | None = None) -> list[list[Completion]]:
+        """n completions per prompt, in prompt order. temperature 0 = greedy."""
+        import time
+
+        import torch
+
+        stop = [s for s in (stop or []) if s]
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        encoded = [self.tokenizer(prompt, add_special_tokens=True)["input_ids"] for prompt in prompts]
+        rows = [(index, ids) for index, ids in enumerate(encoded) for _ in range(n)]
+        # Sorting by prompt length keeps padding (wasted compute) small inside a batch.
+        order = sorted(range(len(rows)), key=lambda row: len(rows[row][1]))
+        results: list[list[Completion]] = [[] for _ in prompts]
+        slots: list[Completion | None] = [None] * len(rows)
+        started = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for begin in range(0, len(order), self.max_batch_size):
+                    batch = order[begin:begin + self.max_batch_size]
+                    completions = self._generate_batch([rows[i][1] for i in batch], temperature, max_new_tokens,
+                                                       stop, generator)
+                    for row, completion in zip(batch, completions):
+                        slots[row] = completion
+        finally:
+            self.model.train(was_training)
+        for (prompt_index, _), completion in zip(rows, slots):
+            results[prompt_index].append(completion)
+        self.stats.seconds += time.perf_counter() - started
+        self.stats.tokens += sum(len(c.token_ids) for c in slots)
+        self.stats.calls += 1
+        return results
+
+    def _generate_batch(self, prompts: list[list[int]], temperature: float, max_new_tokens: int,
+                        stop: list[str], generator) -> list[Completion]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        eos_ids = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, T)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        output = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        cache, logits = output.past_key_values, output.logits[:, -1, :]
+        next_position = positions[:, -1] + 1  # (B,)
+
+        active = list(range(len(prompts)))  # batch row -> original index
+        tokens: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[float]] = [[] for _ in prompts]
+        texts = [""] * len(prompts)
+        finish = ["length"] * len(prompts)
+        for _ in range(max_new_tokens):
+            log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+            if temperature == 0:
+                chosen = log_probs.argmax(-1)
+            else:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            chosen_logprob = log_probs.gather(-1, chosen[:, None]).squeeze(-1)
+            keep = []
+            for row, (token, logprob) in enumerate(zip(chosen.tolist(), chosen_logprob.tolist())):
+                original = active[row]
+                if token in eos_ids:
+                    finish[original] = "stop"
+                    continue
+                tokens[original].append(token)
+                logprobs[original].append(logprob)
+                if stop:
+                    texts[original] += self.tokenizer.decode([token])
+                    if any(s in texts[original][-len(s) - 8:] for s in stop):
+                        finish[original] = "stop"
+                        continue
+                keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                attention, next_position, chosen = attention[index], next_position[index], chosen[index]
+                active = [active[row] for row in keep]
+            attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
+            output = self.model(input_ids=chosen[:, None], attention_mask=attention,
+                                position_ids=next_position[:, None], past_key_values=cache, use_cache=True)
+            cache, logits = output.past_key_values, output.logits[:, -1, :]
+            next_position = next_position + 1
+        completions = []
+        for index in range(len(prompts)):
+            text = self.tokenizer.decode(tokens[index], skip_special_tokens=True)
+            if stop:
+                text, _ = _truncate_at_stop(text, stop)
+            completions.append(Completion(tokens[index], text, logprobs[index], finish[index]))
+        return completions
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids |= set(configured) if isinstance(configured, list) else {configured}
+        return {i for i in ids if i is not None}
+
+
+@dataclass
+class VLLMEngine:
+    """vLLM behind the same interface (GPU; needs the `gpu` extra). `load_weights` pushes freshly trained
+    weights into the running engine and resets the prefix cache so no stale weights generate."""
+
+    model_path: str
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.5
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    _llm: object = None
+
+    def __post_init__(self):
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise RuntimeError("engine 'vllm' needs the gpu extra: pip install 'soar-agent[gpu]'") from error
+        self._llm = LLM(model=str(self.model_path), dtype=self.dtype,
+                        gpu_memory_utilization=self.gpu_memory_utilization, enable_prefix_caching=True)
+
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, max_new_tokens: int = 128,
+                 stop: list[str] | None = None, seed: int | None = None) -> list[list[Completion]]:
+        import time
+
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, stop=stop or None,
+                                logprobs=0, seed=seed)
+        started = time.perf_counter()
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            row = []
+            for sample in output.outputs:
+                logprobs = [entry[token].logprob for token, entry in zip(sample.token_ids, sample.logprobs or [])]
+                row.append(Completion(list(sample.token_ids), sample.text, logprobs,
+                                      "length" if sample.finish_reason == "length" else "stop"))
+            results.append(row)
+        self.stats.seconds += time.perf_counter() - started
+        self.stats.tokens += sum(len(c.token_ids) for row in results for c in row)
+        self.stats.calls += 1
+        return results
+
+    def load_weights(self, model) -> None:
+        state = model.state_dict().items()
+        worker = self._llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        worker.load_weights(state)
+        self._llm.reset_prefix_cache()
+
+
+def make_engine(kind: str, model, tokenizer, model_path: str | None = None, dtype: str = "float32"):
+    if kind == "hf":
+        return HFEngine(model, tokenizer)
+    if kind == "vllm":
+        return VLLMEngine(str(model_path), dtype=dtype if dtype != "float32" else "bfloat16")
+    raise ValueError(f"unknown engine {kind!r} (expected hf or vllm)")

@@ -1,0 +1,112 @@
+"""`soar mine-hard`: build fail@k hard sets (the SOAR paper's fail@128) from a pool of problems.
+
+Sampling runs in rounds (16, 16, 32, 64 = 128 by default) and a problem leaves the pool at its first
+correct sample, so the full k samples are spent only on the problems that end up in the hard set: the
+result is the same as sampling k at once, for a fraction of the compute.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from soar_agent.evaluation import evaluate_problems
+from soar_agent.tasks.base import Problem
+
+
+@dataclass
+class MiningReport:
+    pool: dict[int | None, int] = field(default_factory=dict)  # level -> problems tried
+    kept: dict[int | None, int] = field(default_factory=dict)  # level -> fail@k problems
+    train: list[Problem] = field(default_factory=list)
+    test: list[Problem] = field(default_factory=list)
+
+
+def sampling_rounds(k: int) -> list[int]:
+    rounds, total, size = [], 0, 16
+    while total < k:
+        step = min(size, k - total)
+        rounds.append(step)
+        total += step
+        size = max(size, total)  # double the spend each round once past the first two
+    return rounds
+
+
+def fail_at_k(engine, domain, problems: list[Problem], k: int = 128, temperature: float = 1.0,
+              max_new_tokens: int = 160, seed: int = 0, log=print) -> list[Problem]:
+    """The problems with 0 correct out of k samples at the given temperature."""
+    remaining = list(problems)
+    for round_index, size in enumerate(sampling_rounds(k)):
+        if not remaining:
+            break
+        results = evaluate_problems(engine, domain, remaining, samples=size, greedy=False,
+                                    temperature=temperature, max_new_tokens=max_new_tokens,
+                                    seed=seed + round_index)
+        remaining = [r.problem for r in results if r.correct == 0]
+        log(f"round {round_index + 1}: {size} samples/problem -> {len(remaining)} still unsolved")
+    return remaining
+
+
+def split_train_test(problems: list[Problem], test_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded split, stratified by level so both halves have the same difficulty mix."""
+    rng = random.Random(seed)
+    train, test = [], []
+    for level in sorted({p.level or 0 for p in problems}):
+        group = [p for p in problems if (p.level or 0) == level]
+        rng.shuffle(group)
+        cut = round(len(group) * test_fraction)
+        test += group[:cut]
+        train += group[cut:]
+    return train, test
+
+
+def write_jsonl(problems: list[Problem], path: Path) -> None:
+    """Atomic write of problems as JSONL (question, answer, domain, level, steps)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    with open(temporary, "w") as handle:
+        for p in problems:
+            handle.write(json.dumps({"question": p.question, "answer": p.answer, "domain": p.domain,
+                                     "level": p.level, "steps": list(p.steps)}) + "\n")
+    temporary.replace(path)
+
+
+def read_jsonl(path: Path, domain_name: str) -> list[Problem]:
+    """Problems of a built-in domain from JSONL; one-line errors name the file, line and field."""
+    from soar_agent.tasks.base import RejectedItem
+
+    problems = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RejectedItem(f"{path}:{number}: invalid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise RejectedItem(f"{path}:{number}: expected a JSON object")
+            for key in ("question", "answer"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise RejectedItem(f"{path}:{number}: field {key!r}: missing or not a non-empty string")
+            level = row.get("level")
+            if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
+                raise RejectedItem(f"{path}:{number}: field 'level': expected an integer")
+            problems.append(Problem(row["question"], row["answer"], row.get("domain", domain_name), level,
+                                    tuple(row.get("steps") or ())))
+    return problems
+
+
+def mine_hard(engine, domain, pool: list[Problem], k: int, test_fraction: float, seed: int,
+              temperature: float = 1.0, max_new_tokens: int = 160, log=print) -> MiningReport:
+    report = MiningReport()
+    unique = list({p.question: p for p in pool}.values())
+    for p in unique:
+        report.pool[p.level] = report.pool.get(p.level, 0) + 1
+    hard = fail_at_k(engine, domain, unique, k, temperature, max_new_tokens, seed, log)
+    for p in hard:
+        report.kept[p.level] = report.kept.get(p.level, 0) + 1
+    report.train, report.test = split_train_test(hard, test_fraction, seed)
+    return report

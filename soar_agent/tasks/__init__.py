@@ -1,0 +1,64 @@
+"""Task domains and the teacher's item format.
+
+A built-in domain (`arith`, `program`) is a module with: NAME, LEVELS, TOPICS, generate(level, rng),
+make_problem(question) (validate + exact answer, RejectedItem otherwise), student_prompt(question),
+expert_completion(problem), extract_answer(completion), verify(problem, prediction).
+Dataset domains (`math`, `code`) load problems from files instead of generating them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import re
+
+from soar_agent.tasks.base import Problem, RejectedItem
+
+BUILTIN_DOMAINS = ("arith", "program")
+DATASET_DOMAINS = ("math", "code")
+
+
+def get_domain(name: str):
+    """The domain module for a name (imported on demand: `math` pulls in math-verify)."""
+    if name not in BUILTIN_DOMAINS + DATASET_DOMAINS:
+        raise ValueError(f"unknown domain {name!r} (expected one of {', '.join(BUILTIN_DOMAINS + DATASET_DOMAINS)})")
+    return importlib.import_module(f"soar_agent.tasks.{name}")
+
+
+def generate_problems(domain, levels: list[int], rng: random.Random) -> list[Problem]:
+    """Problems for a list of levels (one each); uses the domain's batched generator where it has one."""
+    if hasattr(domain, "generate_many"):
+        return domain.generate_many(levels, rng)
+    return [domain.generate(level, rng) for level in levels]
+
+
+# ---------------------------------------------------------------- teacher item format
+
+_ITEM = re.compile(r"<question>(.*?)</question>\s*<answer>(.*?)</answer>", re.DOTALL)
+
+
+def teacher_prompt(domain) -> str:
+    """Topic list and the item format only: no example questions (the SOAR paper found the teacher then
+    copies them)."""
+    return f"Topics: {domain.TOPICS}\nWrite a new problem as <question>...</question><answer>...</answer>\n"
+
+
+def teacher_item(problem: Problem) -> str:
+    return f"<question>{problem.question}</question><answer>{problem.answer}</answer>"
+
+
+def parse_item(text: str) -> tuple[str, str]:
+    """(question, answer) of the first well-formed item, or RejectedItem with the reason."""
+    match = _ITEM.search(text)
+    if not match:
+        raise RejectedItem("no <question>...</question><answer>...</answer> item")
+    question, answer = match.group(1).strip(), match.group(2).strip()
+    if not question:
+        raise RejectedItem("empty question")
+    if not answer:
+        raise RejectedItem("empty answer")
+    return question, answer
+
+
+__all__ = ["Problem", "RejectedItem", "get_domain", "generate_problems", "teacher_prompt", "teacher_item",
+           "parse_item", "BUILTIN_DOMAINS", "DATASET_DOMAINS"]

@@ -1,0 +1,235 @@
+"""The `arith` domain: multi-step integer arithmetic solved one reduction per step.
+
+Owns the generator (difficulty = number of operations and operand size), a safe parser and exact
+evaluator for model-written expressions (a hand-written recursive-descent parser: the product must never
+`eval` or `sympify` untrusted text, and the tiny grammar needs nothing more), the expert step-by-step
+solution in SRL's numbered-step format, the student prompt and strict answer extraction.
+
+Grammar: integers, `+ - *` (left associative, `*` binds tighter), parentheses. No unary minus, no
+division, no powers: `**` is rejected with a reason.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from soar_agent.tasks.base import Problem, RejectedItem, extract_integer_answer, render_steps
+
+NAME = "arith"
+LEVELS = tuple(range(1, 9))
+TOPICS = "integer arithmetic: addition, subtraction, multiplication, parentheses, order of operations"
+
+MAX_QUESTION_CHARS = 120
+MAX_DEPTH = 12
+MAX_ABS_VALUE = 10**6
+# The generator keeps every intermediate in this range so each step is a small, learnable operation.
+GEN_RANGE = (0, 999)
+
+_TOKEN = re.compile(r"\s*(?:(\d+)|(\*\*|[-+*()]))")
+_OP_TITLE = {"+": "add", "-": "sub", "*": "mul"}
+
+
+@dataclass(frozen=True)
+class Num:
+    value: int
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str
+    left: "Node"
+    right: "Node"
+
+
+Node = Num | BinOp
+
+
+# ---------------------------------------------------------------- parsing (untrusted text)
+
+
+def parse(text: str) -> Node:
+    """Parse an expression or raise RejectedItem with a one-line reason. Bounded in length, depth and
+    magnitude so hostile input (`__import__(...)`, `9**9**9`, 10k nested parentheses) is rejected cheaply."""
+    if len(text) > MAX_QUESTION_CHARS:
+        raise RejectedItem(f"expression longer than {MAX_QUESTION_CHARS} characters")
+    tokens: list[str] = []
+    pos = 0
+    stripped = text.rstrip()
+    while pos < len(stripped):
+        match = _TOKEN.match(stripped, pos)
+        if not match:
+            raise RejectedItem(f"unexpected character {stripped[pos:].strip()[:1]!r} at position {pos}")
+        token = match.group(1) or match.group(2)
+        if token == "**":
+            raise RejectedItem("powers (**) are not part of the arith grammar")
+        if match.group(1) and len(token) > 6:
+            raise RejectedItem("number with more than 6 digits")
+        tokens.append(token)
+        pos = match.end()
+    if not tokens:
+        raise RejectedItem("empty expression")
+    node, index = _parse_sum(tokens, 0, 0)
+    if index != len(tokens):
+        raise RejectedItem(f"unexpected {tokens[index]!r} after a complete expression")
+    return node
+
+
+def _parse_sum(tokens: list[str], index: int, depth: int) -> tuple[Node, int]:
+    node, index = _parse_product(tokens, index, depth)
+    while index < len(tokens) and tokens[index] in "+-":
+        op = tokens[index]
+        right, index = _parse_product(tokens, index + 1, depth)
+        node = BinOp(op, node, right)
+    return node, index
+
+
+def _parse_product(tokens: list[str], index: int, depth: int) -> tuple[Node, int]:
+    node, index = _parse_atom(tokens, index, depth)
+    while index < len(tokens) and tokens[index] == "*":
+        right, index = _parse_atom(tokens, index + 1, depth)
+        node = BinOp("*", node, right)
+    return node, index
+
+
+def _parse_atom(tokens: list[str], index: int, depth: int) -> tuple[Node, int]:
+    if index >= len(tokens):
+        raise RejectedItem("expression ends early")
+    token = tokens[index]
+    if token == "(":
+        if depth >= MAX_DEPTH:
+            raise RejectedItem(f"parentheses nested deeper than {MAX_DEPTH}")
+        node, index = _parse_sum(tokens, index + 1, depth + 1)
+        if index >= len(tokens) or tokens[index] != ")":
+            raise RejectedItem("unbalanced parentheses")
+        return node, index + 1
+    if token.isdigit():
+        return Num(int(token)), index + 1
+    raise RejectedItem(f"unexpected {token!r}")
+
+
+def evaluate(node: Node) -> int:
+    """Exact integer value; raises RejectedItem when any intermediate leaves +-MAX_ABS_VALUE."""
+    if isinstance(node, Num):
+        return node.value
+    left, right = evaluate(node.left), evaluate(node.right)
+    value = left + right if node.op == "+" else left - right if node.op == "-" else left * right
+    if abs(value) > MAX_ABS_VALUE:
+        raise RejectedItem(f"intermediate value beyond {MAX_ABS_VALUE}")
+    return value
+
+
+# ---------------------------------------------------------------- printing and expert steps
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2}
+
+
+def to_text(node: Node) -> str:
+    """Canonical text with the minimal parentheses (no spaces: shorter sequences for the tiny model)."""
+    if isinstance(node, Num):
+        return str(node.value)
+    left, right = to_text(node.left), to_text(node.right)
+    prec = _PRECEDENCE[node.op]
+    if isinstance(node.left, BinOp) and _PRECEDENCE[node.left.op] < prec:
+        left = f"({left})"
+    if isinstance(node.right, BinOp) and _PRECEDENCE[node.right.op] <= prec:
+        right = f"({right})"
+    return f"{left}{node.op}{right}"
+
+
+def _reduce_first(node: Node) -> tuple[Node, str]:
+    """Reduce the leftmost operation whose operands are both numbers; return the new tree and the step."""
+    assert isinstance(node, BinOp)
+    if isinstance(node.left, Num) and isinstance(node.right, Num):
+        value = evaluate(node)
+        return Num(value), f"**{_OP_TITLE[node.op]}** {node.left.value}{node.op}{node.right.value}={value}"
+    if isinstance(node.left, BinOp):
+        left, step = _reduce_first(node.left)
+        return BinOp(node.op, left, node.right), step
+    right, step = _reduce_first(node.right)
+    return BinOp(node.op, node.left, right), step
+
+
+def solution_steps(node: Node) -> tuple[str, ...]:
+    """One reduction per step; each step ends with the remaining expression so the next step only needs
+    local information (this is what makes longer problems learnable stepping stones)."""
+    steps = []
+    while isinstance(node, BinOp):
+        node, step = _reduce_first(node)
+        steps.append(step if isinstance(node, Num) else f"{step}, {to_text(node)}")
+    return tuple(steps)
+
+
+# ---------------------------------------------------------------- generator
+
+
+def operand_max(level: int) -> int:
+    return 5 + 2 * level
+
+
+def _random_tree(n_ops: int, rng: random.Random, level: int) -> Node:
+    if n_ops == 0:
+        return Num(rng.randint(1, operand_max(level)))
+    left_ops = rng.randint(0, n_ops - 1)
+    op = rng.choice("+-*")
+    return BinOp(op, _random_tree(left_ops, rng, level), _random_tree(n_ops - 1 - left_ops, rng, level))
+
+
+def _within_generator_range(node: Node) -> bool:
+    """Every intermediate in GEN_RANGE and no multi-digit times multi-digit product."""
+    if isinstance(node, Num):
+        return True
+    if not (_within_generator_range(node.left) and _within_generator_range(node.right)):
+        return False
+    left, right = evaluate(node.left), evaluate(node.right)
+    if node.op == "*" and left >= 10 and right >= 10:
+        return False
+    return GEN_RANGE[0] <= evaluate(node) <= GEN_RANGE[1]
+
+
+def generate(level: int, rng: random.Random) -> Problem:
+    """A problem with `level` operations; operands grow with the level (operand_max)."""
+    if level < 1:
+        raise ValueError(f"arith level must be >= 1, got {level}")
+    while True:
+        tree = _random_tree(level, rng, level)
+        if _within_generator_range(tree):
+            return make_problem(to_text(tree), level=level)
+
+
+def make_problem(question: str, level: int | None = None) -> Problem:
+    """Build a verified Problem from (possibly model-written) question text; RejectedItem if invalid."""
+    tree = parse(question)
+    steps = solution_steps(tree)
+    if not steps:
+        raise RejectedItem("a bare number is not a problem")
+    return Problem(question=to_text(tree), answer=str(evaluate(tree)), domain=NAME, level=level, steps=steps)
+
+
+def solve(question: str) -> str:
+    """The exact answer of a model-written question (RejectedItem if it does not parse)."""
+    return str(evaluate(parse(question)))
+
+
+def difficulty(question: str) -> int:
+    """Number of operations: the generator's level for a parsed question."""
+    return len(solution_steps(parse(question)))
+
+
+# ---------------------------------------------------------------- student interface
+
+
+def student_prompt(question: str) -> str:
+    return f"Problem: {question}\nSolution:\n"
+
+
+def expert_completion(problem: Problem) -> str:
+    return f"{render_steps(problem.steps)}Answer: {problem.answer}"
+
+
+extract_answer = extract_integer_answer
+
+
+def verify(problem: Problem, prediction: str | None) -> bool:
+    return prediction is not None and prediction == problem.answer

@@ -1,0 +1,46 @@
+"""The shape every task domain shares: a Problem record, the student prompt and strict answer extraction.
+
+A domain is a plain module exposing the same few functions (see ``soar_agent.tasks.DOMAINS``); there is
+no base class to inherit from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+class RejectedItem(ValueError):
+    """A problem or answer that cannot be accepted; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One task instance. ``answer`` is the ground truth as text; ``steps`` the expert solution steps
+    (each ``"**title** action"``, numbered when rendered); ``meta`` holds domain extras (e.g. code tests)."""
+
+    question: str
+    answer: str
+    domain: str
+    level: int | None = None
+    steps: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def render_steps(steps: tuple[str, ...] | list[str]) -> str:
+    """Numbered-step format used by SRL: ``1. **title** action`` one per line."""
+    return "".join(f"{i}. {step}\n" for i, step in enumerate(steps, 1))
+
+
+ANSWER_LINE = re.compile(r"^Answer: (-?\d{1,12})$")
+
+
+def extract_integer_answer(completion: str) -> str | None:
+    """Strict extraction for the built-in domains: the completion's last non-empty line must be exactly
+    ``Answer: <integer>``. Anything else is a format violation (None), so a completion cannot win by
+    spraying numbers (the lax-extraction reward hack peers suffer from)."""
+    lines = [line for line in completion.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    match = ANSWER_LINE.match(lines[-1].strip())
+    return str(int(match.group(1))) if match else None

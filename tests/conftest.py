@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny randomly initialised Llama with the embedded tokenizer, built in-process."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    from soar_agent.models import build_char_tokenizer
+
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def random_tiny_dir(tmp_path_factory, char_tokenizer):
+    """A saved HF directory holding a very small random model (seconds to build)."""
+    from soar_agent.models import TinyShape, build_tiny_model, save_checkpoint
+
+    model = build_tiny_model(char_tokenizer, TinyShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                       num_attention_heads=2, max_position_embeddings=256), seed=3)
+    return save_checkpoint(model, char_tokenizer, tmp_path_factory.mktemp("models") / "random-tiny")
+
+
+@pytest.fixture
+def random_tiny(random_tiny_dir):
+    from soar_agent.models import load_model, load_tokenizer
+
+    return load_model(random_tiny_dir), load_tokenizer(random_tiny_dir)

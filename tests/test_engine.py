@@ -1,0 +1,60 @@
+"""The hand-written HF sampling loop against transformers' own generate and a fresh forward pass."""
+
+import torch
+
+from soar_agent.engine import HFEngine
+
+PROMPTS = ["Problem: 3+4\nSolution:\n", "a", "Problem: (12-7)*3+100-2\nSolution:\n", "print(b)"]
+
+
+def test_greedy_matches_transformers_generate_with_mixed_lengths(random_tiny):
+    model, tokenizer = random_tiny
+    engine = HFEngine(model, tokenizer, max_batch_size=3)  # forces two batches and padding
+    ours = engine.generate(PROMPTS, n=1, temperature=0, max_new_tokens=20)
+    for prompt, (completion,) in zip(PROMPTS, ours):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        reference = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:].tolist()
+        if tokenizer.eos_token_id in reference:
+            reference = reference[:reference.index(tokenizer.eos_token_id)]
+        assert completion.token_ids == reference
+        assert completion.text == tokenizer.decode(reference, skip_special_tokens=True)
+
+
+def test_logprobs_are_those_of_the_model(random_tiny):
+    model, tokenizer = random_tiny
+    engine = HFEngine(model, tokenizer)
+    (row,) = engine.generate([PROMPTS[0]], n=3, temperature=1.0, max_new_tokens=12, seed=5)
+    assert len(row) == 3
+    prompt_ids = tokenizer(PROMPTS[0]).input_ids
+    for completion in row:
+        assert len(completion.logprobs) == len(completion.token_ids)
+        ids = torch.tensor([prompt_ids + completion.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt_ids) - 1:-1]
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion.token_ids)[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(completion.logprobs), expected, atol=1e-4)
+
+
+def test_seed_reproducible_and_rows_finish_independently(random_tiny):
+    model, tokenizer = random_tiny
+    engine = HFEngine(model, tokenizer)
+    first = engine.generate(PROMPTS, n=4, temperature=1.0, max_new_tokens=30, seed=11)
+    second = engine.generate(PROMPTS, n=4, temperature=1.0, max_new_tokens=30, seed=11)
+    assert [[c.token_ids for c in row] for row in first] == [[c.token_ids for c in row] for row in second]
+    lengths = {len(c.token_ids) for row in first for c in row}
+    assert all(len(c.token_ids) <= 30 for row in first for c in row)
+    assert all(c.finish_reason == ("length" if len(c.token_ids) == 30 else "stop") for row in first for c in row)
+    assert engine.stats.tokens == 2 * sum(len(c.token_ids) for row in first for c in row)
+    assert len(lengths) >= 1
+
+
+def test_stop_strings_cut_the_text(random_tiny):
+    model, tokenizer = random_tiny
+    engine = HFEngine(model, tokenizer)
+    free = engine.generate([PROMPTS[0]], n=1, temperature=0, max_new_tokens=30)[0][0].text
+    assert len(free) >= 4, "random model should emit a few characters"
+    stop = free[2:4]
+    (completion,) = engine.generate([PROMPTS[0]], n=1, temperature=0, max_new_tokens=30, stop=[stop])[0]
+    assert completion.finish_reason == "stop"
+    assert completion.text == free[:free.index(stop)]
