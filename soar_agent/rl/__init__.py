@@ -1,0 +1,15 @@
+"""Student RL core: rollouts from the current weights, group advantages, the clipped surrogate.
+
+Three seams for later backends, each a plain function: the rollout source (`train.rollout`), the reward
+function (`train.reward_correct` and any `(problems, completions) -> list[float | None]`) and the loss
+(`loss.clipped_surrogate`, `loss.k3_kl`).
+"""
+
+from soar_agent.rl.advantages import grpo_advantages, rloo_advantages
+from soar_agent.rl.loss import aggregate, clipped_surrogate, k3_kl
+from soar_agent.rl.train import (NonFiniteLoss, Rollout, StudentMetrics, policy_step, reward_correct, rollout,
+                                 sequence_logprobs, train_student)
+
+__all__ = ["rloo_advantages", "grpo_advantages", "clipped_surrogate", "k3_kl", "aggregate", "NonFiniteLoss",
+           "Rollout", "StudentMetrics", "policy_step", "reward_correct", "rollout", "sequence_logprobs",
+           "train_student"]

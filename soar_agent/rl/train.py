@@ -1,0 +1,269 @@
+"""Train one student copy with RLOO or GRPO on a list of problems (the inner loop of SOAR).
+
+One step: draw `batch_prompts` problems -> sample `group_size` completions each from the *current* student
+(`rollout`) -> score them (`reward_fn`) -> group advantages -> one AdamW step on the clipped surrogate
+(+ kl_coef * k3 KL to the frozen baseline) (`policy_step`). The three seams later backends replace are
+plain functions: the rollout source, the reward function and the loss.
+
+Simplifications versus the textbook algorithms (and the SOAR paper):
+* One optimizer step per rollout batch, no PPO epochs or minibatches: rollouts always come from the
+  weights just updated, so the ratio is 1 up to numerics and the clip only matters for off-policy
+  rollouts (a layer-skipping behaviour model, stale weights). The loss still implements it exactly.
+* Constant learning rate, AdamW with weight decay 0 (the paper uses a cosine schedule).
+* No micro-batching or gradient accumulation: the whole batch is one forward pass (fine for the tiny
+  default; big-vocabulary models on a GPU need it).
+* Dropout is off (eval mode) while sampling and while computing the loss, so on-policy ratios are 1.
+* Old log-probs are the engine's, recorded at sampling, under the model's temperature-1 distribution
+  (the engine's contract, as vLLM's default); when sampling at temperature != 1 the ratio ignores it.
+* The engine does not record the EOS it samples. When a completion stopped (no stop strings are used
+  here, so that means EOS) we append `eos_token_id` so the student also learns when to stop; its old
+  log-prob is the current one, detached (ratio 1: exact while rollouts come from the current weights).
+  Skipped when the model has several EOS ids (we cannot tell which one was sampled).
+* The KL penalty is in the loss (not the reward), aggregated like the surrogate, and only computed when
+  kl_coef > 0. A step whose advantages are all zero is skipped entirely (KL gradient included).
+* Unscorable completions (reward None) get advantage 0 and are left out of baselines and reward metrics.
+  No dynamic sampling, no over-length masking (SRPO/DAPO backends add those).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterator
+
+import torch
+
+from soar_agent.engine import HFEngine
+from soar_agent.models import clone_model
+from soar_agent.rl.advantages import grpo_advantages, rloo_advantages
+from soar_agent.rl.loss import aggregate, clipped_surrogate, k3_kl
+from soar_agent.tasks.base import Problem
+
+RewardFn = Callable[[list[Problem], list[str]], list]  # (problems, completions) -> list[float | None]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm of a student step is NaN or infinite; no optimizer step was taken."""
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions, flattened group by group: row g * group_size + i."""
+
+    problems: list[Problem]  # (B,)
+    prompt_ids: list[list[int]]  # (B, prompt length)
+    completion_ids: list[list[int]]  # (B, completion length): sampled tokens (+ EOS when it stopped)
+    old_logprobs: list[list[float]]  # behaviour log-probs of completion_ids; NaN = not recorded (the EOS)
+    texts: list[str]  # (B,)
+    group_size: int
+    sampled_tokens: int
+    seconds: float
+
+
+@dataclass
+class StudentMetrics:
+    """Means over the steps of a run; `per_step` keeps each step's record."""
+
+    reward_mean: float = 0.0
+    reward_std: float = 0.0  # mean over groups of the within-group std
+    zero_std_fraction: float = 0.0  # share of groups whose rewards were all equal (no signal)
+    completion_length: float = 0.0  # sampled tokens per completion
+    clip_fraction: float = 0.0
+    kl: float = 0.0  # 0 when kl_coef == 0 (not computed)
+    entropy: float = 0.0
+    tokens_per_second: float = 0.0  # generation throughput
+    loss: float = 0.0
+    steps: int = 0
+    updates: int = 0  # optimizer steps taken (steps without signal are skipped)
+    per_step: list[dict] = field(default_factory=list)
+
+
+def reward_correct(domain) -> RewardFn:
+    """1.0 when the domain's extractor + verifier accept the completion, else 0.0 (the same `score` that
+    evaluation uses, so reward and evaluation cannot drift apart)."""
+    from soar_agent.evaluation import score
+
+    def reward(problems: list[Problem], completions: list[str]) -> list[float | None]:
+        return [1.0 if ok else 0.0 for ok in score(domain, problems, completions)]
+
+    return reward
+
+
+def problem_stream(problems: list[Problem], rng: random.Random) -> Iterator[Problem]:
+    """Endless problems: a shuffled pass over the list, then another shuffled pass, and so on."""
+    if not problems:
+        raise ValueError("train_student needs at least one problem")
+    while True:
+        order = list(problems)
+        rng.shuffle(order)
+        yield from order
+
+
+def _stop_id(engine: HFEngine) -> int | None:
+    ids = engine._eos_ids()
+    return next(iter(ids)) if len(ids) == 1 else None
+
+
+def rollout(engine: HFEngine, tokenizer, domain, problems: list[Problem], group_size: int, temperature: float,
+            max_new_tokens: int, seed: int) -> Rollout:
+    """The rollout source: `group_size` completions per problem from the engine's (current) model."""
+    prompts = [domain.student_prompt(problem.question) for problem in problems]
+    started = time.perf_counter()
+    outputs = engine.generate(prompts, n=group_size, temperature=temperature, max_new_tokens=max_new_tokens,
+                              seed=seed)
+    seconds = time.perf_counter() - started
+    encoded = [tokenizer(prompt, add_special_tokens=True)["input_ids"] for prompt in prompts]  # as the engine
+    eos = _stop_id(engine)
+    batch = Rollout([], [], [], [], [], group_size, 0, seconds)
+    for problem, prompt_ids, row in zip(problems, encoded, outputs):
+        for completion in row:
+            stopped = completion.finish_reason == "stop" and eos is not None
+            batch.problems.append(problem)
+            batch.prompt_ids.append(prompt_ids)
+            batch.completion_ids.append(completion.token_ids + ([eos] if stopped else []))
+            batch.old_logprobs.append(completion.logprobs + ([math.nan] if stopped else []))
+            batch.texts.append(completion.text)
+            batch.sampled_tokens += len(completion.token_ids)
+    return batch
+
+
+def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs (T=1) of the completion tokens, their mask and the policy entropy at each, from one forward
+    pass over right-padded prompt+completion rows. Returns three (B, T) tensors, T = longest completion;
+    logprobs and entropy are 0 off the mask; entropy carries no gradient."""
+    device = next(model.parameters()).device
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
+    width = max(len(row) for row in rows)
+    T = max(1, max(len(c) for c in completion_ids))
+    input_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)  # (B, L)
+    attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, L, V)
+    # completion token t of row b sits at len(prompt_b) + t and is predicted one position earlier
+    steps = torch.arange(T, device=device)
+    starts = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)  # (B,)
+    positions = (starts[:, None] + steps[None, :]).clamp(max=width - 1)  # (B, T)
+    lengths = torch.tensor([len(c) for c in completion_ids], device=device)
+    mask = steps[None, :] < lengths[:, None]  # (B, T)
+    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+    log_probs = torch.log_softmax(picked.float(), dim=-1)
+    targets = torch.tensor([c + [pad_id] * (T - len(c)) for c in completion_ids], device=device)  # (B, T)
+    token_logprobs = log_probs.gather(-1, targets[..., None]).squeeze(-1)  # (B, T)
+    token_logprobs = torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs))
+    with torch.no_grad():
+        entropy = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, T)
+    return token_logprobs, mask, entropy
+
+
+def _padded(values: list[list[float]], T: int, device) -> torch.Tensor:
+    return torch.tensor([v + [0.0] * (T - len(v)) for v in values], dtype=torch.float32, device=device)  # (B, T)
+
+
+def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cfg, pad_id: int,
+                reference=None) -> dict:
+    """The loss and one optimizer step: clipped surrogate (+ kl_coef * k3 KL to `reference`) with grad-norm
+    clipping. `advantages` is (B,). No step (and no graph) when every advantage is zero. Raises
+    NonFiniteLoss, without stepping, when the loss or the gradient norm is not finite."""
+    has_signal = bool((advantages != 0).any())
+    with torch.set_grad_enabled(has_signal):
+        new, mask, entropy = sequence_logprobs(student, batch.prompt_ids, batch.completion_ids, pad_id)  # (B, T)
+        old = _padded(batch.old_logprobs, new.shape[1], new.device)
+        old = torch.where(torch.isnan(old), new.detach(), old)  # unrecorded (EOS): on-policy, ratio 1
+        loss, stats = clipped_surrogate(new, old, advantages.to(new.device), mask, cfg.eps_low, cfg.eps_high,
+                                        cfg.loss_aggregation)
+        kl = torch.zeros(())
+        if cfg.kl_coef > 0:
+            kl = aggregate(k3_kl(new, _reference_logprobs(reference, batch, pad_id), mask), mask,
+                           cfg.loss_aggregation)
+            loss = loss + cfg.kl_coef * kl
+    stats.update(loss=loss.item(), kl=kl.item(), entropy=aggregate(entropy, mask).item(), grad_norm=0.0,
+                 updated=False)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"student loss is {loss.item()} (advantages: {advantages.tolist()[:8]}...)")
+    if has_signal:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if not torch.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"student gradient norm is {grad_norm.item()} (loss {loss.item()})")
+        optimizer.step()
+        stats.update(grad_norm=grad_norm.item(), updated=True)
+    return stats
+
+
+def _reference_logprobs(reference, batch: Rollout, pad_id: int) -> torch.Tensor:
+    was_training = reference.training
+    reference.eval()
+    try:
+        with torch.no_grad():
+            return sequence_logprobs(reference, batch.prompt_ids, batch.completion_ids, pad_id)[0]  # (B, T)
+    finally:
+        reference.train(was_training)
+
+
+def _reward_stats(rewards: torch.Tensor) -> dict:
+    """rewards (G, n), NaN = unscorable."""
+    valid = ~torch.isnan(rewards)
+    r = torch.where(valid, rewards, torch.zeros_like(rewards))
+    count = valid.sum(-1)  # (G,)
+    mean = r.sum(-1) / count.clamp(min=1)
+    std = (torch.where(valid, r - mean[:, None], 0.0).pow(2).sum(-1) / count.clamp(min=1)).sqrt()  # population
+    return {"reward_mean": (r.sum() / valid.sum().clamp(min=1)).item(), "reward_std": std.mean().item(),
+            "zero_std_fraction": (std == 0).float().mean().item()}
+
+
+def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int | None = None,
+                  reward_fn: RewardFn | None = None, seed: int = 0, reference=None,
+                  log: Callable[[dict], None] | None = None):
+    """Train a copy of `baseline` (never mutated) for `steps` (default cfg.steps) RL steps on `problems`.
+
+    cfg is a StudentSection. `reward_fn(problems, completions) -> list[float | None]` defaults to
+    `reward_correct(domain)`. `reference` (default: the baseline) is the frozen policy of the KL penalty.
+    `log` receives each step's record. Returns (student, StudentMetrics). Raises NonFiniteLoss."""
+    student = clone_model(baseline)
+    student.eval()  # dropout off: see the module docstring
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the student has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    engine = HFEngine(student, tokenizer)  # holds the student itself: rollouts see every update
+    reward_fn = reward_fn or reward_correct(domain)
+    reference = reference if reference is not None else baseline
+    advantage_fn = {"rloo": rloo_advantages, "grpo": grpo_advantages}[cfg.backend]
+    stream = problem_stream(problems, random.Random(seed))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    per_step = []
+    for step in range(cfg.steps if steps is None else steps):
+        started = time.perf_counter()
+        batch = rollout(engine, tokenizer, domain, list(itertools.islice(stream, cfg.batch_prompts)),
+                        cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=seed * 1_000_003 + step)
+        scores = [math.nan if s is None else float(s) for s in reward_fn(batch.problems, batch.texts)]
+        if len(scores) != len(batch.texts):
+            raise ValueError(f"reward_fn returned {len(scores)} rewards for {len(batch.texts)} completions")
+        rewards = torch.tensor(scores, dtype=torch.float32).view(-1, cfg.group_size)  # (G, n)
+        advantages = advantage_fn(rewards).flatten()  # (B,)
+        try:
+            stats = policy_step(student, optimizer, batch, advantages, cfg, pad_id, reference)
+        except NonFiniteLoss as error:
+            raise NonFiniteLoss(f"step {step}: {error}") from None
+        record = {"step": step, **_reward_stats(rewards), **stats,
+                  "completion_length": batch.sampled_tokens / len(batch.texts),
+                  "tokens_per_second": batch.sampled_tokens / batch.seconds if batch.seconds else 0.0,
+                  "seconds": time.perf_counter() - started}
+        per_step.append(record)
+        if log is not None:
+            log(record)
+    return student, summarize_steps(per_step)
+
+
+def summarize_steps(per_step: list[dict]) -> StudentMetrics:
+    """Means of the per-step records."""
+    names = [f.name for f in fields(StudentMetrics) if f.name not in ("steps", "updates", "per_step")]
+    means = {name: sum(r[name] for r in per_step) / len(per_step) if per_step else 0.0 for name in names}
+    return StudentMetrics(**means, steps=len(per_step), updates=sum(r["updated"] for r in per_step),
+                          per_step=per_step)
