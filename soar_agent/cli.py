@@ -129,6 +129,7 @@ def cmd_mine_hard(args) -> int:
     config = load_config(args.config, overrides)
     mining = config.mining
     domain = get_domain(config.domain.name)
+    model, tokenizer, engine = _load(config.model.path, config.model.dtype)  # fail fast, before generating
     if args.data:
         pool = _problems_from_file(args.data, domain)
     elif hasattr(domain, "generate"):
@@ -137,9 +138,8 @@ def cmd_mine_hard(args) -> int:
         pool = generate_problems(domain, [lv for lv in levels for _ in range(mining.pool_per_level)], rng)
     else:
         raise UserError(f"--domain {domain.NAME}: a dataset domain needs --data FILE.jsonl")
-    model, tokenizer, engine = _load(config.model.path, config.model.dtype)
     report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.seed, mining.temperature,
-                       mining.max_new_tokens)
+                       mining.max_new_tokens, log=lambda message: print(message, file=sys.stderr, flush=True))
     db_path = Path(args.db or f"runs/mine-{domain.NAME}/soar.db")
     db_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db_path)

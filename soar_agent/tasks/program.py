@@ -20,6 +20,8 @@ from soar_agent.tasks.base import Problem, RejectedItem, extract_integer_answer,
 
 NAME = "program"
 LEVELS = tuple(range(1, 9))
+# Levels just past the shipped model's edge (see README: greedy profile), where hard sets are mined.
+EDGE_LEVELS = (5, 6, 7)
 TOPICS = "tracing python programs: variables, assignments, arithmetic, for loops, print"
 
 VARIABLES = "abcde"

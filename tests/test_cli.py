@@ -1,0 +1,106 @@
+"""The `soar` CLI run as a subprocess: eval, mine-hard, --version and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from soar_agent import __version__
+from soar_agent.store import Store
+
+
+def soar(*args, cwd=None, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "soar_agent.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("soar: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_version():
+    result = soar("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_eval_json_reports_levels_and_pass_at_k(random_tiny_dir):
+    result = soar("eval", "--model", random_tiny_dir, "--domain", "arith", "--levels", "1,2", "--per-level", "3",
+                  "--samples", "4", "--max-new-tokens", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary["levels"]) == {"1", "2"}
+    for figures in list(summary["levels"].values()) + [summary]:
+        assert {"greedy_acc", "pass@1", "pass@2", "pass@4"} <= set(figures)
+        assert 0.0 <= figures["pass@1"] <= figures["pass@2"] <= figures["pass@4"] <= 1.0
+    assert summary["problems"] == 6
+
+
+def test_mine_hard_writes_store_and_jsonl(random_tiny_dir, tmp_path):
+    db, out = tmp_path / "mine.db", tmp_path / "hard"
+    result = soar("mine-hard", "--model", random_tiny_dir, "--domain", "program", "--levels", "1,2", "--k", "4",
+                  "--pool-per-level", "6", "--test-fraction", "0.5", "--max-new-tokens", "12", "--db", db,
+                  "--out-dir", out, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # a random model never writes "Answer: N": every problem is fail@k
+    assert report["train"] + report["test"] == 12 and report["test"] == 6
+    train = [json.loads(line) for line in (out / "program-hard-train.jsonl").read_text().splitlines()]
+    assert len(train) == 6 and all(row["steps"] and row["answer"] for row in train)
+    with Store(db, readonly=True) as store:
+        run = store.latest_run()
+        assert run["mode"] == "mine-hard"
+        assert len(store.problems_for(run["id"], source="hard", split="train")) == 6
+        assert {d["kind"] for d in store.datasets(run["id"])} == {"hard-train", "hard-test"}
+
+
+def test_missing_model_directory(tmp_path):
+    missing = tmp_path / "nope"
+    assert_one_line_error(soar("eval", "--model", missing, "--domain", "arith"), str(missing), "does not exist")
+
+
+def test_directory_that_is_not_a_model(tmp_path):
+    assert_one_line_error(soar("eval", "--model", tmp_path, "--domain", "arith"), "config.json")
+
+
+def test_bad_levels_and_unknown_domain(random_tiny_dir):
+    assert_one_line_error(soar("eval", "--model", random_tiny_dir, "--levels", "0,99"), "--levels")
+    assert_one_line_error(soar("eval", "--model", random_tiny_dir, "--domain", "poetry"), "unknown domain")
+
+
+def test_malformed_and_unknown_config_keys(tmp_path, random_tiny_dir):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mining\nk = 3\n")
+    assert_one_line_error(soar("mine-hard", bad), "bad.toml", "invalid TOML")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[mining]\nkk = 3\n")
+    assert_one_line_error(soar("mine-hard", unknown), "unknown.toml", "mining.kk")
+    assert_one_line_error(soar("mine-hard", "--model", random_tiny_dir, "--set", "mining.k=zero"), "mining.k")
+
+
+def test_corrupt_jsonl_data_names_file_and_line(tmp_path, random_tiny_dir):
+    data = tmp_path / "pool.jsonl"
+    data.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", \n')
+    assert_one_line_error(soar("eval", "--model", random_tiny_dir, "--domain", "arith", "--data", data),
+                          "pool.jsonl:2", "invalid JSON")
+    data.write_text('{"question": "1+1"}\n')
+    assert_one_line_error(soar("eval", "--model", random_tiny_dir, "--domain", "arith", "--data", data),
+                          "pool.jsonl:1", "answer")
+
+
+def test_existing_store_survives_a_failed_mining_run(tmp_path, random_tiny_dir):
+    db = tmp_path / "keep.db"
+    with Store(db) as store:
+        run = store.create_run(name="earlier", mode="soar")
+        store.log_event(run_id=run, level="info", kind="note", message="keep me")
+    assert_one_line_error(soar("mine-hard", "--model", tmp_path / "missing", "--db", db), "does not exist")
+    with Store(db, readonly=True) as store:
+        assert [e["message"] for e in store.events(run)] == ["keep me"]
