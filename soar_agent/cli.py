@@ -181,6 +181,106 @@ def cmd_pretrain_tiny(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- soar run / status / export / eval-pq
+
+
+def _deadline(args) -> float | None:
+    import datetime as dt
+    import time
+
+    if args.hours:
+        return time.time() + args.hours * 3600
+    if args.until:
+        try:
+            hour, minute = (int(part) for part in args.until.split(":"))
+            now = dt.datetime.now()
+            target = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        except ValueError:
+            raise UserError(f"--until: expected HH:MM, got {args.until!r}") from None
+        if target <= now:
+            target += dt.timedelta(days=1)
+        return target.timestamp()
+    return None
+
+
+def cmd_run(args) -> int:
+    """Run the self-improvement loop until stopped (Ctrl-C / SIGTERM finish the current unit), the time
+    budget ends or the teacher-step limit is reached; then export the best checkpoint.
+
+    Example: soar run curricula/default.toml --hours 8
+             soar run --run-dir runs/default          # resume
+    """
+    from rich.console import Console
+
+    from soar_agent.agent import Agent, Budget
+    from soar_agent.config import load_config
+
+    console = Console(highlight=False)
+    config = load_config(args.config, args.set or []) if (args.config or args.set) else None
+    run_dir = Path(args.run_dir or Path("runs") / (config.run.name if config else "default"))
+    agent = Agent.open(config, run_dir, log=lambda message: console.log(message))
+    budget = Budget(_deadline(args), args.max_teacher_steps if args.max_teacher_steps is not None
+                    else agent.config.budget.max_teacher_steps)
+    if budget.deadline is None and agent.config.budget.hours:
+        import time
+
+        budget.deadline = time.time() + agent.config.budget.hours * 3600
+    reason = agent.run(budget)
+    console.log(f"stopped: {reason}")
+    if not args.no_export:
+        out = agent.export("best", None)
+        console.log(f"exported the best checkpoint to {out}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    """Headless summary of a run: phase, teacher step, promotions, latest hard-test pass@k, budget.
+
+    Example: soar status runs/default --json
+    """
+    from soar_agent.status import run_status
+
+    status = run_status(Path(args.run_dir))
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for key, value in status.items():
+            print(f"{key:>18}: {value}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write a run's checkpoint as a plain HF model (merged, safetensors) with tokenizer and model card.
+
+    Example: soar export runs/default --out exported --checkpoint best
+    """
+    from soar_agent.agent import Agent
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "soar.db").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no soar.db)")
+    agent = Agent.open(None, run_dir, log=lambda message: None)
+    print(agent.export(args.checkpoint, args.out))
+    return 0
+
+
+def cmd_eval_pq(args) -> int:
+    """SOAR-PQ: train a fresh base student on the promotion questions plus hard-train, report hard-test pass@k.
+
+    Example: soar eval-pq runs/default --json
+    """
+    from soar_agent.agent import Agent
+    from soar_agent.pq import evaluate_pq
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "soar.db").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no soar.db)")
+    summary = evaluate_pq(Agent.open(None, run_dir, log=lambda message: None), steps=args.steps)
+    print(json.dumps(summary, indent=2) if args.json else
+          " ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("pass@")))
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -228,19 +328,44 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--steps", type=int, default=2400)
     pt.add_argument("--examples-per-domain", type=int, default=60000)
+
+    rn = add("run", cmd_run)
+    rn.add_argument("config", nargs="?", help="run config TOML (default: the embedded default)")
+    rn.add_argument("--run-dir", help="run directory (default runs/<run.name>); an existing run resumes")
+    limit = rn.add_mutually_exclusive_group()
+    limit.add_argument("--hours", type=float, help="stop after this many hours")
+    limit.add_argument("--until", help="stop at this local time (HH:MM)")
+    limit.add_argument("--max-teacher-steps", type=int, help="stop once the run has this many teacher steps")
+    rn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
+    rn.add_argument("--no-export", action="store_true", help="do not export the best checkpoint at the end")
+
+    st = add("status", cmd_status)
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true")
+
+    ex = add("export", cmd_export)
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--checkpoint", default="best", help="best | latest | checkpoint id")
+
+    pq = add("eval-pq", cmd_eval_pq)
+    pq.add_argument("run_dir")
+    pq.add_argument("--steps", type=int, help="student RL steps (default: 2 x student.steps x promotions, min student.steps)")
+    pq.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from soar_agent.config import ConfigError
     from soar_agent.models import ModelLoadError
+    from soar_agent.store import StoreError
     from soar_agent.tasks.base import RejectedItem
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (UserError, ConfigError, ModelLoadError, RejectedItem, ValueError) as error:
+    except (UserError, ConfigError, ModelLoadError, RejectedItem, ValueError, FileNotFoundError, StoreError) as error:
         print(f"soar: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

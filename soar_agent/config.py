@@ -179,7 +179,7 @@ class RewardSection:
 class PromotionSection:
     """[promotion]: when the best students replace the baseline."""
 
-    tau: float = _opt(0.01, "promote when the moving average of the reward exceeds tau (accuracy gain)", **_PROB)
+    tau: float = _opt(0.01, "promote when the moving average of the reward exceeds tau (an accuracy gain in [-1, 1])", ge=-1.0, le=1.0)
     window: int = _opt(3, "teacher steps in the reward moving average", ge=1)
 
 

@@ -63,7 +63,7 @@ RUN_MODES = ("soar", "hard-only", "intrinsic", "mine-hard", "eval")  # documenta
 # Tables callers may count with ``Store.count``.
 TABLES = (
     "runs", "problems", "datasets", "dataset_items", "evaluations", "evaluation_results",
-    "checkpoints", "events", "rollouts", "commands",
+    "checkpoints", "events", "rollouts", "commands", "teacher_steps", "trainings",
 )
 
 
@@ -210,9 +210,96 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
+def _problem_rows(run_id, problems, source, split, provenance, answer_verified, difficulty) -> list[tuple]:
+    """Encode problems for insertion before any transaction opens: bad input fails fast, never holding the lock."""
+    _check(source, PROBLEM_SOURCES, "source")
+    _check(split, PROBLEM_SPLITS, "split", optional=True)
+    problems = list(problems)
+    n = len(problems)
+    provs = _per_item(provenance, n, "provenance")
+    verified = [_flag(v, "answer_verified") for v in _per_item(answer_verified, n, "answer_verified")]
+    diffs = _per_item(difficulty, n, "difficulty")
+    now = _now()
+    rows = []
+    for i, p in enumerate(problems):
+        rows.append((
+            run_id, p.question, str(p.answer), verified[i], p.domain, p.level,
+            None if diffs[i] is None else float(diffs[i]), source, split,
+            content_hash(p.domain, p.question), _dumps(provs[i] or {}, f"provenance[{i}]"),
+            _dumps(list(p.steps), f"problems[{i}].steps"), _dumps(dict(p.meta or {}), f"problems[{i}].meta"),
+            now,
+        ))
+    return rows
+
+
+def _insert_problem_rows(conn: sqlite3.Connection, rows: list[tuple]) -> list[int]:
+    ids = []
+    for row in rows:
+        cur = conn.execute(
+            "INSERT INTO problems (run_id, question, answer, answer_verified, domain, level, difficulty,"
+            " source, split, content_hash, provenance_json, steps_json, meta_json, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            # Targeted at the dedupe key only: CHECK/NOT NULL/FK violations must still raise.
+            " ON CONFLICT (run_id, content_hash) DO NOTHING",
+            row,
+        )
+        if cur.rowcount == 1:
+            ids.append(cur.lastrowid)
+        else:
+            ids.append(conn.execute(
+                "SELECT id FROM problems WHERE run_id = ? AND content_hash = ?", (row[0], row[9])
+            ).fetchone()[0])
+    return ids
+
+
+def _insert_dataset(conn: sqlite3.Connection, run_id: int, name: str, kind: str, problem_ids: Sequence[int],
+                    teacher_step: int | None, meta: dict | None) -> int:
+    _check(kind, DATASET_KINDS, "kind")
+    dataset_id = conn.execute(
+        "INSERT INTO datasets (run_id, name, kind, teacher_step, created_at, meta_json) VALUES (?, ?, ?, ?, ?, ?)",
+        (run_id, name, kind, teacher_step, _now(), _dumps(meta or {}, "meta"))).lastrowid
+    conn.executemany("INSERT INTO dataset_items (dataset_id, problem_id, position) VALUES (?, ?, ?)",
+                     [(dataset_id, pid, pos) for pos, pid in enumerate(problem_ids)])
+    return dataset_id
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """The agent loop's units of work: teacher steps and student trainings (resume reads these)."""
+    for sql in [
+        """CREATE TABLE teacher_steps (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            mean_reward REAL,
+            moving_average REAL,
+            promoted_dataset_id INTEGER REFERENCES datasets(id),
+            metrics_json TEXT NOT NULL DEFAULT '{}',
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            PRIMARY KEY (run_id, step)
+        )""",
+        """CREATE TABLE trainings (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            teacher_step INTEGER NOT NULL,
+            dataset_id INTEGER REFERENCES datasets(id),
+            student_index INTEGER NOT NULL,
+            reward REAL,
+            accuracy_before REAL,
+            accuracy_after REAL,
+            checkpoint_path TEXT,
+            metrics_json TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            UNIQUE (run_id, teacher_step, dataset_id, student_index)
+        )""",
+        "CREATE INDEX trainings_run_step ON trainings(run_id, teacher_step)",
+    ]:
+        db.execute(sql)
+
+
 # MIGRATIONS[i] takes the schema from version i to i + 1. Append only. Each runs inside one transaction
 # together with the schema_version bump, so a failing migration leaves the database at the previous version.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,45 +620,8 @@ class Store:
         (domain, normalized question) already exists in the run maps to the existing row's id (the stored
         row is left as it was), including duplicates within the batch. ``provenance``, ``answer_verified``
         and ``difficulty`` are either one value for all problems or a list with one per problem."""
-        _check(source, PROBLEM_SOURCES, "source")
-        _check(split, PROBLEM_SPLITS, "split", optional=True)
-        problems = list(problems)
-        n = len(problems)
-        provs = _per_item(provenance, n, "provenance")
-        verified = [_flag(v, "answer_verified") for v in _per_item(answer_verified, n, "answer_verified")]
-        diffs = _per_item(difficulty, n, "difficulty")
-        # Encode everything before the transaction opens: bad input fails fast and never holds the lock.
-        now = _now()
-        rows = []
-        for i, p in enumerate(problems):
-            rows.append((
-                run_id, p.question, str(p.answer), verified[i], p.domain, p.level,
-                None if diffs[i] is None else float(diffs[i]), source, split,
-                content_hash(p.domain, p.question), _dumps(provs[i] or {}, f"provenance[{i}]"),
-                _dumps(list(p.steps), f"problems[{i}].steps"), _dumps(dict(p.meta or {}), f"problems[{i}].meta"),
-                now,
-            ))
-
-        def insert(conn: sqlite3.Connection) -> list[int]:
-            ids = []
-            for row in rows:
-                cur = conn.execute(
-                    "INSERT INTO problems (run_id, question, answer, answer_verified, domain, level, difficulty,"
-                    " source, split, content_hash, provenance_json, steps_json, meta_json, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    # Targeted at the dedupe key only: CHECK/NOT NULL/FK violations must still raise.
-                    " ON CONFLICT (run_id, content_hash) DO NOTHING",
-                    row,
-                )
-                if cur.rowcount == 1:
-                    ids.append(cur.lastrowid)
-                else:
-                    ids.append(conn.execute(
-                        "SELECT id FROM problems WHERE run_id = ? AND content_hash = ?", (row[0], row[9])
-                    ).fetchone()[0])
-            return ids
-
-        return self._write(insert)
+        rows = _problem_rows(run_id, problems, source, split, provenance, answer_verified, difficulty)
+        return self._write(lambda conn: _insert_problem_rows(conn, rows))
 
     def get_problem(self, problem_id: int) -> dict | None:
         return _decode(self._row("SELECT * FROM problems WHERE id = ?", (problem_id,)))
@@ -599,21 +649,81 @@ class Store:
         """A named, ordered list of problems (curriculum, hard split, ...). Positions are 0-based."""
         _check(kind, DATASET_KINDS, "kind")
         problem_ids = [int(p) for p in problem_ids]
-        meta_json = _dumps(meta or {}, "meta")
+        return self._write(lambda conn: _insert_dataset(conn, run_id, name, kind, problem_ids, teacher_step, meta))
 
-        def insert(conn: sqlite3.Connection) -> int:
-            dataset_id = conn.execute(
-                "INSERT INTO datasets (run_id, name, kind, teacher_step, created_at, meta_json)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, name, kind, teacher_step, _now(), meta_json),
-            ).lastrowid
-            conn.executemany(
-                "INSERT INTO dataset_items (dataset_id, problem_id, position) VALUES (?, ?, ?)",
-                [(dataset_id, pid, pos) for pos, pid in enumerate(problem_ids)],
-            )
-            return dataset_id
+    # -- agent units of work (each one transaction: a crash leaves the unit either done or not started) --
+
+    def add_curriculum(self, *, run_id: int, teacher_step: int, datasets: Sequence[dict]) -> list[int]:
+        """The teacher's datasets of one step with their problems, atomically. Each dict: name, problems,
+        provenance (list), answer_verified (list), meta. Returns the dataset ids."""
+        prepared = [(d, _problem_rows(run_id, d["problems"], "teacher", None, d.get("provenance"),
+                                      d.get("answer_verified"), None)) for d in datasets]
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            conn.execute("INSERT OR IGNORE INTO teacher_steps (run_id, step, status, started_at) VALUES (?, ?, ?, ?)",
+                         (run_id, teacher_step, "sampled", _now()))
+            conn.execute("UPDATE teacher_steps SET status = 'sampled' WHERE run_id = ? AND step = ?",
+                         (run_id, teacher_step))
+            return [_insert_dataset(conn, run_id, d["name"], "curriculum", _insert_problem_rows(conn, rows),
+                                    teacher_step, d.get("meta")) for d, rows in prepared]
 
         return self._write(insert)
+
+    def teacher_step(self, run_id: int, step: int) -> dict | None:
+        return _decode(self._row("SELECT * FROM teacher_steps WHERE run_id = ? AND step = ?", (run_id, step)))
+
+    def teacher_steps(self, run_id: int) -> list[dict]:
+        return [_decode(r) for r in self._rows("SELECT * FROM teacher_steps WHERE run_id = ? ORDER BY step", (run_id,))]
+
+    def add_training(self, *, run_id: int, teacher_step: int, dataset_id: int | None, student_index: int,
+                     reward: float | None, accuracy_before: float | None, accuracy_after: float | None,
+                     checkpoint_path: str | None, metrics: dict) -> int:
+        """One finished student training (inserted only when complete: resume retrains missing ones)."""
+        metrics_json = _dumps(metrics, "metrics")
+        return self._write(lambda c: c.execute(
+            "INSERT INTO trainings (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before,"
+            " accuracy_after, checkpoint_path, metrics_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before, accuracy_after,
+             checkpoint_path, metrics_json, _now())).lastrowid)
+
+    def trainings(self, run_id: int, teacher_step: int | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM trainings WHERE run_id = ?", [run_id]
+        if teacher_step is not None:
+            sql, params = sql + " AND teacher_step = ?", params + [teacher_step]
+        return [_decode(r) for r in self._rows(sql + " ORDER BY id", params)]
+
+    def complete_teacher_step(self, *, run_id: int, step: int, dataset_rewards: dict[int, float | None],
+                              mean_reward: float | None, moving_average: float | None,
+                              promoted_dataset_id: int | None, checkpoints: Sequence[dict], metrics: dict) -> None:
+        """Close a teacher step: dataset rewards, promotion (the dataset joins the promotion questions),
+        new checkpoints (each dict: path, role, metrics) and the step's figures, all in one transaction."""
+        metrics_json = _dumps(metrics, "metrics")
+
+        def update(conn: sqlite3.Connection) -> None:
+            for dataset_id, reward in dataset_rewards.items():
+                conn.execute("UPDATE datasets SET reward = ?, promoted = ? WHERE id = ?",
+                             (reward, int(dataset_id == promoted_dataset_id), dataset_id))
+            if promoted_dataset_id is not None:
+                ids = [r[0] for r in conn.execute(
+                    "SELECT problem_id FROM dataset_items WHERE dataset_id = ? ORDER BY position",
+                    (promoted_dataset_id,))]
+                _insert_dataset(conn, run_id, f"promotion-step-{step}", "promotion", ids, step,
+                                {"from_dataset": promoted_dataset_id})
+            for checkpoint in checkpoints:
+                conn.execute(
+                    "INSERT INTO checkpoints (run_id, path, role, teacher_step, status, metrics_json, created_at)"
+                    " VALUES (?, ?, ?, ?, 'complete', ?, ?)",
+                    (run_id, str(checkpoint["path"]), checkpoint["role"], step,
+                     _dumps(checkpoint.get("metrics") or {}, "metrics"), _now()))
+            conn.execute(
+                "INSERT INTO teacher_steps (run_id, step, status, started_at) VALUES (?, ?, 'complete', ?)"
+                " ON CONFLICT (run_id, step) DO NOTHING", (run_id, step, _now()))
+            conn.execute(
+                "UPDATE teacher_steps SET status = 'complete', mean_reward = ?, moving_average = ?,"
+                " promoted_dataset_id = ?, metrics_json = ?, finished_at = ? WHERE run_id = ? AND step = ?",
+                (mean_reward, moving_average, promoted_dataset_id, metrics_json, _now(), run_id, step))
+
+        self._write(update)
 
     def get_dataset(self, dataset_id: int) -> dict | None:
         return _decode(self._row("SELECT * FROM datasets WHERE id = ?", (dataset_id,)))

@@ -1,0 +1,554 @@
+"""The long-running SOAR loop behind `soar run`: teacher -> students -> grounded reward -> promotion.
+
+Units of work, each made durable in one store transaction before the next starts (so `kill -9` loses at
+most the unit in progress, and `soar run --run-dir DIR` continues from the last completed one):
+  1. teacher sampling: g datasets of n items -> `store.add_curriculum`
+  2. each student training (r per dataset, from the current baseline, deterministic seed) -> its weights
+     under checkpoints/step-N/ then `store.add_training` with its reward
+  3. teacher update + promotion -> teacher checkpoint (weights + optimizer) and, on promotion, the new
+     baseline -> `store.complete_teacher_step`
+  4. every `eval.every_teacher_steps`: reporting evaluation of the baseline on hard-test and easy levels.
+Every seed is derived from (run seed, teacher step, dataset, student), so a redone unit gives the same
+result; the teacher's optimizer state lives in its checkpoint.
+
+Modes: `soar` (the paper), `hard-only` (RL directly on hard-train, same student compute per step),
+`intrinsic` (teacher rewarded by the Intrinsic-T learnability score instead of measured improvement).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+
+from soar_agent.config import RunConfig, config_from_dict, config_to_dict
+from soar_agent.store import Store
+from soar_agent.tasks import generate_problems, get_domain
+from soar_agent.tasks.base import Problem
+
+EASY_LEVELS = (1, 2, 3)
+EASY_PER_LEVEL = 20
+MAX_GARBAGE_STEPS = 3
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "soar.db"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+
+@dataclass
+class Budget:
+    deadline: float | None = None  # epoch seconds
+    max_teacher_steps: int = 0  # 0 = no limit (counts completed steps of the whole run)
+
+    def exhausted(self, completed_steps: int) -> str | None:
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "time budget reached"
+        if self.max_teacher_steps and completed_steps >= self.max_teacher_steps:
+            return f"{self.max_teacher_steps} teacher steps done"
+        return None
+
+
+def _seed(*parts: int) -> int:
+    value = 17
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**31 - 1)
+    return value
+
+
+def shipped_hard_set(domain_name: str, split: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "curricula" / "hard" / f"{domain_name}-hard-{split}.jsonl"
+
+
+def load_problem_file(path: Path, domain) -> list[Problem]:
+    from soar_agent.mining import read_jsonl
+
+    if hasattr(domain, "load_problems"):
+        return domain.load_problems(path)
+    return read_jsonl(path, domain.NAME)
+
+
+@dataclass
+class Agent:
+    config: RunConfig
+    paths: RunPaths
+    log: callable = print
+    store: Store = None
+    run_id: int = 0
+    stop_reason: str | None = None
+    paused: bool = False
+    force_promotion: bool = False
+    _models: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ set-up and resume
+
+    @classmethod
+    def open(cls, config: RunConfig | None, run_dir: Path, log=print) -> "Agent":
+        """A new run in an empty run_dir, or the existing run there (its stored config wins)."""
+        paths = RunPaths(Path(run_dir))
+        paths.root.mkdir(parents=True, exist_ok=True)
+        store = Store(paths.db)
+        existing = store.latest_run()
+        if existing is not None:
+            stored = config_from_dict(existing["config"], source=f"{paths.db} (stored config)")
+            if config is not None and config_to_dict(config) != config_to_dict(stored):
+                log("note: resuming with the run's stored configuration; the given one is ignored")
+            agent = cls(stored, paths, log, store, existing["id"])
+            store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")
+            return agent
+        config = config or RunConfig()
+        run_id = store.create_run(name=config.run.name, mode=config.run.mode, config=config_to_dict(config),
+                                  model_path=config.model.path)
+        agent = cls(config, paths, log, store, run_id)
+        agent._store_hard_sets()
+        store.log_event(run_id=run_id, level="info", kind="start", message=f"run created in {paths.root}")
+        return agent
+
+    @property
+    def domain(self):
+        return get_domain(self.config.domain.name)
+
+    def _store_hard_sets(self) -> None:
+        domain, cfg = self.domain, self.config.domain
+        for split, configured in (("train", cfg.hard_train), ("test", cfg.hard_test)):
+            path = Path(configured) if configured else shipped_hard_set(domain.NAME, split)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: hard-{split} set not found (domain.hard_{split})")
+            problems = load_problem_file(path, domain)
+            ids = self.store.add_problems(run_id=self.run_id, problems=problems, source="hard", split=split,
+                                          provenance={"file": str(path)})
+            self.store.create_dataset(run_id=self.run_id, name=f"hard-{split}", kind=f"hard-{split}",
+                                      problem_ids=ids)
+
+    def hard_set(self, split: str) -> list[Problem]:
+        (dataset,) = self.store.datasets(self.run_id, kind=f"hard-{split}")
+        return [self.store.to_problem(row) for row in self.store.dataset_problems(dataset["id"])]
+
+    def completed_steps(self) -> list[dict]:
+        return [s for s in self.store.teacher_steps(self.run_id) if s["status"] == "complete"]
+
+    def latest_checkpoint(self, role: str) -> dict | None:
+        rows = self.store.checkpoints(self.run_id, role=role, status="complete")
+        return rows[-1] if rows else None
+
+    def _load(self, role: str):
+        """Baseline or teacher: the newest complete checkpoint of that role, else the base model."""
+        import torch
+
+        from soar_agent.models import add_lora, load_model, load_tokenizer
+
+        if "tokenizer" not in self._models:
+            self._models["tokenizer"] = load_tokenizer(self.config.model.path)
+        checkpoint = self.latest_checkpoint(role)
+        m = self.config.model
+        if checkpoint is not None:
+            model = load_model(checkpoint["path"], m.dtype)
+        else:
+            model = load_model(m.path, m.dtype)
+            if m.lora:
+                model = add_lora(model, m.lora_rank, m.lora_alpha, m.lora_dropout)
+        if role == "teacher":
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=self.config.teacher.lr, weight_decay=0.0)
+            if checkpoint is not None and (Path(checkpoint["path"]) / "optimizer.pt").is_file():
+                optimizer.load_state_dict(torch.load(Path(checkpoint["path"]) / "optimizer.pt"))
+            self._models["teacher_optimizer"] = optimizer
+        self._models[role] = model
+        return model
+
+    def model(self, role: str):
+        return self._models[role] if role in self._models else self._load(role)
+
+    @property
+    def tokenizer(self):
+        if "tokenizer" not in self._models:
+            self.model("baseline")
+        return self._models["tokenizer"]
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, budget: Budget) -> str:
+        self._install_signal_handlers()
+        self.store.set_run_status(self.run_id, "running")
+        self.store.log_event(run_id=self.run_id, level="info", kind="session",
+                             message="session started", data={"deadline": budget.deadline,
+                                                              "max_teacher_steps": budget.max_teacher_steps})
+        if not self.store.evaluations(self.run_id, set_name="hard-test"):
+            self.report_evaluation(step=0)
+        garbage_in_a_row = 0
+        while True:
+            self.poll_commands()
+            done = self.completed_steps()
+            reason = self.stop_reason or budget.exhausted(len(done))
+            if reason:
+                break
+            step = (done[-1]["step"] if done else 0) + 1
+            try:
+                self.teacher_step(step)
+                garbage_in_a_row = 0
+            except _StepSkipped as skipped:
+                garbage_in_a_row += 1
+                self.store.log_event(run_id=self.run_id, level="warning", kind="teacher-garbage",
+                                     message=str(skipped), data={"step": step})
+                self.log(f"[step {step}] skipped: {skipped}")
+                if garbage_in_a_row >= MAX_GARBAGE_STEPS:
+                    self.stop_reason = f"teacher wrote garbage for {garbage_in_a_row} steps in a row; stopping"
+                    self.store.log_event(run_id=self.run_id, level="error", kind="stopped", message=self.stop_reason)
+                    break
+                continue
+            if step % self.config.eval.every_teacher_steps == 0 and not self.stop_reason:
+                self.report_evaluation(step)
+        self.store.set_run_status(self.run_id, "stopped")
+        self.store.log_event(run_id=self.run_id, level="info", kind="stopped", message=reason or self.stop_reason)
+        return reason or self.stop_reason
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, frame):
+            if self.stop_reason:  # second signal: stop now
+                raise KeyboardInterrupt
+            self.stop_reason = f"{signal.Signals(signum).name} received: stopping after the current unit"
+            self.log(self.stop_reason)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, request_stop)
+
+    def poll_commands(self) -> None:
+        """Commands from the TUI (or `soar` scripts), each acknowledged; pause blocks here."""
+        while True:
+            for command in self.store.pending_commands(self.run_id):
+                name = command["command"]
+                if name == "pause":
+                    self.paused, message = True, "paused after the current unit"
+                elif name == "resume":
+                    self.paused, message = False, "resumed"
+                elif name == "stop":
+                    self.stop_reason, message = "stop command received", "stopping after the current unit"
+                elif name == "promote":
+                    self.force_promotion, message = True, "the best student of the next completed step will be promoted"
+                else:  # export
+                    out = self.export(command["args"].get("checkpoint", "best"), command["args"].get("out"))
+                    message = f"exported to {out}"
+                self.store.ack_command(command["id"], message)
+                self.store.log_event(run_id=self.run_id, level="info", kind=f"command-{name}", message=message)
+            if not self.paused or self.stop_reason:
+                return
+            time.sleep(1.0)
+
+    # ------------------------------------------------------------------ one teacher step
+
+    def teacher_step(self, step: int) -> None:
+        started = time.time()
+        if self.config.run.mode == "hard-only":
+            return self._hard_only_step(step, started)
+        datasets = self._curriculum(step)
+        reward_questions = self._reward_questions(step)
+        baseline = self.model("baseline")
+        accuracy_before = self._greedy_accuracy(baseline, reward_questions)
+        cfg = self.config
+        units = [(index, d, j) for index, d in enumerate(datasets) for j in range(cfg.student.students_per_dataset)]
+        done = {(t["dataset_id"], t["student_index"]) for t in self.store.trainings(self.run_id, step)}
+        for number, (index, dataset, j) in enumerate(units, 1):
+            if (dataset["id"], j) in done:
+                continue
+            self.poll_commands()
+            if self.stop_reason:
+                return
+            self._train_one(step, index, dataset, j, reward_questions, accuracy_before)
+            eta = (time.time() - started) / number * (len(units) - number)
+            self.log(f"[step {step}] students {number}/{len(units)}  ETA {eta:.0f}s")
+        self._finish_step(step, datasets, accuracy_before, started)
+
+    def _curriculum(self, step: int) -> list[dict]:
+        """The step's datasets: from the store when already sampled (resume), else sampled now."""
+        from soar_agent.engine import HFEngine
+        from soar_agent.teacher import TeacherGarbage, sample_items
+
+        existing = [d for d in self.store.datasets(self.run_id, kind="curriculum") if d["teacher_step"] == step]
+        if existing:
+            return existing
+        t = self.config.teacher
+        teacher = self.model("teacher")
+        count = t.datasets_per_step * t.items_per_dataset
+        try:
+            items, stats = sample_items(HFEngine(teacher, self.tokenizer), self.domain, count, t,
+                                        seed=_seed(self.config.run.seed, step))
+        except TeacherGarbage as error:
+            raise _StepSkipped(str(error)) from None
+        datasets = []
+        for k in range(t.datasets_per_step):
+            chunk = items[k * t.items_per_dataset:(k + 1) * t.items_per_dataset]
+            datasets.append({
+                "name": f"step-{step}-dataset-{k}", "problems": [i.problem for i in chunk],
+                "provenance": [{"teacher_step": step, "dataset": k, "text": i.text, "teacher_answer": i.teacher_answer}
+                               for i in chunk],
+                "answer_verified": [i.verified for i in chunk], "meta": {"index": k}})
+        self.store.add_curriculum(run_id=self.run_id, teacher_step=step, datasets=datasets)
+        verified = sum(bool(i.verified) for i in items)
+        self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
+                             message=f"step {step}: {count} items ({verified} verified)", data={"step": step, **stats})
+        self.log(f"[step {step}] teacher: {count} items, {verified} answers verified, "
+                 f"{sum(stats['rejected'].values())} rejected")
+        return [d for d in self.store.datasets(self.run_id, kind="curriculum") if d["teacher_step"] == step]
+
+    def _reward_questions(self, step: int) -> list[Problem]:
+        hard_train = self.hard_set("train")
+        rng = random.Random(_seed(self.config.run.seed, step, 99))
+        return rng.sample(hard_train, min(self.config.reward.questions, len(hard_train)))
+
+    def _greedy_accuracy(self, model, problems: list[Problem]) -> float:
+        from soar_agent.engine import HFEngine
+        from soar_agent.evaluation import evaluate_problems
+
+        results = evaluate_problems(HFEngine(model, self.tokenizer), self.domain, problems, samples=0,
+                                    greedy=True, max_new_tokens=self.config.eval.max_new_tokens)
+        return sum(r.greedy_correct for r in results) / len(results)
+
+    def _dataset_problems(self, dataset: dict) -> list[Problem]:
+        return [self.store.to_problem(row) for row in self.store.dataset_problems(dataset["id"])]
+
+    def _student_dir(self, step: int, index: int, j: int) -> Path:
+        return self.paths.checkpoints / f"step-{step}" / f"student-{index}-{j}"
+
+    def _train_one(self, step: int, index: int, dataset: dict, j: int, reward_questions, accuracy_before,
+                   problems: list[Problem] | None = None, steps: int | None = None) -> tuple[object, float]:
+        from soar_agent.models import save_checkpoint
+        from soar_agent.rl.train import NonFiniteLoss, train_student
+
+        cfg = self.config
+        problems = problems or self._dataset_problems(dataset)
+        steps = steps or cfg.student.steps + (cfg.student.extra_steps_after_promotion if self._promotions() else 0)
+        seed = _seed(cfg.run.seed, step, index, j)
+        try:
+            student, metrics = train_student(self.model("baseline"), self.tokenizer, problems, self.domain,
+                                             cfg.student, steps=steps, seed=seed)
+        except NonFiniteLoss as error:
+            self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss", message=str(error),
+                                 data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})
+            self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
+                                    student_index=j, reward=None, accuracy_before=accuracy_before,
+                                    accuracy_after=None, checkpoint_path=None, metrics={"error": str(error)})
+            return None, float("nan")
+        accuracy_after = self._greedy_accuracy(student, reward_questions)
+        if metrics.completion_length < 1.0:
+            self.store.log_event(run_id=self.run_id, level="warning", kind="student-collapse",
+                                 message=f"step {step}: student {index}-{j} writes empty answers",
+                                 data={"step": step})
+        directory = save_checkpoint(student, self.tokenizer, self._student_dir(step, index, j))
+        reward = accuracy_after - accuracy_before
+        summary = {k: v for k, v in vars(metrics).items() if k != "per_step"}
+        self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
+                                student_index=j, reward=reward, accuracy_before=accuracy_before,
+                                accuracy_after=accuracy_after, checkpoint_path=str(directory), metrics=summary)
+        self.log(f"[step {step}] student {index}-{j}: reward {reward:+.3f} "
+                 f"(acc {accuracy_before:.3f} -> {accuracy_after:.3f}), train reward {metrics.reward_mean:.2f}, "
+                 f"{metrics.tokens_per_second:.0f} tok/s")
+        return student, reward
+
+    def _promotions(self) -> int:
+        return len(self.store.datasets(self.run_id, kind="promotion"))
+
+    def _finish_step(self, step: int, datasets: list[dict], accuracy_before: float, started: float) -> None:
+        from soar_agent.models import save_checkpoint
+        from soar_agent.teacher import TeacherItem, intrinsic_rewards, teacher_update
+
+        cfg = self.config
+        trainings = self.store.trainings(self.run_id, step)
+        by_dataset = {d["id"]: [t for t in trainings if t["dataset_id"] == d["id"] and t["reward"] is not None]
+                      for d in datasets}
+        rewards = {d["id"]: (sum(t["reward"] for t in by_dataset[d["id"]]) / len(by_dataset[d["id"]])
+                             if by_dataset[d["id"]] else 0.0) for d in datasets}
+        teacher_rewards = list(rewards.values())
+        if cfg.run.mode == "intrinsic":
+            teacher_rewards = intrinsic_rewards([self._success_rates(d) for d in datasets])
+        items = [[TeacherItem(row["provenance"]["text"], self.store.to_problem(row), "", None)
+                  for row in self.store.dataset_problems(d["id"])] for d in datasets]
+        teacher = self.model("teacher")
+        update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
+                                teacher_rewards, cfg.student.grad_clip)
+        mean_reward = sum(rewards.values()) / len(rewards)
+        history = [s["mean_reward"] for s in self.completed_steps()][-(cfg.promotion.window - 1):] + [mean_reward]
+        moving_average = sum(history) / len(history)
+        checkpoints = [{"path": self._save_teacher(step, teacher), "role": "teacher", "metrics": update}]
+        promoted = None
+        if moving_average > cfg.promotion.tau or self.force_promotion:
+            best = max(datasets, key=lambda d: rewards[d["id"]])
+            candidates = sorted(by_dataset[best["id"]], key=lambda t: t["reward"])
+            if candidates:
+                chosen = candidates[(len(candidates) - 1) // 2]  # the median-reward student
+                target = self.paths.checkpoints / f"baseline-step-{step}"
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(chosen["checkpoint_path"], target)
+                checkpoints.append({"path": str(target), "role": "baseline",
+                                    "metrics": {"reward": chosen["reward"], "from_dataset": best["id"]}})
+                promoted = best["id"]
+        self.store.complete_teacher_step(
+            run_id=self.run_id, step=step, dataset_rewards=rewards, mean_reward=mean_reward,
+            moving_average=moving_average, promoted_dataset_id=promoted, checkpoints=checkpoints,
+            metrics={"teacher_update": update, "teacher_rewards": teacher_rewards, "accuracy_before": accuracy_before,
+                     "seconds": time.time() - started, "mode": cfg.run.mode})
+        self.force_promotion = False
+        if promoted is not None:
+            self._models.pop("baseline", None)  # reload the promoted student on next use
+            self.store.log_event(run_id=self.run_id, level="info", kind="promotion",
+                                 message=f"step {step}: dataset {promoted} promoted", data={"step": step})
+        shutil.rmtree(self.paths.checkpoints / f"step-{step}", ignore_errors=True)
+        self._prune_checkpoints()
+        self.log(f"[step {step}] done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}, "
+                 f"moving average {moving_average:+.4f}{', PROMOTED' if promoted else ''}")
+
+    def _success_rates(self, dataset: dict) -> list[float]:
+        """Baseline success rate per item (group_size samples against the item's target answer)."""
+        from soar_agent.engine import HFEngine
+        from soar_agent.evaluation import evaluate_problems
+
+        s = self.config.student
+        results = evaluate_problems(HFEngine(self.model("baseline"), self.tokenizer), self.domain,
+                                    self._dataset_problems(dataset), samples=s.group_size, greedy=False,
+                                    temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+        return [r.correct / r.samples for r in results]
+
+    def _save_teacher(self, step: int, teacher) -> str:
+        import torch
+
+        from soar_agent.models import save_checkpoint
+
+        directory = save_checkpoint(teacher, self.tokenizer, self.paths.checkpoints / f"teacher-step-{step}")
+        temporary = directory / "optimizer.pt.tmp"
+        torch.save(self._models["teacher_optimizer"].state_dict(), temporary)
+        temporary.replace(directory / "optimizer.pt")
+        return str(directory)
+
+    def _hard_only_step(self, step: int, started: float) -> None:
+        """The Hard-Only baseline: the same student compute as a SOAR step (g * r trainings), spent as
+        consecutive RL trainings of the baseline directly on hard-train."""
+        cfg = self.config
+        hard_train = self.hard_set("train")
+        reward_questions = self._reward_questions(step)
+        units = cfg.teacher.datasets_per_step * cfg.student.students_per_dataset
+        done = self.store.trainings(self.run_id, step)
+        if done and done[-1]["checkpoint_path"]:
+            from soar_agent.models import load_model
+
+            self._models["baseline"] = load_model(done[-1]["checkpoint_path"], cfg.model.dtype)
+        accuracy = self._greedy_accuracy(self.model("baseline"), reward_questions)
+        for unit in range(len(done), units):
+            self.poll_commands()
+            if self.stop_reason:
+                return
+            student, reward = self._train_one(step, unit, None, unit, reward_questions, accuracy,
+                                              problems=hard_train, steps=cfg.student.steps)
+            if student is not None:
+                self._models["baseline"] = student
+                accuracy += reward
+        last = [t for t in self.store.trainings(self.run_id, step) if t["checkpoint_path"]]
+        checkpoints = []
+        if last:
+            target = self.paths.checkpoints / f"baseline-step-{step}"
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(last[-1]["checkpoint_path"], target)
+            checkpoints.append({"path": str(target), "role": "baseline", "metrics": {}})
+        rewards = [t["reward"] for t in self.store.trainings(self.run_id, step) if t["reward"] is not None]
+        mean_reward = sum(rewards) / len(rewards) if rewards else 0.0
+        self.store.complete_teacher_step(run_id=self.run_id, step=step, dataset_rewards={}, mean_reward=mean_reward,
+                                         moving_average=mean_reward, promoted_dataset_id=None,
+                                         checkpoints=checkpoints, metrics={"mode": "hard-only",
+                                                                           "seconds": time.time() - started})
+        self._models.pop("baseline", None)
+        shutil.rmtree(self.paths.checkpoints / f"step-{step}", ignore_errors=True)
+        self._prune_checkpoints()
+        self.log(f"[step {step}] hard-only done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}")
+
+    def _prune_checkpoints(self) -> None:
+        """Keep the newest `keep_checkpoints` of each role, and always the best-evaluated baseline."""
+        keep = self.config.budget.keep_checkpoints
+        best = self.best_checkpoint()
+        for role in ("baseline", "teacher"):
+            rows = self.store.checkpoints(self.run_id, role=role, status="complete")
+            for row in rows[:-keep]:
+                if best is not None and row["id"] == best["id"]:
+                    continue
+                shutil.rmtree(row["path"], ignore_errors=True)
+                self.store.mark_checkpoint(row["id"], "deleted")
+
+    # ------------------------------------------------------------------ evaluation and export
+
+    def report_evaluation(self, step: int) -> dict:
+        """pass@1..pass@k on hard-test (never used for reward) and greedy accuracy on easy levels."""
+        from soar_agent.engine import HFEngine
+        from soar_agent.evaluation import default_ks, evaluate_problems, summarize
+
+        cfg = self.config
+        engine = HFEngine(self.model("baseline"), self.tokenizer)
+        checkpoint = self.latest_checkpoint("baseline")
+        started = time.time()
+        sets = {"hard-test": self.hard_set("test")}
+        if hasattr(self.domain, "generate"):
+            rng = random.Random(_seed(cfg.run.seed, 4242))
+            sets["easy"] = generate_problems(self.domain, [lv for lv in EASY_LEVELS for _ in range(EASY_PER_LEVEL)], rng)
+        summaries = {}
+        for name, problems in sets.items():
+            samples = cfg.eval.samples if name == "hard-test" else 0
+            results = evaluate_problems(engine, self.domain, problems, samples=samples, greedy=True,
+                                        max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7))
+            summary = summarize(results, default_ks(samples) if samples else [])
+            summary["tokens_per_second"] = engine.stats.tokens_per_second
+            ids = (self.store.add_problems(run_id=self.run_id, problems=problems, source="seed")
+                   if name == "easy" else None)
+            rows = [{"problem_id": ids[i] if ids else self._problem_id(r.problem), "samples": r.samples,
+                     "correct": r.correct, "greedy_correct": r.greedy_correct,
+                     "pass_at": r.pass_at(default_ks(samples)) if samples else {}} for i, r in enumerate(results)]
+            self.store.add_evaluation(run_id=self.run_id, set_name=name, results=rows, summary=summary,
+                                      samples_per_problem=samples, temperature=1.0, teacher_step=step,
+                                      checkpoint_id=checkpoint["id"] if checkpoint else None)
+            summaries[name] = summary
+        hard = summaries["hard-test"]
+        self.log(f"[eval step {step}] hard-test " + " ".join(f"{k} {v:.3f}" for k, v in hard.items()
+                                                            if k.startswith("pass@")) +
+                 (f"; easy greedy {summaries['easy']['greedy_acc']:.3f}" if "easy" in summaries else "") +
+                 f" ({time.time() - started:.0f}s)")
+        return summaries
+
+    def _problem_id(self, problem: Problem) -> int:
+        return self.store.add_problems(run_id=self.run_id, problems=[problem], source="hard")[0]
+
+    def best_checkpoint(self) -> dict | None:
+        """The baseline checkpoint with the highest hard-test pass@k (largest k evaluated)."""
+        best, best_score = None, -1.0
+        alive = {c["id"]: c for c in self.store.checkpoints(self.run_id, role="baseline", status="complete")}
+        for evaluation in self.store.evaluations(self.run_id, set_name="hard-test"):
+            checkpoint = alive.get(evaluation["checkpoint_id"])
+            keys = [k for k in evaluation["summary"] if k.startswith("pass@")]
+            if checkpoint is None or not keys:
+                continue
+            score = evaluation["summary"][max(keys, key=lambda k: int(k[5:]))]
+            if score > best_score:
+                best, best_score = checkpoint, score
+        return best
+
+    def export(self, which: str = "best", out: str | None = None) -> Path:
+        from soar_agent.export import export_checkpoint
+
+        return export_checkpoint(self.store, self.run_id, self.config, which,
+                                 Path(out) if out else self.paths.exports / f"export-{int(time.time())}",
+                                 best=self.best_checkpoint())
+
+
+class _StepSkipped(RuntimeError):
+    """A teacher step that could not run (the teacher wrote no usable dataset)."""

@@ -1,0 +1,31 @@
+"""SOAR-PQ: the paper's evaluation of the promotion questions. A *fresh* base student is trained on the
+promotion questions plus hard-train and evaluated on hard-test (reported, never used for reward)."""
+
+from __future__ import annotations
+
+from soar_agent.evaluation import default_ks, evaluate_problems, summarize
+
+
+def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
+    from soar_agent.engine import HFEngine
+    from soar_agent.models import load_model
+    from soar_agent.rl.train import train_student
+
+    cfg = agent.config
+    store, run_id = agent.store, agent.run_id
+    promotion_questions = [store.to_problem(row) for d in store.datasets(run_id, kind="promotion")
+                           for row in store.dataset_problems(d["id"])]
+    problems = promotion_questions + agent.hard_set("train")
+    steps = steps or max(cfg.student.steps, 2 * cfg.student.steps * len(store.datasets(run_id, kind="promotion")))
+    base = load_model(cfg.model.path, cfg.model.dtype)
+    student, metrics = train_student(base, agent.tokenizer, problems, agent.domain, cfg.student, steps=steps, seed=seed)
+    results = evaluate_problems(HFEngine(student, agent.tokenizer), agent.domain, agent.hard_set("test"),
+                                samples=cfg.eval.samples, greedy=True, max_new_tokens=cfg.eval.max_new_tokens,
+                                seed=seed + 1)
+    summary = summarize(results, default_ks(cfg.eval.samples))
+    summary.update(promotion_questions=len(promotion_questions), steps=steps)
+    rows = [{"problem_id": agent._problem_id(r.problem), "samples": r.samples, "correct": r.correct,
+             "greedy_correct": r.greedy_correct, "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for r in results]
+    store.add_evaluation(run_id=run_id, set_name="hard-test-pq", results=rows, summary=summary,
+                         samples_per_problem=cfg.eval.samples, temperature=1.0)
+    return summary

@@ -1,0 +1,43 @@
+"""`soar status`: a run's state read from its store alone (no torch, read-only; safe on a live run)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from soar_agent.store import Store
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
+def run_status(run_dir: Path) -> dict:
+    db = Path(run_dir) / "soar.db"
+    if not db.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no soar.db)")
+    with Store(db, readonly=True) as store:
+        run = store.latest_run()
+        steps = store.teacher_steps(run["id"])
+        complete = [s for s in steps if s["status"] == "complete"]
+        sessions = [e for e in store.events(run["id"], limit=10_000) if e["kind"] == "session"]
+        last_event = store.events(run["id"], limit=1)
+        evaluations = store.evaluations(run["id"], set_name="hard-test")
+        status = {
+            "run": run["name"], "mode": run["mode"], "status": run["status"],
+            "phase": last_event[-1]["kind"] if last_event else "created",
+            "teacher_step": complete[-1]["step"] if complete else 0,
+            "in_progress_step": next((s["step"] for s in steps if s["status"] != "complete"), None),
+            "promotions": len(store.datasets(run["id"], kind="promotion")),
+            "latest_reward_moving_average": complete[-1]["moving_average"] if complete else None,
+            "hard_test": ({k: round(v, 4) for k, v in evaluations[-1]["summary"].items() if k.startswith("pass@")}
+                          if evaluations else {}),
+            "hard_test_step": evaluations[-1]["teacher_step"] if evaluations else None,
+            "elapsed_s": round(time.time() - _epoch(run["created_at"])),
+            "remaining_s": None,
+        }
+        deadline = sessions[-1]["data"].get("deadline") if sessions else None
+        if deadline and run["status"] == "running":
+            status["remaining_s"] = max(0, round(deadline - time.time()))
+        return status

@@ -1,0 +1,123 @@
+"""The SOAR teacher: rejection-sample well-formed items, check them against the domain's exact solver,
+and update the teacher with RLOO over datasets (every item of dataset k gets advantage R_k - mean_{j!=k} R_j).
+
+Simplifications versus the paper: one policy-gradient step per teacher step on the log-probs of the
+items re-tokenized from their text (not the sampled ids, which can differ for BPE tokenizers; identical
+for the embedded character tokenizer); no KL to the initial teacher; sequence-summed log-probs averaged
+over items (REINFORCE with the RLOO baseline, ratio 1 because the update is on-policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from soar_agent.rl.loss import aggregate
+from soar_agent.rl.train import sequence_logprobs
+from soar_agent.tasks import parse_item, teacher_prompt
+from soar_agent.tasks.base import Problem, RejectedItem
+
+
+class TeacherGarbage(RuntimeError):
+    """The teacher produced too few well-formed items within its rejection-sampling budget."""
+
+
+@dataclass
+class TeacherItem:
+    text: str  # the raw completion the teacher wrote
+    problem: Problem  # what students train on (answer chosen by reward_target)
+    teacher_answer: str
+    verified: bool | None  # teacher's answer matches the exact solver (None: no solver for the domain)
+
+
+def check_item(domain, text: str, reward_target: str) -> TeacherItem:
+    """Parse one teacher completion into an item, or RejectedItem with the reason."""
+    question, answer = parse_item(text)
+    if hasattr(domain, "make_problem"):
+        exact = domain.make_problem(question)  # RejectedItem when the question is not a valid problem
+        verified = domain.extract_answer(f"Answer: {answer}") == exact.answer
+        if reward_target == "drop-unverified" and not verified:
+            raise RejectedItem("teacher's answer is wrong (reward_target = drop-unverified)")
+        target = exact.answer if reward_target in ("verified", "drop-unverified") else answer
+        problem = Problem(exact.question, target, domain.NAME, None, exact.steps)
+        return TeacherItem(text, problem, answer, verified)
+    return TeacherItem(text, Problem(question, answer, domain.NAME), answer, None)
+
+
+def sample_items(engine, domain, count: int, cfg, seed: int) -> tuple[list[TeacherItem], dict]:
+    """Rejection sampling until `count` items parse (RLOO's advantages sum to zero over datasets, so
+    dropping malformed items leaves the teacher gradient unbiased). Raises TeacherGarbage."""
+    prompt = teacher_prompt(domain)
+    items: list[TeacherItem] = []
+    reasons: dict[str, int] = {}
+    sampled = 0
+    for round_index in range(cfg.max_sampling_rounds):
+        need = count - len(items)
+        if need <= 0:
+            break
+        (row,) = engine.generate([prompt], n=need + need // 2 + 2, temperature=cfg.temperature,
+                                 max_new_tokens=cfg.max_new_tokens, stop=["</answer>"], seed=seed * 7919 + round_index)
+        for completion in row:
+            sampled += 1
+            text = completion.text + ("</answer>" if completion.finish_reason == "stop" and
+                                      not completion.text.endswith("</answer>") else "")
+            try:
+                items.append(check_item(domain, text, cfg.reward_target))
+            except RejectedItem as error:
+                reason = str(error).split(":")[0][:60]
+                reasons[reason] = reasons.get(reason, 0) + 1
+    stats = {"sampled": sampled, "accepted": min(len(items), count), "rejected": reasons}
+    if len(items) < count:
+        raise TeacherGarbage(f"teacher wrote {len(items)} well-formed items of {count} needed in "
+                             f"{cfg.max_sampling_rounds} rounds ({sampled} samples; rejections: {reasons})")
+    return items[:count], stats
+
+
+def rloo_dataset_advantages(rewards: list[float]) -> list[float]:
+    """A_k = R_k - mean_{j != k} R_j over the g datasets of one teacher step."""
+    g = len(rewards)
+    if g < 2:
+        return [0.0] * g
+    total = sum(rewards)
+    return [r - (total - r) / (g - 1) for r in rewards]
+
+
+def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[TeacherItem]],
+                   rewards: list[float], grad_clip: float = 1.0) -> dict:
+    """One policy-gradient step of the teacher on its datasets' RLOO advantages."""
+    advantages = rloo_dataset_advantages(rewards)
+    prompt_ids = tokenizer(teacher_prompt(domain))["input_ids"]
+    texts, item_advantages = [], []
+    for items, advantage in zip(datasets, advantages):
+        for item in items:
+            texts.append(item.text)
+            item_advantages.append(advantage)
+    stats = {"advantages": advantages, "items": len(texts), "updated": False, "loss": 0.0}
+    if not any(item_advantages):
+        return stats
+    completion_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    teacher.eval()  # dropout off, as the students
+    logprobs, mask, _ = sequence_logprobs(teacher, [prompt_ids] * len(texts), completion_ids,
+                                          tokenizer.pad_token_id)  # (B, T)
+    advantage = torch.tensor(item_advantages, dtype=torch.float32)[:, None]  # (B, 1)
+    loss = aggregate(-advantage * logprobs, mask, "sequence")
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"teacher loss is {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"teacher gradient norm is {grad_norm.item()}")
+    optimizer.step()
+    stats.update(updated=True, loss=loss.item(), grad_norm=grad_norm.item())
+    return stats
+
+
+def intrinsic_rewards(success_rates: list[list[float]]) -> list[float]:
+    """The paper's Intrinsic-T baseline: item reward 0 if the student never solves it, else 1 - s,
+    averaged over each dataset."""
+    return [sum(0.0 if s == 0 else 1.0 - s for s in rates) / len(rates) if rates else 0.0
+            for rates in success_rates]

@@ -1,0 +1,154 @@
+"""The SOAR loop end to end on tiny models: one full teacher step, garbage teachers, SIGKILL + resume,
+export round trip."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from soar_agent.agent import Agent, Budget
+from soar_agent.config import load_config
+from soar_agent.mining import write_jsonl
+from soar_agent.models import EMBEDDED_MODEL_DIR
+from soar_agent.store import Store
+from soar_agent.tasks import arith, generate_problems
+
+import random
+
+needs_embedded = pytest.mark.skipif(not (EMBEDDED_MODEL_DIR / "config.json").is_file(),
+                                    reason="embedded model not built")
+
+FAST = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=4", "teacher.max_new_tokens=60",
+        "student.students_per_dataset=1", "student.steps=2", "student.batch_prompts=2", "student.group_size=4",
+        "student.max_new_tokens=120", "reward.questions=6", "eval.samples=2", "eval.every_teacher_steps=1",
+        "eval.max_new_tokens=120", "promotion.tau=-1.0"]
+
+
+@pytest.fixture
+def hard_files(tmp_path):
+    rng = random.Random(5)
+    train = generate_problems(arith, [6] * 8, rng)
+    test = generate_problems(arith, [6] * 4, rng)
+    write_jsonl(train, tmp_path / "train.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")
+    return [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
+            f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
+
+
+def counts(db: Path) -> dict:
+    with Store(db, readonly=True) as store:
+        run = store.latest_run()["id"]
+        return {table: store.count(table, run) for table in
+                ("problems", "datasets", "trainings", "teacher_steps", "checkpoints", "evaluations")}
+
+
+@needs_embedded
+def test_one_complete_teacher_step(tmp_path, hard_files):
+    config = load_config(None, FAST + hard_files)
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    started = time.time()
+    reason = agent.run(Budget(max_teacher_steps=1))
+    assert time.time() - started < 120
+    assert "1 teacher steps" in reason
+    store, run = agent.store, agent.run_id
+    (step,) = store.teacher_steps(run)
+    assert step["status"] == "complete" and step["mean_reward"] is not None
+    curricula = store.datasets(run, kind="curriculum")
+    assert len(curricula) == 2 and all(d["reward"] is not None for d in curricula)
+    assert all(len(store.dataset_problems(d["id"])) == 4 for d in curricula)
+    assert len(store.trainings(run, 1)) == 2
+    assert step["metrics"]["teacher_update"]["items"] == 8
+    # tau = -1 forces a promotion: a new baseline checkpoint and the dataset in the promotion questions
+    assert step["promoted_dataset_id"] is not None
+    assert len(store.datasets(run, kind="promotion")) == 1
+    assert [c["role"] for c in store.checkpoints(run, status="complete")] == ["teacher", "baseline"]
+    assert {e["set_name"] for e in store.evaluations(run)} == {"hard-test", "easy"}
+    assert len(store.evaluations(run, set_name="hard-test")) == 2  # base (step 0) and after step 1
+    assert not (tmp_path / "run" / "checkpoints" / "step-1").exists()  # students' weights cleaned up
+
+
+def test_garbage_teacher_is_logged_and_stops_cleanly(tmp_path, hard_files, random_tiny_dir):
+    config = load_config(None, FAST + hard_files + [f"model.path={json.dumps(str(random_tiny_dir))}",
+                                                    "teacher.max_sampling_rounds=1", "eval.samples=1",
+                                                    "eval.max_new_tokens=8"])
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    reason = agent.run(Budget(max_teacher_steps=5))
+    assert "garbage" in reason
+    events = agent.store.events(agent.run_id, level="warning")
+    assert sum(e["kind"] == "teacher-garbage" for e in events) == 3
+    assert any(e["kind"] == "stopped" and e["level"] == "error" for e in events)
+    assert agent.store.count("problems", agent.run_id) >= 12  # the hard sets are intact
+
+
+def soar_process(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "soar_agent.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@needs_embedded
+def test_sigkill_mid_step_then_resume_loses_and_duplicates_nothing(tmp_path, hard_files):
+    run_dir = tmp_path / "run"
+    sets = [x for pair in zip(["--set"] * len(FAST + hard_files), FAST + hard_files) for x in pair]
+    sets += ["--set", "student.students_per_dataset=2"]
+    process = soar_process("run", "--run-dir", run_dir, "--max-teacher-steps", "2", "--no-export", *sets,
+                           cwd=tmp_path)
+    deadline = time.time() + 240
+    db = run_dir / "soar.db"
+    # kill once the first step has sampled its datasets and finished at least one student
+    while time.time() < deadline:
+        if db.is_file():
+            try:
+                if counts(db)["trainings"] >= 1:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = counts(db)
+    assert before["teacher_steps"] == 1 and before["trainings"] >= 1
+    with Store(db, readonly=True) as store:
+        assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        run = store.latest_run()["id"]
+        datasets_before = [d["id"] for d in store.datasets(run, kind="curriculum")]
+        trainings_before = [(t["dataset_id"], t["student_index"], t["reward"]) for t in store.trainings(run)]
+
+    resumed = soar_process("run", "--run-dir", run_dir, "--max-teacher-steps", "2", "--no-export", cwd=tmp_path)
+    output, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, output
+    with Store(db, readonly=True) as store:
+        run = store.latest_run()["id"]
+        steps = store.teacher_steps(run)
+        assert [s["step"] for s in steps] == [1, 2] and all(s["status"] == "complete" for s in steps)
+        step1 = [d["id"] for d in store.datasets(run, kind="curriculum") if d["teacher_step"] == 1]
+        assert step1 == datasets_before  # the sampled curriculum was reused, not resampled
+        trainings = store.trainings(run)
+        keys = [(t["teacher_step"], t["dataset_id"], t["student_index"]) for t in trainings]
+        assert len(keys) == len(set(keys)) == 8  # 2 steps x 2 datasets x 2 students, none twice
+        kept = [(t["dataset_id"], t["student_index"], t["reward"]) for t in trainings][:len(trainings_before)]
+        assert kept == trainings_before
+        assert any(e["kind"] == "resume" for e in store.events(run, limit=1000))
+
+
+@needs_embedded
+def test_export_round_trip(tmp_path, hard_files):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = load_config(None, FAST + hard_files)
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    agent.run(Budget(max_teacher_steps=1))
+    out = agent.export("latest", str(tmp_path / "exported"))
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    ids = tokenizer(arith.student_prompt("1+2"), return_tensors="pt").input_ids
+    generated = model.generate(ids, max_new_tokens=30, do_sample=False)
+    assert generated.shape[1] > ids.shape[1]
+    card = (out / "README.md").read_text()
+    assert "Evaluation history" in card and "hard-test" in card and "[student]" in card
+    assert (out / "model.safetensors").is_file()
