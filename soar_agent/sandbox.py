@@ -1,0 +1,688 @@
+"""Runs untrusted Python code in a separate, resource-limited process and reports what happened.
+
+Owns every layer of that isolation:
+
+* a fresh interpreter (``python -I -S -B``: no site-packages, no user env, no bytecode writes) in a new
+  session, started in a fresh temporary directory that is deleted afterwards, with a stripped environment;
+* kernel limits set in ``preexec_fn`` (CPU, address space, file size, no core files, open files), a
+  private network namespace where the kernel permits one, and, when we run as root, a drop to the
+  ``nobody`` user so that the file system protects itself;
+* an audit-hook guard (:func:`install_guard`) installed by a small runner prelude before any untrusted
+  code runs: it blocks sockets, subprocesses / fork / exec, ctypes, signals to other processes, and
+  writes outside the sandbox directory, while reading the stdlib keeps working;
+* capped, incremental reading of stdout+stderr and killing the whole process group on a wall timeout;
+* :func:`run_python_batch`: many trusted, generated programs in one sandboxed process for speed.
+
+Audit hooks are defence in depth (PEP 578 says they are no security boundary on their own); the kernel
+layers above are what hold if a program finds a way around the hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 5.0  # wall-clock timeout
+    cpu_s: int = 2  # RLIMIT_CPU
+    memory_mb: int = 256  # RLIMIT_AS
+    output_bytes: int = 64_000  # stdout+stderr cap; exceeding it fails the run
+
+
+@dataclass
+class SandboxResult:
+    ok: bool  # exited 0 within all limits
+    stdout: str
+    stderr: str
+    returncode: int | None
+    reason: str | None  # None when ok, else one short phrase ("timeout", "memory limit", "blocked: network"...)
+
+
+# Files the program writes in its own directory; big enough for scratch data, small enough for the disk.
+_FILE_SIZE_BYTES = 32 * 1024 * 1024
+_OPEN_FILES = 64
+# Only used when we drop to ``nobody``: a kernel-level cap on fork bombs, shared by all sandboxes.
+_NPROC_AS_NOBODY = 256
+_NOBODY = 65534
+_BLOCK_MARK = "[soar-sandbox] blocked: "
+# The batch runner needs json + interpreter start before its first result.
+_BATCH_STARTUP_GRACE_S = 3.0
+# The interpreter that runs sandboxed code (same version as ours, so the runner source is valid for it).
+_PYTHON = sys.executable
+
+
+# --------------------------------------------------------------------------------------------------
+# The guard. It runs inside the sandboxed child (its source is shipped to the runner) and inside other
+# worker processes that evaluate untrusted text (math verification), so it must be self-contained.
+# --------------------------------------------------------------------------------------------------
+
+
+def install_guard(root, report):
+    """Install an audit hook that blocks network, process creation, ctypes, signalling other processes,
+    and file-system writes outside ``root`` (no writes anywhere when ``root`` is None; /dev/null is
+    always fine). ``report(kind, event)`` is called before the offending call raises PermissionError.
+
+    Everything the hook uses is bound here, before untrusted code runs, so that monkeypatching
+    ``os``/``builtins`` later cannot change its decisions. The hook closure itself is reachable only
+    through the interpreter's hook list and the garbage collector, whose introspection we also block."""
+    import os
+    import stat
+    import sys
+
+    import _posixsubprocess
+
+    # subprocess's C helper raises no audit event of its own (3.11), so disarm it here and refuse any
+    # later re-import that would hand out a fresh copy.
+    def _no_fork_exec(*args, **kwargs):
+        report("process", "_posixsubprocess.fork_exec")
+        raise PermissionError("blocked by sandbox: process (_posixsubprocess.fork_exec)")
+
+    _posixsubprocess.fork_exec = _no_fork_exec
+
+    root = None if root is None else os.path.realpath(root)
+    root_slash = None if root is None else root.rstrip("/") + "/"
+    getcwd, readlink, stat_path = os.getcwd, os.readlink, os.stat
+    is_dir = stat.S_ISDIR
+    modules = sys.modules
+    _type, _str, _bytes, _int, _getattr = type, str, bytes, int, getattr
+    _PermissionError, _Exception = PermissionError, Exception
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    harmless_targets = ("/dev/null", "/dev/stdout", "/dev/stderr")
+    no_dir_fd = (None, -1)
+
+    always_blocked = {
+        "subprocess.Popen": "process",
+        "os.system": "process",
+        "os.exec": "process",
+        "os.posix_spawn": "process",
+        "os.spawn": "process",
+        "os.fork": "process",
+        "os.forkpty": "process",
+        "os.kill": "signal",
+        "os.killpg": "signal",
+        "signal.pthread_kill": "signal",
+        "os.symlink": "write",  # a link inside root could point anywhere; string checks rely on none
+        "os.link": "write",
+        "resource.setrlimit": "resource",
+        "resource.prlimit": "resource",
+        "gc.get_objects": "introspection",
+        "gc.get_referrers": "introspection",
+        "gc.get_referents": "introspection",
+    }
+    # event -> ((path arg index, dir_fd arg index or None), ...) for calls that modify the file system
+    path_events = {
+        "os.remove": ((0, 1),),
+        "os.rmdir": ((0, 1),),
+        "os.mkdir": ((0, 2),),
+        "os.chmod": ((0, 2),),
+        "os.chown": ((0, 3),),
+        "os.utime": ((0, 3),),
+        "os.truncate": ((0, None),),
+        "os.rename": ((0, 2), (1, 3)),
+        "os.setxattr": ((0, None),),
+        "os.removexattr": ((0, None),),
+        "os.chflags": ((0, None),),
+        "os.lchflags": ((0, None),),
+    }
+
+    def normalize(path):
+        # pure string work: posixpath/os helpers are monkeypatchable module code
+        parts = []
+        for seg in path.split("/"):
+            if seg == "" or seg == ".":
+                continue
+            if seg == "..":
+                if parts:
+                    parts.pop()
+            else:
+                parts.append(seg)
+        return "/" + "/".join(parts)
+
+    def as_text(path):
+        """str for str/bytes/stdlib pathlib paths, None for file descriptors; raises for anything else
+        (a custom __fspath__ could answer differently to us than it did to the real call)."""
+        kind = _type(path)
+        if kind is _str:
+            return path
+        if kind is _bytes:
+            return path.decode("utf-8", "surrogateescape")
+        if kind is _int:
+            return None
+        pathlib = modules.get("pathlib")
+        allowed = (_getattr(pathlib, "PosixPath", None), _getattr(pathlib, "PurePosixPath", None))
+        if pathlib is not None and (kind is allowed[0] or kind is allowed[1]):
+            return _str(path)
+        raise _PermissionError("unsupported path type")
+
+    def absolute(path, dir_fd=None):
+        if not path.startswith("/"):
+            base = getcwd() if dir_fd in no_dir_fd else readlink("/proc/self/fd/" + _str(dir_fd))
+            path = base + "/" + path
+        return normalize(path)
+
+    def inside(path):
+        return root is not None and (path == root or path.startswith(root_slash))
+
+    def may_write(path, dir_fd=None):
+        text = as_text(path)
+        if text is None:  # an already-open descriptor
+            return True
+        full = absolute(text, dir_fd)
+        return inside(full) or full in harmless_targets
+
+    def classify(event, args):
+        """The kind of violation, or None when the event is allowed."""
+        kind = always_blocked.get(event)
+        if kind is not None:
+            return kind
+        if event == "open":
+            path, mode, flags = args
+            if _type(flags) is _int and flags & write_flags:
+                return None if may_write(path) else "write outside sandbox"
+            if mode is None and _type(path) is not _int:
+                # os.open of a directory outside root would give a dir_fd that later relative paths
+                # could write through (the open event does not carry dir_fd)
+                full = absolute(as_text(path))
+                if not inside(full):
+                    try:
+                        if is_dir(stat_path(full).st_mode):
+                            return "directory outside sandbox"
+                    except OSError:
+                        pass
+            return None
+        spec = path_events.get(event)
+        if spec is not None:
+            for path_index, fd_index in spec:
+                dir_fd = None if fd_index is None else args[fd_index]
+                if not may_write(args[path_index], dir_fd):
+                    return "write outside sandbox"
+            return None
+        if event == "import":
+            return "process" if args[0] == "_posixsubprocess" else None
+        if event == "sqlite3.connect":
+            database = args[0]
+            if _type(database) is _str and (database in ("", ":memory:") or database.startswith("file::memory")):
+                return None
+            return None if may_write(database) else "write outside sandbox"
+        if event.startswith("socket."):
+            return "network"
+        if event.startswith("ctypes."):
+            return "ctypes"
+        return None
+
+    def hook(event, args):
+        try:
+            kind = classify(event, args)
+        except _Exception:
+            kind = "unverifiable " + event  # fail closed
+        if kind is not None:
+            report(kind, event)
+            raise _PermissionError("blocked by sandbox: " + kind + " (" + event + ")")
+
+    sys.addaudithook(hook)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runner entry points, executed in the child as ``python -c <source> single|batch ...``.
+# --------------------------------------------------------------------------------------------------
+
+
+def _runner_single():
+    import os
+    import sys
+
+    sys.dont_write_bytecode = True
+    with open("prog.py", "rb") as handle:
+        source = handle.read()
+    mark = _BLOCK_MARK.encode()
+    write = os.write
+
+    def report(kind, event):
+        write(2, b"\n" + mark + kind.encode() + b"\n")
+
+    install_guard(os.getcwd(), report)
+    code = compile(source, "prog.py", "exec")
+    sys.argv = ["prog.py"]
+    namespace = {"__name__": "__main__", "__file__": "prog.py", "__builtins__": __builtins__}
+    del source, report, handle
+    try:
+        exec(code, namespace)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # report like the plain interpreter would, minus this runner's frame
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        sys.exit(1)
+
+
+def _runner_batch():
+    import builtins
+    import gc
+    import io
+    import json
+    import os
+    import signal
+    import sys
+    import traceback
+
+    sys.dont_write_bytecode = True
+    output_cap, per_program_s = int(sys.argv[2]), float(sys.argv[3])
+    programs = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    # results travel on a private duplicate of fd 1; fd 1 itself goes to /dev/null so that a program
+    # writing to the raw descriptor cannot corrupt the protocol
+    results_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+    violations = []
+    install_guard(os.getcwd(), lambda kind, event: violations.append(kind))
+
+    class ProgramTimeout(BaseException):
+        pass
+
+    class OutputLimit(BaseException):
+        pass
+
+    armed = [False]
+
+    def on_alarm(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise ProgramTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    class CappedText(io.StringIO):
+        """stdout/stderr of one program; the two share one byte budget."""
+
+        def __init__(self, budget):
+            super().__init__()
+            self.budget = budget
+
+        def write(self, text):
+            size = len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+            if size > self.budget[0]:
+                super().write(text[: max(self.budget[0], 0)])
+                self.budget[0] = 0
+                raise OutputLimit()
+            self.budget[0] -= size
+            return super().write(text)
+
+    recursion_limit = sys.getrecursionlimit()
+    real = (sys.stdin, sys.stdout, sys.stderr)
+
+    def run_one(index, source):
+        budget = [output_cap]
+        out, err = CappedText(budget), CappedText(budget)
+        namespace = {"__name__": "__main__", "__builtins__": builtins}
+        returncode, reason = 0, None
+        del violations[:]
+        sys.stdin, sys.stdout, sys.stderr = io.StringIO(""), out, err
+        try:
+            try:
+                armed[0] = True
+                signal.setitimer(signal.ITIMER_REAL, per_program_s)
+                exec(compile(source, "<program %d>" % index, "exec"), namespace)
+            finally:
+                armed[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except ProgramTimeout:
+            returncode, reason = None, "timeout"
+        except OutputLimit:
+            returncode, reason = None, "output limit"
+        except SystemExit as exit_:
+            code = exit_.code
+            if code is None or isinstance(code, int):
+                returncode = code or 0
+            else:
+                returncode = 1
+                try:
+                    err.write(str(code) + "\n")
+                except OutputLimit:
+                    pass
+        except MemoryError:
+            returncode, reason = 1, "memory limit"
+        except BaseException as exc:
+            returncode = 1
+            try:  # like the plain interpreter would, minus this runner's frame
+                traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next, file=err)
+            except OutputLimit:
+                pass
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = real
+            sys.setrecursionlimit(recursion_limit)
+        if violations:
+            reason = "blocked: " + violations[0]
+        elif reason is None and returncode != 0:
+            lines = [line for line in err.getvalue().splitlines() if line.strip()]
+            reason = "exit code %d: %s" % (returncode, lines[-1][:200]) if lines else "exit code %d" % returncode
+        record = {"i": index, "ok": reason is None, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                  "returncode": returncode, "reason": reason}
+        namespace.clear()
+        return record
+
+    for index, source in enumerate(programs):
+        record = run_one(index, source)
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+        while data:
+            data = data[os.write(results_fd, data):]
+        del record, data
+        gc.collect()
+
+
+def _runner_main():
+    import sys
+
+    {"single": _runner_single, "batch": _runner_batch}[sys.argv[1]]()
+
+
+@functools.lru_cache(maxsize=None)
+def _runner_source() -> str:
+    parts = [f"_BLOCK_MARK = {_BLOCK_MARK!r}\n"]
+    for func in (install_guard, _runner_single, _runner_batch, _runner_main):
+        parts.append(inspect.getsource(func))
+    parts.append("_runner_main()\n")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parent side: spawning, limits, reading, classification.
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _unshare():
+    """libc ``unshare`` resolved in the parent, so the forked child only makes the call."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.unshare
+    except (OSError, AttributeError):
+        return None
+
+
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWUSER = 0x10000000
+
+
+def _clamp(which: int, value: int) -> tuple[int, int]:
+    """Never ask for more than the current hard limit (an unprivileged process may not raise it)."""
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    return value, value
+
+
+def _make_preexec(limits: Limits, cpu_s: int, uid: int | None):
+    unshare = _unshare()
+    is_root = os.geteuid() == 0
+    # computed here, in the parent: the child should do as little Python work as possible
+    rlimits = [
+        (resource.RLIMIT_CORE, (0, 0)),
+        # soft -> SIGXCPU, hard -> SIGKILL one second later
+        (resource.RLIMIT_CPU, (_clamp(resource.RLIMIT_CPU, cpu_s)[0], _clamp(resource.RLIMIT_CPU, cpu_s + 1)[0])),
+        (resource.RLIMIT_FSIZE, _clamp(resource.RLIMIT_FSIZE, _FILE_SIZE_BYTES)),
+        (resource.RLIMIT_NOFILE, _clamp(resource.RLIMIT_NOFILE, _OPEN_FILES)),
+    ]
+    if uid is not None:
+        rlimits.append((resource.RLIMIT_NPROC, (_NPROC_AS_NOBODY, _NPROC_AS_NOBODY)))
+    memory = _clamp(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
+
+    def preexec() -> None:
+        # preexec_fn is documented as unsafe with threads (a lock held at fork time); we only call
+        # already-imported C functions here, which is the common, practically safe subset.
+        if unshare is not None and unshare(_CLONE_NEWNET) != 0 and not is_root:
+            unshare(_CLONE_NEWUSER | _CLONE_NEWNET)  # unprivileged user namespaces, where allowed
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        for which, value in rlimits:
+            resource.setrlimit(which, value)
+        # last: with a small address-space limit even the next allocation of a big parent could fail
+        resource.setrlimit(resource.RLIMIT_AS, memory)
+
+    return preexec
+
+
+def _interpreter_args(mode: str, *extra: str) -> list[str]:
+    return [_PYTHON, "-I", "-S", "-B", "-X", "utf8", "-c", _runner_source(), mode, *extra]
+
+
+def _environment(workdir: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+@functools.lru_cache(maxsize=None)
+def _sandbox_uid() -> int | None:
+    """``nobody`` when we are root and the interpreter still starts as that user, else None (e.g. a
+    pyenv interpreter under /root, which ``nobody`` cannot reach; then the audit hook, the temp dir and
+    the namespaces are the file-system protection)."""
+    if os.geteuid() != 0:
+        return None
+    workdir = tempfile.mkdtemp(prefix="soar-sbx-probe-")
+    try:
+        os.chown(workdir, _NOBODY, _NOBODY)
+        probe = subprocess.run(
+            [_PYTHON, "-I", "-S", "-B", "-c", "import json, encodings.idna"],
+            cwd=workdir, env=_environment(workdir), stdin=subprocess.DEVNULL, capture_output=True,
+            preexec_fn=_make_preexec(Limits(), 5, _NOBODY), timeout=30,
+        )
+        return _NOBODY if probe.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class _Raw:
+    stdout: bytes
+    stderr: bytes
+    returncode: int | None
+    cpu_s: float
+    killed: str | None  # "timeout" | "output limit" | "stall" when we ended it
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _execute(argv: list[str], workdir: str, stdin: bytes, limits: Limits, cpu_s: int, wall_s: float,
+             max_output: int, uid: int | None, stall_s: float | None = None) -> _Raw:
+    """Run ``argv`` in ``workdir`` and collect at most ``max_output`` bytes of output. With ``stall_s``
+    the run is also ended when stdout has not completed a line for that long (batch progress)."""
+    with tempfile.TemporaryFile() as stdin_file:
+        stdin_file.write(stdin)
+        stdin_file.seek(0)
+        proc = subprocess.Popen(
+            argv, cwd=workdir, env=_environment(workdir), stdin=stdin_file, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+            preexec_fn=_make_preexec(limits, cpu_s, uid),
+        )
+    start = time.monotonic()
+    deadline = start + wall_s
+    last_progress = start + _BATCH_STARTUP_GRACE_S
+    stdout_fd, stderr_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    buffers = {stdout_fd: bytearray(), stderr_fd: bytearray()}
+    total, killed = 0, None
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            selector.register(proc.stderr, selectors.EVENT_READ)
+            while selector.get_map() and killed is None:
+                now = time.monotonic()
+                wait = deadline - now
+                if stall_s is not None:
+                    wait = min(wait, last_progress + stall_s - now)
+                if wait <= 0:
+                    killed = "timeout" if now >= deadline else "stall"
+                    break
+                for key, _ in selector.select(wait):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        continue
+                    room = max_output - total
+                    buffers[key.fd] += chunk[:room]
+                    total += len(chunk)
+                    if total > max_output:
+                        killed = "output limit"
+                        break
+                    if key.fd == stdout_fd and b"\n" in chunk:
+                        last_progress = time.monotonic()
+        if killed is None and not _exited_by(proc.pid, deadline):
+            killed = "timeout"
+        # kill the group while the leader is still unreaped, so its id cannot have been reused
+        _kill_group(proc.pid)
+        _, raw_status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(raw_status)  # reaped by us (for rusage); tell Popen
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc.pid)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return _Raw(bytes(buffers[stdout_fd]), bytes(buffers[stderr_fd]),
+                None if killed else proc.returncode, usage.ru_utime + usage.ru_stime, killed)
+
+
+def _exited_by(pid: int, deadline: float) -> bool:
+    """Wait for ``pid`` to exit without reaping it; False if it is still running at ``deadline``."""
+    delay = 0.001
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+_BLOCK_LINE = re.compile(r"\n?" + re.escape(_BLOCK_MARK) + r"([^\n]*)\n")
+_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "out of memory")
+
+
+def _classify(raw: _Raw, cpu_limit: int) -> SandboxResult:
+    stderr_text = raw.stderr.decode("utf-8", "replace")
+    blocked = _BLOCK_LINE.findall(stderr_text)
+    stderr_text = _BLOCK_LINE.sub("", stderr_text)
+    stdout_text = raw.stdout.decode("utf-8", "replace")
+    code = raw.returncode
+    if blocked:
+        reason = "blocked: " + blocked[0].strip()
+    elif raw.killed is not None:
+        reason = "timeout" if raw.killed == "stall" else raw.killed
+    elif code == 0:
+        reason = None
+    elif code == -signal.SIGXCPU or (code == -signal.SIGKILL and raw.cpu_s >= cpu_limit - 0.05):
+        reason = "cpu time limit"
+    elif code == -signal.SIGXFSZ:
+        reason = "file size limit"
+    elif any(sign in _last_line(stderr_text) for sign in _MEMORY_SIGNS):
+        reason = "memory limit"
+    elif code is not None and code < 0:
+        reason = f"killed by signal {signal.Signals(-code).name}"
+    else:
+        last = _last_line(stderr_text)
+        reason = f"exit code {code}: {last}" if last else f"exit code {code}"
+    return SandboxResult(reason is None, stdout_text, stderr_text, code, reason)
+
+
+def _make_workdir(uid: int | None) -> str:
+    workdir = tempfile.mkdtemp(prefix="soar-sbx-")
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    return workdir
+
+
+def run_python(code: str, stdin: str = "", limits: Limits = Limits()) -> SandboxResult:
+    """Run ``code`` as a script in a fresh sandboxed interpreter; ``stdin`` is its standard input."""
+    uid = _sandbox_uid()
+    workdir = _make_workdir(uid)
+    try:
+        with open(os.path.join(workdir, "prog.py"), "w", encoding="utf-8", errors="surrogatepass") as handle:
+            handle.write(code)
+        raw = _execute(_interpreter_args("single"), workdir, stdin.encode("utf-8", "replace"), limits,
+                       limits.cpu_s, limits.wall_s, limits.output_bytes, uid)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _classify(raw, limits.cpu_s)
+
+
+def run_python_batch(programs: list[str], limits: Limits = Limits(),
+                     per_program_wall_s: float = 2.0) -> list[SandboxResult]:
+    """Run many trusted, generated programs in one sandboxed interpreter, each in a fresh namespace with
+    its own captured output and a ``per_program_wall_s`` alarm; results come back in order.
+
+    ``limits.memory_mb`` bounds the whole batch process and ``limits.output_bytes`` each program. The
+    runner streams one JSON line per finished program. If the process dies or stalls (memory, a hang in
+    C code the alarm cannot interrupt, ``os._exit``), the first program without a result is the one that
+    took it down: it is rerun alone with :func:`run_python` (which classifies the failure properly) and
+    the rest go into a fresh batch. Programs share interpreter-wide state (imported modules, random
+    seeds), which is why this is for trusted code only.
+
+    Measured on the 2-core dev box: 200 one-line programs took 0.28 s batched vs 8.5 s as 200 separate
+    ``run_python`` calls (~30x)."""
+    results: list[SandboxResult | None] = [None] * len(programs)
+    alone = dataclasses.replace(limits, wall_s=per_program_wall_s)
+    pending = list(range(len(programs)))
+    while pending:
+        for index, result in zip(pending, _batch_once([programs[i] for i in pending], limits, per_program_wall_s)):
+            results[index] = result
+        missing = [index for index in pending if results[index] is None]
+        if missing:
+            results[missing[0]] = run_python(programs[missing[0]], limits=alone)
+        pending = missing[1:]
+    return results  # type: ignore[return-value]  # every slot is filled by the loop above
+
+
+def _batch_once(programs: list[str], limits: Limits, per_program_wall_s: float) -> list[SandboxResult | None]:
+    """One batch process; None for every program it did not report on."""
+    uid = _sandbox_uid()
+    workdir = _make_workdir(uid)
+    count = len(programs)
+    try:
+        payload = json.dumps(programs).encode("utf-8", "surrogatepass")
+        budget_s = per_program_wall_s * count + _BATCH_STARTUP_GRACE_S + 1.0
+        # JSON escaping can grow output up to 6x (\uXXXX); the runner caps each program itself
+        max_output = count * (limits.output_bytes * 6 + 4096)
+        raw = _execute(_interpreter_args("batch", str(limits.output_bytes), repr(float(per_program_wall_s))),
+                       workdir, payload, limits, int(budget_s) + 1, budget_s, max_output, uid,
+                       stall_s=per_program_wall_s + 1.0)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results: list[SandboxResult | None] = [None] * count
+    for line in raw.stdout.splitlines():
+        try:
+            record = json.loads(line)
+            results[int(record["i"])] = SandboxResult(bool(record["ok"]), record["stdout"], record["stderr"],
+                                                      record["returncode"], record["reason"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # a partial last line from a process that died mid-write
+    return results
