@@ -383,7 +383,8 @@ class Agent:
         update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
                                 teacher_rewards, cfg.student.grad_clip)
         mean_reward = sum(rewards.values()) / len(rewards)
-        history = [s["mean_reward"] for s in self.completed_steps()][-(cfg.promotion.window - 1):] + [mean_reward]
+        previous = [s["mean_reward"] for s in self.completed_steps()]
+        history = (previous[-(cfg.promotion.window - 1):] if cfg.promotion.window > 1 else []) + [mean_reward]
         moving_average = sum(history) / len(history)
         checkpoints = [{"path": self._save_teacher(step, teacher), "role": "teacher", "metrics": update}]
         promoted = None
@@ -509,9 +510,10 @@ class Agent:
                                         max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7))
             summary = summarize(results, default_ks(samples) if samples else [])
             summary["tokens_per_second"] = engine.stats.tokens_per_second
-            ids = (self.store.add_problems(run_id=self.run_id, problems=problems, source="seed")
-                   if name == "easy" else None)
-            rows = [{"problem_id": ids[i] if ids else self._problem_id(r.problem), "samples": r.samples,
+            # already stored problems map to their existing ids (content hash), new ones are added once
+            ids = self.store.add_problems(run_id=self.run_id, problems=problems,
+                                          source="seed" if name == "easy" else "hard")
+            rows = [{"problem_id": ids[i], "samples": r.samples,
                      "correct": r.correct, "greedy_correct": r.greedy_correct,
                      "pass_at": r.pass_at(default_ks(samples)) if samples else {}} for i, r in enumerate(results)]
             self.store.add_evaluation(run_id=self.run_id, set_name=name, results=rows, summary=summary,
@@ -524,9 +526,6 @@ class Agent:
                  (f"; easy greedy {summaries['easy']['greedy_acc']:.3f}" if "easy" in summaries else "") +
                  f" ({time.time() - started:.0f}s)")
         return summaries
-
-    def _problem_id(self, problem: Problem) -> int:
-        return self.store.add_problems(run_id=self.run_id, problems=[problem], source="hard")[0]
 
     def best_checkpoint(self) -> dict | None:
         """The baseline checkpoint with the highest hard-test pass@k (largest k evaluated)."""

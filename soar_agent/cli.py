@@ -175,8 +175,8 @@ def cmd_pretrain_tiny(args) -> int:
     """
     from soar_agent.pretrain import PretrainArgs, pretrain
 
-    pretrain(PretrainArgs(out=Path(args.out), seed=args.seed, steps=args.steps,
-                          examples_per_domain=args.examples_per_domain),
+    pretrain(PretrainArgs(out=Path(args.out), seed=args.seed, steps=args.steps, lr=args.lr,
+                          examples_per_domain=args.examples_per_domain, init=Path(args.init) if args.init else None),
              log=lambda message: print(message, flush=True))
     return 0
 
@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--steps", type=int, default=2400)
     pt.add_argument("--examples-per-domain", type=int, default=60000)
+    pt.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule)")
+    pt.add_argument("--init", help="continue training this model directory (second stage)")
 
     rn = add("run", cmd_run)
     rn.add_argument("config", nargs="?", help="run config TOML (default: the embedded default)")

@@ -24,8 +24,9 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
                                 seed=seed + 1)
     summary = summarize(results, default_ks(cfg.eval.samples))
     summary.update(promotion_questions=len(promotion_questions), steps=steps)
-    rows = [{"problem_id": agent._problem_id(r.problem), "samples": r.samples, "correct": r.correct,
-             "greedy_correct": r.greedy_correct, "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for r in results]
+    ids = store.add_problems(run_id=run_id, problems=[r.problem for r in results], source="hard")
+    rows = [{"problem_id": pid, "samples": r.samples, "correct": r.correct, "greedy_correct": r.greedy_correct,
+             "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for pid, r in zip(ids, results)]
     store.add_evaluation(run_id=run_id, set_name="hard-test-pq", results=rows, summary=summary,
                          samples_per_problem=cfg.eval.samples, temperature=1.0)
     return summary

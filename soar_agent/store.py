@@ -131,8 +131,10 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         "CREATE INDEX datasets_run_name ON datasets(run_id, name)",
         """CREATE TABLE dataset_items (
             dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
-            problem_id INTEGER NOT NULL REFERENCES problems(id),
             position INTEGER NOT NULL,
+            -- after the key columns: SQLite 3.40's integrity_check wrongly reports NULLs in a WITHOUT ROWID
+            -- table's NOT NULL column that sits between its primary-key columns
+            problem_id INTEGER NOT NULL REFERENCES problems(id),
             PRIMARY KEY (dataset_id, position)
         ) WITHOUT ROWID""",
         "CREATE INDEX dataset_items_problem ON dataset_items(problem_id)",

@@ -189,9 +189,13 @@ def _random_program(level: int, rng: random.Random) -> Program:
 
 
 def _acceptable(program: Program) -> bool:
+    """Values stay small, no multi-digit products, and no zeros anywhere: a zero collapses the rest of
+    the trace (0*x, x-x) and makes the printed value guessable without tracing."""
     _, value, operations = trace(program)
+    if value < 2:
+        return False
     for left, right, result in operations:
-        if not GEN_RANGE[0] <= result <= GEN_RANGE[1]:
+        if not 1 <= result <= GEN_RANGE[1]:
             return False
         if left >= 10 and right >= 10 and result == left * right:
             return False
