@@ -232,6 +232,7 @@ class Agent:
     def poll_commands(self) -> None:
         """Commands from the TUI (or `soar` scripts), each acknowledged; pause blocks here."""
         while True:
+            self.store.heartbeat(self.run_id)
             for command in self.store.pending_commands(self.run_id):
                 name = command["command"]
                 if name == "pause":
@@ -335,9 +336,21 @@ class Agent:
         problems = problems or self._dataset_problems(dataset)
         steps = steps or cfg.student.steps + (cfg.student.extra_steps_after_promotion if self._promotions() else 0)
         seed = _seed(cfg.run.seed, step, index, j)
+        ids = dict(zip((p.question for p in problems),
+                       self.store.add_problems(run_id=self.run_id, problems=problems, source="hard")
+                       if dataset is None else [row["id"] for row in self.store.dataset_problems(dataset["id"])]))
+        ref = f"step-{step}/student-{index}-{j}"
+        rollouts: list[dict] = []
+
+        def keep(batch, scores) -> None:
+            rollouts.extend({"problem_id": ids.get(problem.question), "phase": "student", "ref": ref,
+                             "completion": text, "reward": None if score != score else score,
+                             "correct": None if score != score else int(score > 0)}
+                            for problem, text, score in zip(batch.problems, batch.texts, scores))
+
         try:
             student, metrics = train_student(self.model("baseline"), self.tokenizer, problems, self.domain,
-                                             cfg.student, steps=steps, seed=seed)
+                                             cfg.student, steps=steps, seed=seed, on_rollout=keep)
         except NonFiniteLoss as error:
             self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss", message=str(error),
                                  data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})
@@ -355,7 +368,8 @@ class Agent:
         summary = {k: v for k, v in vars(metrics).items() if k != "per_step"}
         self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
                                 student_index=j, reward=reward, accuracy_before=accuracy_before,
-                                accuracy_after=accuracy_after, checkpoint_path=str(directory), metrics=summary)
+                                accuracy_after=accuracy_after, checkpoint_path=str(directory), metrics=summary,
+                                rollouts=rollouts)
         self.log(f"[step {step}] student {index}-{j}: reward {reward:+.3f} "
                  f"(acc {accuracy_before:.3f} -> {accuracy_after:.3f}), train reward {metrics.reward_mean:.2f}, "
                  f"{metrics.tokens_per_second:.0f} tok/s")
@@ -507,7 +521,8 @@ class Agent:
         for name, problems in sets.items():
             samples = cfg.eval.samples if name == "hard-test" else 0
             results = evaluate_problems(engine, self.domain, problems, samples=samples, greedy=True,
-                                        max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7))
+                                        max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7),
+                                        keep_completions=True)
             summary = summarize(results, default_ks(samples) if samples else [])
             summary["tokens_per_second"] = engine.stats.tokens_per_second
             # already stored problems map to their existing ids (content hash), new ones are added once
@@ -516,6 +531,9 @@ class Agent:
             rows = [{"problem_id": ids[i], "samples": r.samples,
                      "correct": r.correct, "greedy_correct": r.greedy_correct,
                      "pass_at": r.pass_at(default_ks(samples)) if samples else {}} for i, r in enumerate(results)]
+            self.store.add_rollouts(run_id=self.run_id, rows=[
+                {"problem_id": ids[i], "phase": "eval", "ref": f"eval-step-{step}/{name}", "completion": text}
+                for i, r in enumerate(results) for text in r.completions])
             self.store.add_evaluation(run_id=self.run_id, set_name=name, results=rows, summary=summary,
                                       samples_per_problem=samples, temperature=1.0, teacher_step=step,
                                       checkpoint_id=checkpoint["id"] if checkpoint else None)

@@ -299,9 +299,33 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
+_INSERT_ROLLOUT = ("INSERT INTO rollouts (run_id, problem_id, phase, ref, completion, reward, correct, created_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _rollout_values(run_id: int, rows: Iterable[dict]) -> list[tuple]:
+    now = _now()
+    values = []
+    for i, r in enumerate(rows):
+        _check(r.get("phase"), ROLLOUT_PHASES, f"rows[{i}].phase")
+        if r.get("completion") is None:
+            raise ValueError(f"rows[{i}] is missing 'completion'")
+        values.append((
+            run_id, r.get("problem_id"), r["phase"], None if r.get("ref") is None else str(r["ref"]),
+            r["completion"], None if r.get("reward") is None else float(r["reward"]),
+            _flag(r.get("correct"), f"rows[{i}].correct"), now,
+        ))
+    return values
+
+
 # MIGRATIONS[i] takes the schema from version i to i + 1. Append only. Each runs inside one transaction
 # together with the schema_version bump, so a failing migration leaves the database at the previous version.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """Agent heartbeat: the TUI tells a live run (an agent polling commands) from an abandoned one."""
+    db.execute("ALTER TABLE runs ADD COLUMN heartbeat_at TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -600,6 +624,10 @@ class Store:
             (name, mode, _now(), config_json, status, None if model_path is None else str(model_path)),
         ).lastrowid)
 
+    def heartbeat(self, run_id: int) -> None:
+        """The agent is alive and polling commands (written between units of work)."""
+        self._write(lambda c: c.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (_now(), run_id)))
+
     def set_run_status(self, run_id: int, status: str) -> None:
         self._write(lambda c: c.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id)))
 
@@ -679,14 +707,21 @@ class Store:
 
     def add_training(self, *, run_id: int, teacher_step: int, dataset_id: int | None, student_index: int,
                      reward: float | None, accuracy_before: float | None, accuracy_after: float | None,
-                     checkpoint_path: str | None, metrics: dict) -> int:
-        """One finished student training (inserted only when complete: resume retrains missing ones)."""
+                     checkpoint_path: str | None, metrics: dict, rollouts: Iterable[dict] = ()) -> int:
+        """One finished student training with its sampled rollouts, in one transaction (inserted only when
+        complete: resume retrains missing ones, and nothing is stored twice)."""
         metrics_json = _dumps(metrics, "metrics")
-        return self._write(lambda c: c.execute(
-            "INSERT INTO trainings (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before,"
-            " accuracy_after, checkpoint_path, metrics_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before, accuracy_after,
-             checkpoint_path, metrics_json, _now())).lastrowid)
+        values = _rollout_values(run_id, rollouts)
+
+        def insert(conn: sqlite3.Connection) -> int:
+            conn.executemany(_INSERT_ROLLOUT, values)
+            return conn.execute(
+                "INSERT INTO trainings (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before,"
+                " accuracy_after, checkpoint_path, metrics_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before, accuracy_after,
+                 checkpoint_path, metrics_json, _now())).lastrowid
+
+        return self._write(insert)
 
     def trainings(self, run_id: int, teacher_step: int | None = None) -> list[dict]:
         sql, params = "SELECT * FROM trainings WHERE run_id = ?", [run_id]
@@ -892,22 +927,8 @@ class Store:
     def add_rollouts(self, *, run_id: int, rows: Iterable[dict]) -> int:
         """Append rollouts in one transaction; returns how many. Each row: ``phase, completion`` and optional
         ``problem_id, ref, reward, correct``."""
-        now = _now()
-        values = []
-        for i, r in enumerate(rows):
-            _check(r.get("phase"), ROLLOUT_PHASES, f"rows[{i}].phase")
-            if r.get("completion") is None:
-                raise ValueError(f"rows[{i}] is missing 'completion'")
-            values.append((
-                run_id, r.get("problem_id"), r["phase"], None if r.get("ref") is None else str(r["ref"]),
-                r["completion"], None if r.get("reward") is None else float(r["reward"]),
-                _flag(r.get("correct"), f"rows[{i}].correct"), now,
-            ))
-        self._write(lambda c: c.executemany(
-            "INSERT INTO rollouts (run_id, problem_id, phase, ref, completion, reward, correct, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            values,
-        ))
+        values = _rollout_values(run_id, rows)
+        self._write(lambda c: c.executemany(_INSERT_ROLLOUT, values))
         return len(values)
 
     def rollouts(self, run_id: int, problem_id: int | None = None, phase: str | None = None,

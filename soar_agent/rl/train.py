@@ -219,12 +219,14 @@ def _reward_stats(rewards: torch.Tensor) -> dict:
 
 def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int | None = None,
                   reward_fn: RewardFn | None = None, seed: int = 0, reference=None,
-                  log: Callable[[dict], None] | None = None):
+                  log: Callable[[dict], None] | None = None,
+                  on_rollout: Callable[[Rollout, list[float]], None] | None = None):
     """Train a copy of `baseline` (never mutated) for `steps` (default cfg.steps) RL steps on `problems`.
 
     cfg is a StudentSection. `reward_fn(problems, completions) -> list[float | None]` defaults to
     `reward_correct(domain)`. `reference` (default: the baseline) is the frozen policy of the KL penalty.
-    `log` receives each step's record. Returns (student, StudentMetrics). Raises NonFiniteLoss."""
+    `log` receives each step's record and `on_rollout` each step's batch with its rewards (for storage).
+    Returns (student, StudentMetrics). Raises NonFiniteLoss."""
     student = clone_model(baseline)
     student.eval()  # dropout off: see the module docstring
     params = [p for p in student.parameters() if p.requires_grad]
@@ -245,6 +247,8 @@ def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, ste
         scores = [math.nan if s is None else float(s) for s in reward_fn(batch.problems, batch.texts)]
         if len(scores) != len(batch.texts):
             raise ValueError(f"reward_fn returned {len(scores)} rewards for {len(batch.texts)} completions")
+        if on_rollout is not None:
+            on_rollout(batch, scores)
         rewards = torch.tensor(scores, dtype=torch.float32).view(-1, cfg.group_size)  # (G, n)
         advantages = advantage_fn(rewards).flatten()  # (B,)
         try:
