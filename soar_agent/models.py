@@ -38,7 +38,7 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     resolved = Path(path).expanduser()
     if not resolved.is_dir():
         raise ModelLoadError(f"{resolved}: model directory does not exist")
-    if not (resolved / "config.json").is_file():
+    if not (resolved / "config.json").is_file() and not (resolved / "adapter_config.json").is_file():
         raise ModelLoadError(f"{resolved}: not a Hugging Face model directory (no config.json)")
     return resolved
 
