@@ -281,6 +281,17 @@ def cmd_eval_pq(args) -> int:
     return 0
 
 
+def cmd_tui(args) -> int:
+    """Terminal UI: watch a run live, inspect curricula and rollouts, pause/stop/promote, export.
+
+    Example: soar tui runs/default          # without a run: choose one of runs/*/soar.db
+    """
+    from tui.app import SoarApp, resolve_db  # Textual is imported only for this command (and never torch)
+
+    SoarApp(resolve_db(args.run_dir) if args.run_dir else None).run()
+    return 0
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -354,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("run_dir")
     pq.add_argument("--steps", type=int, help="student RL steps (default: 2 x student.steps x promotions, min student.steps)")
     pq.add_argument("--json", action="store_true")
+
+    tu = add("tui", cmd_tui)
+    tu.add_argument("run_dir", nargs="?")
     return parser
 
 

@@ -1,0 +1,539 @@
+"""The TUI driven by Textual's pilot on small stores built with the Store API: navigation, curricula
+filtering, drilling into a problem's rollouts, commands reaching the store and being acknowledged (by a
+separate process playing the agent, and by the real ``Agent.poll_commands``), live refresh while another
+process writes, SVG snapshots at 80x24, and no torch in the TUI process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from rich.console import Console, ConsoleRenderable
+from rich.text import Text
+
+from soar_agent.store import Store
+from soar_agent.tasks.base import Problem
+
+pytest.importorskip("textual")
+
+from textual.widgets import DataTable, Static, TabbedContent  # noqa: E402
+
+from tui.app import HelpScreen, RunPicker, RunScreen, SoarApp  # noqa: E402
+from tui.curricula import CompareScreen, CurriculumScreen  # noqa: E402
+from tui.problem import ProblemScreen  # noqa: E402
+
+CREATED = "2025-06-01T00:00:00.000+00:00"
+NOW = datetime.fromisoformat(CREATED).timestamp() + 3 * 3600 + 125  # 3h 02m 05s into the run
+SIZE = (80, 24)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+def arith(i: int, level: int = 3) -> Problem:
+    return Problem(question=f"What is {i} + {i * 7}?", answer=str(i * 8), domain="arith", level=level)
+
+
+def build_store(db: Path, steps: int = 4) -> int:
+    """A deterministic little run: hard sets, `steps` teacher steps of 2 curricula x 3 problems with 2
+    students each, promotions at even steps, evaluations (hard-test, easy, hard-test-pq), rollouts and
+    events. Timestamps are pinned so that screenshots do not depend on when the test runs."""
+    with Store(db) as store:
+        run = store.create_run(name="demo", mode="soar", config={"run": {"name": "demo"}}, status="running")
+        hard = {split: store.add_problems(run_id=run, problems=[arith(1000 + 10 * n + i, 7) for i in range(n)],
+                                          source="hard", split=split)
+                for split, n in (("train", 6), ("test", 5))}
+        for split, ids in hard.items():
+            store.create_dataset(run_id=run, name=f"hard-{split}", kind=f"hard-{split}", problem_ids=ids)
+        store.log_event(run_id=run, level="info", kind="start", message="run created")
+        store.log_event(run_id=run, level="info", kind="session", message="session started",
+                        data={"deadline": NOW + 5 * 3600, "max_teacher_steps": 0})
+        evaluate(store, run, hard["test"], step=0, score=0.1)
+        for step in range(1, steps + 1):
+            add_step(store, run, step)
+            if step % 2 == 0:
+                evaluate(store, run, hard["test"], step=step, score=0.1 + 0.05 * step)
+        store.add_evaluation(run_id=run, set_name="hard-test-pq", results=[], samples_per_problem=4, temperature=1.0,
+                             summary={"pass@1": 0.31, "pass@4": 0.52, "problems": 5})
+        store.add_rollouts(run_id=run, rows=[
+            {"problem_id": hard["test"][0], "phase": "eval", "ref": f"eval-step-{s}/hard-test",
+             "completion": f"eval completion {k} of step {s}: Answer: {k}"}
+            for s in range(0, steps + 1, 2) for k in range(90)])
+        store.log_event(run_id=run, level="warning", kind="student-collapse", message="step 3: student 1-0 [empty]")
+        # Pin every timestamp (the Store stamps rows with the wall clock).
+        conn = store.db.conn
+        conn.execute("UPDATE runs SET created_at = ?, heartbeat_at = NULL", (CREATED,))
+        for table in ("events",):
+            conn.execute(f"UPDATE {table} SET ts = strftime('%Y-%m-%dT%H:%M:%S.000+00:00', ?, '+' || (id * 60)"
+                         " || ' seconds')", (CREATED,))
+        for table in ("checkpoints", "rollouts", "evaluations", "problems", "datasets"):
+            conn.execute(f"UPDATE {table} SET created_at = strftime('%Y-%m-%dT%H:%M:%S.000+00:00', ?, '+' || (id * 60)"
+                         " || ' seconds')", (CREATED,))
+        return run
+
+
+def add_step(store: Store, run: int, step: int) -> None:
+    datasets = [{"name": f"step-{step}-dataset-{k}", "meta": {"index": k},
+                 "problems": [arith(100 * step + 10 * k + i, 2 + k) for i in range(3)],
+                 "provenance": [{"teacher_step": step, "dataset": k, "text": f"<question>q{i}</question>",
+                                 "teacher_answer": str(i)} for i in range(3)],
+                 "answer_verified": [True, True, k == 0]} for k in range(2)]
+    ids = store.add_curriculum(run_id=run, teacher_step=step, datasets=datasets)
+    store.log_event(run_id=run, level="info", kind="teacher-sampled", message=f"step {step}: 6 items (5 verified)",
+                    data={"step": step})
+    for k, dataset_id in enumerate(ids):
+        problems = [row["id"] for row in store.dataset_problems(dataset_id)]
+        for j in range(2):
+            store.add_training(
+                run_id=run, teacher_step=step, dataset_id=dataset_id, student_index=j, reward=0.01 * (step + k - j),
+                accuracy_before=0.1, accuracy_after=0.1 + 0.01 * (step + k - j), checkpoint_path=None,
+                metrics={"reward_mean": 0.2 + 0.05 * step + 0.02 * k, "tokens_per_second": 900.0 + 10 * step,
+                         "completion_length": 12.0},
+                rollouts=[{"problem_id": pid, "phase": "student", "ref": f"step-{step}/student-{k}-{j}",
+                           "completion": f"Answer: {n}", "reward": float((n + i) % 2), "correct": (n + i) % 2}
+                          for i, pid in enumerate(problems) for n in range(4)])
+    promoted = ids[1] if step % 2 == 0 else None
+    rewards = {ids[0]: 0.01 * step, ids[1]: 0.02 * step}
+    checkpoints = [{"path": f"/runs/demo/checkpoints/teacher-step-{step}", "role": "teacher"}]
+    if promoted:
+        checkpoints.append({"path": f"/runs/demo/checkpoints/baseline-step-{step}", "role": "baseline"})
+    store.complete_teacher_step(run_id=run, step=step, dataset_rewards=rewards, mean_reward=0.015 * step,
+                                moving_average=0.012 * step, promoted_dataset_id=promoted, checkpoints=checkpoints,
+                                metrics={"seconds": 300.0 + step, "teacher_rewards": list(rewards.values())})
+    if promoted:
+        store.log_event(run_id=run, level="info", kind="promotion", message=f"step {step}: dataset {promoted} promoted")
+
+
+def evaluate(store: Store, run: int, problem_ids: list[int], step: int, score: float) -> None:
+    baseline = store.checkpoints(run, role="baseline")
+    summary = {"problems": len(problem_ids), "greedy_acc": score, "pass@1": score, "pass@2": score * 1.5,
+               "pass@4": score * 2}
+    store.add_evaluation(run_id=run, set_name="hard-test", summary=summary, samples_per_problem=4, temperature=1.0,
+                         teacher_step=step, checkpoint_id=baseline[-1]["id"] if baseline else None,
+                         results=[{"problem_id": pid, "samples": 4, "correct": i % 3, "greedy_correct": i % 2,
+                                   "pass_at": {1: 0.1, 4: 0.3}} for i, pid in enumerate(problem_ids)])
+    store.add_evaluation(run_id=run, set_name="easy", summary={"problems": 60, "greedy_acc": 0.6 + score},
+                         samples_per_problem=0, temperature=1.0, teacher_step=step, results=[])
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    """Times are shown in local time: pin the zone so that screenshots match anywhere."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture(scope="module")
+def fixture_db(tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("tui") / "demo" / "soar.db"
+    build_store(db)
+    return db
+
+
+@pytest.fixture
+def run_db(tmp_path) -> Path:
+    """A fresh copy for tests that write."""
+    db = tmp_path / "demo" / "soar.db"
+    build_store(db)
+    return db
+
+
+def make_app(db: Path, **kwargs) -> SoarApp:
+    return SoarApp(db.parent, poll_interval=kwargs.pop("poll_interval", 60.0), clock=lambda: NOW, **kwargs)
+
+
+async def settle(pilot, rounds: int = 20) -> None:
+    """Wait for every worker and for the messages they posted (workers may start more workers)."""
+    app = pilot.app
+    for _ in range(rounds):
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if not any(w.is_running for w in app.workers):
+            await pilot.pause()
+            if not any(w.is_running for w in app.workers):
+                return
+    raise AssertionError(f"workers still running: {list(app.workers)}")
+
+
+async def wait_for(pilot, condition, timeout: float = 10.0, poll: bool = True) -> None:
+    """Re-read the store until ``condition()`` holds (for data written by another process)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if poll and isinstance(pilot.app.screen, RunScreen):
+            pilot.app.screen.poll()
+        await settle(pilot)
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.1)
+
+
+def cells(table: DataTable, column: int) -> list[str]:
+    return [str(table.get_row_at(i)[column]) for i in range(table.row_count)]
+
+
+def text(widget: Static) -> str:
+    """What a Static shows, as plain text (markup strings and Rich renderables alike)."""
+    content = widget.content
+    if isinstance(content, str):
+        return Text.from_markup(content).plain
+    if not isinstance(content, ConsoleRenderable):
+        return str(content)
+    console = Console(width=200, color_system=None)
+    with console.capture() as captured:
+        console.print(content)
+    return captured.get()
+
+
+# ------------------------------------------------------------------------------------------ pilot tests
+
+
+@pytest.mark.asyncio
+async def test_overview_shows_the_run(fixture_db):
+    app = make_app(fixture_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        stats = text(screen.query_one("#stats", Static))
+        for needle in ("demo · soar", "running · student-collapse", "step", "4", "3h 02m", "left 5h 00m", "940",
+                       "promotions", "pass@1 0.300", "pass@4 0.600", "no agent attached"):
+            assert needle in stats, (needle, stats)
+        chart = screen.query_one("#pass-chart")
+        assert set(chart.series) == {"pass@1", "pass@4"} and chart.series["pass@4"][-1] == (4, pytest.approx(0.6))
+        assert [s for s, _ in screen.query_one("#student-chart").series["reward_mean"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_navigation_between_tabs_and_screens(fixture_db):
+    app = make_app(fixture_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        tabs = app.screen.query_one("#tabs", TabbedContent)
+        for key, tab in (("2", "curricula"), ("3", "evaluations"), ("4", "checkpoints"), ("5", "events"),
+                         ("6", "control"), ("1", "overview")):
+            await pilot.press(key)
+            await settle(pilot)
+            assert tabs.active == tab
+        await pilot.press("?")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunScreen)
+        theme = app.theme
+        await pilot.press("t")
+        assert app.theme != theme
+        # evaluations: one table per set, switched with the set tabs
+        await pilot.press("3")
+        await settle(pilot)
+        table = app.screen.query_one("#eval-table", DataTable)
+        assert cells(table, 0) == ["4", "2", "0"] and "pass@4" in [str(c.label) for c in table.columns.values()]
+        await pilot.click("#sets Tab#set-2")
+        await settle(pilot)
+        assert app.screen.query_one("#evaluations-tab").current == "hard-test-pq"
+        assert cells(app.screen.query_one("#eval-table", DataTable), 0) == ["-"]
+        # checkpoints list with their evaluations
+        await pilot.press("4")
+        await settle(pilot)
+        table = app.screen.query_one("#checkpoint-table", DataTable)
+        assert table.row_count == 6 and "baseline" in cells(table, 1)
+        # events filtered by level
+        await pilot.press("5", "l")
+        await settle(pilot)
+        table = app.screen.query_one("#event-table", DataTable)
+        assert cells(table, 2) == ["student-collapse"]
+
+
+@pytest.mark.asyncio
+async def test_filter_curricula_and_drill_into_a_problem(fixture_db):
+    app = make_app(fixture_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        table = app.screen.query_one("#datasets", DataTable)
+        assert table.row_count == 8 and cells(table, 1)[0] == "step-4-dataset-1"  # newest first
+        await pilot.press("slash", *"3")
+        await settle(pilot)
+        assert cells(table, 1) == ["step-3-dataset-1", "step-3-dataset-0"]
+        await pilot.press("backspace", *"promoted")
+        await settle(pilot)
+        assert cells(table, 1) == ["step-4-dataset-1", "step-2-dataset-1"]
+        await pilot.press("enter")  # back to the table
+        # promotion questions view
+        await pilot.press("p")
+        await settle(pilot)
+        assert cells(table, 1) == []  # the filter 'promoted' matches no promotion dataset name
+        await pilot.press("slash", *["backspace"] * 8, "enter", "p")
+        await settle(pilot)
+        assert table.row_count == 8
+        # drill into the newest curriculum, then into its first problem
+        await pilot.press("home", "enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CurriculumScreen)
+        problems = screen.query_one("#problems", DataTable)
+        assert cells(problems, 1) == ["What is 410 + 2870?", "What is 411 + 2877?", "What is 412 + 2884?"]
+        assert cells(problems, 4)[0] == "4/8  50%"
+        await pilot.press("slash", *"411", "enter")
+        await settle(pilot)
+        assert cells(problems, 1) == ["What is 411 + 2877?"]
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, ProblemScreen)
+        rollouts = app.screen.query_one("#rollouts", DataTable)
+        assert rollouts.row_count == 8 and set(cells(rollouts, 1)) == {"student"}
+        assert "What is 411 + 2877?" in text(app.screen.query_one("#problem", Static))
+        assert "rollout" in text(app.screen.query_one("#completion", Static))
+        await pilot.press("escape", "escape")
+        assert isinstance(app.screen, RunScreen)
+
+
+@pytest.mark.asyncio
+async def test_rollouts_page_by_keyset_as_the_cursor_moves(fixture_db):
+    with Store(fixture_db, readonly=True) as store:
+        (hard_test,) = store.datasets(1, kind="hard-test")
+        problem_id = store.dataset_problems(hard_test["id"])[0]["id"]
+    app = make_app(fixture_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.push_screen(ProblemScreen(app.screen.source, problem_id))
+        await settle(pilot)
+        table = app.screen.query_one("#rollouts", DataTable)
+        assert table.row_count == 100  # one page of 270
+        await pilot.press("end")
+        await settle(pilot)
+        assert table.row_count == 200
+        await pilot.press("end")
+        await settle(pilot)
+        await pilot.press("end")
+        await settle(pilot)
+        assert table.row_count == 270 and len(set(cells(table, 0))) == 270
+        await pilot.press("f")  # student phase only: none for a hard-test problem
+        await settle(pilot)
+        assert table.row_count == 0
+
+
+@pytest.mark.asyncio
+async def test_compare_two_curricula(fixture_db):
+    app = make_app(fixture_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("m", "down", "down", "c")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        assert "step-4-dataset-1" in text(screen.query_one("#left-summary", Static))
+        assert "step-3-dataset-1" in text(screen.query_one("#right-summary", Static))
+        assert screen.query_one("#right-table", DataTable).row_count == 3
+
+
+@pytest.mark.asyncio
+async def test_command_reaches_the_store_and_says_no_agent(run_db):
+    app = make_app(run_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("6", "p")
+        await settle(pilot)
+        notice = text(app.screen.query_one("#notice", Static))
+        assert "no agent attached: command queued" in notice
+        await pilot.click("#cmd-stop")
+        await settle(pilot)
+    with Store(run_db, readonly=True) as store:
+        assert [(c["command"], c["acked_at"]) for c in store.commands(1)] == [("pause", None), ("stop", None)]
+
+
+AGENT_SCRIPT = textwrap.dedent("""
+    # Plays the agent's side of the commands table exactly as Agent.poll_commands does (heartbeat, then ack
+    # every pending command), without importing torch.
+    import sys, time
+    from soar_agent.store import Store
+
+    store = Store(sys.argv[1])
+    run_id = store.latest_run()["id"]
+    deadline = time.time() + float(sys.argv[2])
+    while time.time() < deadline:
+        store.heartbeat(run_id)
+        for command in store.pending_commands(run_id):
+            store.ack_command(command["id"], f"{command['command']}: done by the test agent")
+            store.log_event(run_id=run_id, level="info", kind=f"command-{command['command']}", message="acked")
+        time.sleep(0.1)
+""")
+
+
+@pytest.mark.asyncio
+async def test_command_acknowledged_by_an_agent_process(run_db, tmp_path):
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT_SCRIPT)
+    agent = subprocess.Popen([sys.executable, str(script), str(run_db), "30"])
+    try:
+        app = SoarApp(run_db.parent, poll_interval=0.5)  # the real clock: the heartbeat is live
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.screen.overview is not None and app.screen.overview.attached)
+            await pilot.press("6", "m")
+            await wait_for(pilot, lambda: "agent acknowledged promote" in text(app.screen.query_one("#notice")))
+            assert "promote: done by the test agent" in text(app.screen.query_one("#notice", Static))
+            assert cells(app.screen.query_one("#commands", DataTable), 4)[0] == "promote: done by the test agent"
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+@pytest.mark.asyncio
+async def test_the_real_agent_acknowledges_tui_commands(run_db):
+    from soar_agent.agent import Agent, RunPaths
+    from soar_agent.config import RunConfig
+
+    app = make_app(run_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("6", "p")
+        await settle(pilot)
+        await pilot.press("u", "s")
+        await settle(pilot)
+        with Store(run_db) as store:
+            agent = Agent(config=RunConfig(), paths=RunPaths(run_db.parent), store=store, run_id=1, log=lambda m: None)
+            agent.poll_commands()
+            assert agent.stop_reason == "stop command received" and not agent.paused
+        await wait_for(pilot, lambda: "agent acknowledged" in text(app.screen.query_one("#notice")))
+        table = app.screen.query_one("#commands", DataTable)
+        assert cells(table, 1) == ["stop", "resume", "pause"]
+        assert cells(table, 4) == ["stopping after the current unit", "resumed", "paused after the current unit"]
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    # Another process writing to the store while the TUI reads it: new teacher steps, events, evaluations.
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from test_tui import add_step, evaluate
+    from soar_agent.store import Store
+
+    store = Store(sys.argv[1])
+    (hard_test,) = store.datasets(1, kind="hard-test")
+    ids = [p["id"] for p in store.dataset_problems(hard_test["id"])]
+    for step in (5, 6):
+        add_step(store, 1, step)
+        evaluate(store, 1, ids, step=step, score=0.5)
+        store.log_event(run_id=1, level="error", kind="writer", message=f"wrote step {step}")
+        time.sleep(0.2)
+""")
+
+
+@pytest.mark.asyncio
+async def test_live_refresh_while_another_process_writes(run_db, tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER_SCRIPT)
+    app = make_app(run_db, poll_interval=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("5")  # events tab: it tails what the writer logs
+        writer = subprocess.Popen([sys.executable, str(script), str(run_db), str(Path(__file__).parent)])
+        while writer.poll() is None:  # the app keeps polling (every 0.3 s) while the other process writes
+            await pilot.pause(0.1)
+        assert writer.returncode == 0
+        await wait_for(pilot, lambda: app.screen.overview.teacher_step == 6)
+        assert "wrote step 6" in cells(app.screen.query_one("#event-table", DataTable), 3)
+        assert "6" in text(app.screen.query_one("#stats", Static))
+        assert app.screen.query_one("#pass-chart").series["pass@1"][-1] == (6, 0.5)
+        await pilot.press("2")
+        await settle(pilot)
+        assert cells(app.screen.query_one("#datasets", DataTable), 1)[0] == "step-6-dataset-1"
+        await pilot.press("3")
+        await settle(pilot)
+        assert cells(app.screen.query_one("#eval-table", DataTable), 0)[0] == "6"
+
+
+@pytest.mark.asyncio
+async def test_export_runs_as_a_subprocess_with_progress(run_db, tmp_path):
+    done = tmp_path / "exported"
+    fake = ["-c", f"import time, pathlib; print('loading', flush=True); time.sleep(0.6);"
+                  f" pathlib.Path({str(done)!r}).mkdir(); print({str(done)!r})"]
+    seen: list[list[str]] = []
+
+    def argv(run_dir, out, checkpoint):
+        seen.append([str(run_dir), str(checkpoint)])
+        return [sys.executable, *fake]
+
+    app = make_app(run_db, export_argv=argv)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        tab = app.screen.query_one("#checkpoints-tab")
+        await pilot.press("e")
+        await pilot.pause(0.3)
+        assert tab.has_class("exporting") and "export" in text(tab.query_one("#export-status", Static))
+        await settle(pilot)
+        assert not tab.has_class("exporting")
+        assert text(tab.query_one("#export-status", Static)) == f"exported to {done}"
+    assert done.is_dir() and seen == [[str(run_db.parent), "6"]]
+
+
+@pytest.mark.asyncio
+async def test_run_picker_lists_runs(tmp_path):
+    build_store(tmp_path / "runs" / "alpha" / "soar.db", steps=1)
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "soar.db").write_text("not sqlite")
+    app = SoarApp(None, runs_root=tmp_path / "runs", poll_interval=60, clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, RunPicker)
+        table = app.screen.query_one("#runs", DataTable)
+        assert cells(table, 0) == ["demo", "broken"]
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, RunScreen) and app.screen.overview.run["name"] == "demo"
+
+
+# ------------------------------------------------------------------------------------------ snapshots
+
+
+def keys_then_settle(*keys: str):
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        await pilot.press(*keys)
+        await settle(pilot)
+    return run_before
+
+
+@pytest.mark.parametrize("keys", [(), ("2",), ("3",), ("4",), ("5",), ("6",), ("2", "enter"), ("2", "enter", "enter"),
+                                  ("?",)], ids=["overview", "curricula", "evaluations", "checkpoints", "events",
+                                               "control", "curriculum", "problem", "help"])
+def test_snapshots(snap_compare, fixture_db, keys):
+    assert snap_compare(make_app(fixture_db), terminal_size=SIZE, run_before=keys_then_settle(*keys))
+
+
+def test_snapshot_light_theme(snap_compare, fixture_db):
+    assert snap_compare(SoarApp(fixture_db.parent, poll_interval=60, clock=lambda: NOW, theme="textual-light"),
+                        terminal_size=SIZE, run_before=keys_then_settle())
+
+
+# ------------------------------------------------------------------------------------------ no torch
+
+
+def test_the_tui_never_imports_torch(fixture_db):
+    code = ("import sys; import tui.app, tui.control, tui.queries, tui.checkpoints, soar_agent.cli;"
+            "from tui.app import SoarApp;"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported';"
+            "print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_soar_tui_subcommand_rejects_a_missing_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "soar_agent.cli", "tui", str(tmp_path / "nope")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not a run directory" in result.stderr
+    assert "torch" not in result.stderr

@@ -1,0 +1,126 @@
+"""Problem detail: the problem and its provenance, then its stored rollouts (student and eval phases),
+paged by keyset, with the full completion of the highlighted one."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+from textual.worker import get_current_worker
+
+from tui import fmt, queries
+from tui.queries import PAGE
+from tui.tab import Source
+from tui.widgets import PagedTable
+
+PHASES = (None, "student", "eval", "teacher")  # the phase filter cycles through these (None = all)
+
+
+def describe(p: dict) -> str:
+    provenance = p.get("provenance") or {}
+    lines = [f"[b]problem {p['id']}[/b] · {p['domain']} level {p['level'] if p['level'] is not None else '-'}"
+             f" · {p['source']} · answer [b]{escape(str(p['answer']))}[/b] (verified {fmt.flag(p['answer_verified'])})",
+             escape(p["question"])]
+    if "teacher_step" in provenance:
+        lines.append(f"teacher step {provenance['teacher_step']}, dataset {provenance.get('dataset')}, teacher's answer "
+                     f"{escape(str(provenance.get('teacher_answer')))}")
+    if p["datasets"]:
+        lines.append("in " + ", ".join(escape(d["name"]) for d in p["datasets"][:6])
+                     + (f" +{len(p['datasets']) - 6}" if len(p["datasets"]) > 6 else ""))
+    counts = [f"{phase} {fmt.ratio(c, t) if phase == 'student' else t}" for phase, (c, t) in sorted(p["phases"].items())]
+    lines.append("rollouts: " + (" · ".join(counts) or "none"))
+    return "\n".join(lines)
+
+
+class ProblemScreen(Screen):
+    DEFAULT_CSS = """
+    ProblemScreen #problem { height: auto; max-height: 8; padding: 0 1; border-bottom: solid $primary-background; }
+    ProblemScreen #rollouts { height: 1fr; min-height: 5; }
+    ProblemScreen #completion-box { height: 1fr; min-height: 4; border-top: solid $primary-background; }
+    ProblemScreen #completion { padding: 0 1; }
+    """
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("f", "cycle_phase", "Phase filter")]
+
+    class Loaded(Message):
+        def __init__(self, problem: dict | None, rows: list[dict], reset: bool) -> None:
+            super().__init__()
+            self.problem, self.rows, self.reset = problem, rows, reset
+
+    class CompletionLoaded(Message):
+        def __init__(self, rollout_id: int, text: str) -> None:
+            super().__init__()
+            self.rollout_id, self.text = rollout_id, text
+
+    def __init__(self, source: Source, problem_id: int) -> None:
+        super().__init__()
+        self.source, self.problem_id = source, problem_id
+        self.phase: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("loading…", id="problem")
+        yield PagedTable(page_size=PAGE, id="rollouts")
+        with VerticalScroll(id="completion-box"):
+            yield Static("", id="completion")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"problem {self.problem_id} · rollouts: all phases"
+        table = self.query_one("#rollouts", PagedTable)
+        for label, width in (("id", 7), ("phase", 7), ("ref", 18), ("reward", 6), ("ok", 3), ("completion", 22)):
+            table.add_column(label, width=width)
+        table.focus()
+        self.load(self.phase, 0, reset=True)
+
+    @work(thread=True, exclusive=True, group="rollouts")
+    def load(self, phase: str | None, after_id: int, reset: bool) -> None:
+        worker = get_current_worker()
+        with queries.open_reader(self.source.db_path) as store:
+            problem = queries.problem(store, self.problem_id) if reset else None
+            rows = queries.rollouts_page(store, self.problem_id, phase, after_id)
+        if not worker.is_cancelled:
+            self.post_message(self.Loaded(problem, rows, reset))
+
+    @on(Loaded)
+    def show_page(self, message: Loaded) -> None:
+        if message.problem is not None:
+            self.query_one("#problem", Static).update(describe(message.problem))
+        table = self.query_one("#rollouts", PagedTable)
+        if message.reset:
+            table.reset()
+            self.query_one("#completion", Static).update("" if message.rows else "no rollouts stored for this problem")
+        table.add_page([(str(r["id"]), [r["id"], r["phase"], fmt.cell(r["ref"], 18), fmt.number(r["reward"], 2),
+                                        fmt.flag(r["correct"]) if r["correct"] is not None else "-",
+                                        fmt.cell(r["preview"], 22)]) for r in message.rows],
+                       last_key=message.rows[-1]["id"] if message.rows else None)
+
+    @on(PagedTable.NeedMore, "#rollouts")
+    def more(self, message: PagedTable.NeedMore) -> None:
+        self.load(self.phase, message.table.last_key, reset=False)
+
+    @on(DataTable.RowHighlighted, "#rollouts")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self.load_completion(int(event.row_key.value))
+
+    @work(thread=True, exclusive=True, group="completion")
+    def load_completion(self, rollout_id: int) -> None:
+        worker = get_current_worker()
+        with queries.open_reader(self.source.db_path) as store:
+            text = queries.completion(store, rollout_id)
+        if not worker.is_cancelled:
+            self.post_message(self.CompletionLoaded(rollout_id, text))
+
+    @on(CompletionLoaded)
+    def show_completion(self, message: CompletionLoaded) -> None:
+        self.query_one("#completion", Static).update(f"[b]rollout {message.rollout_id}[/b]\n{escape(message.text)}")
+
+    def action_cycle_phase(self) -> None:
+        self.phase = PHASES[(PHASES.index(self.phase) + 1) % len(PHASES)]
+        self.sub_title = f"problem {self.problem_id} · rollouts: {self.phase or 'all phases'}"
+        self.load(self.phase, 0, reset=True)
