@@ -133,12 +133,12 @@ class TeacherSection:
         8, "rejection-sampling rounds to fill the datasets before the step is declared garbage", ge=1
     )
     reward_target: str = _opt(
-        "teacher",
-        "what students are rewarded against: teacher = the teacher's own answers; verified = answers from"
-        " the domain verifier; drop-unverified = teacher answers, dropping items the verifier does not confirm",
+        "verified",
+        "what students are rewarded against: teacher = the teacher's own answers (the paper); verified = answers"
+        " from the domain's exact solver where it has one (arith, program), else the teacher's; drop-unverified = teacher answers, dropping items the verifier does not confirm",
         choices=("teacher", "verified", "drop-unverified"),
     )
-    lr: float = _opt(1e-5, "teacher learning rate (RLOO over its datasets' rewards)", gt=0.0)
+    lr: float = _opt(1e-4, "teacher learning rate (RLOO over its datasets' rewards)", gt=0.0)
 
 
 @dataclass
@@ -147,15 +147,15 @@ class StudentSection:
 
     backend: str = _opt("rloo", "policy-gradient algorithm for the students", choices=("rloo", "grpo"))
     students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1)
-    steps: int = _opt(10, "student training steps from the current baseline", ge=1)
+    steps: int = _opt(8, "student training steps from the current baseline", ge=1)
     extra_steps_after_promotion: int = _opt(
         5, "additional steps on the winning datasets when the baseline is promoted (0 = none)", ge=0
     )
     batch_prompts: int = _opt(8, "prompts per student training step", ge=1)
     group_size: int = _opt(8, "completions sampled per prompt (RLOO/GRPO group; needs >= 2 for a baseline)", ge=2)
     temperature: float = _opt(1.0, "sampling temperature for student rollouts (0 = greedy)", ge=0.0)
-    max_new_tokens: int = _opt(160, "token budget for one student completion", ge=1)
-    lr: float = _opt(1e-5, "student learning rate", gt=0.0)
+    max_new_tokens: int = _opt(384, "token budget for one student completion (the longest built-in solutions are ~360 tokens)", ge=1)
+    lr: float = _opt(1e-4, "student learning rate (1e-4 suits the embedded tiny model; the paper used 1e-5 on 3B models)", gt=0.0)
     kl_coef: float = _opt(0.001, "KL penalty to the baseline policy (0 = none)", ge=0.0)
     eps_low: float = _opt(0.2, "PPO-style ratio clip below 1 (ratio >= 1 - eps_low)", ge=0.0)
     eps_high: float = _opt(0.2, "PPO-style ratio clip above 1 (ratio <= 1 + eps_high)", ge=0.0)
@@ -189,7 +189,7 @@ class EvalSection:
 
     every_teacher_steps: int = _opt(5, "evaluate every this many teacher steps", ge=1)
     samples: int = _opt(32, "completions sampled per test question (pass@k / mean accuracy)", ge=1)
-    max_new_tokens: int = _opt(160, "token budget for one evaluation completion", ge=1)
+    max_new_tokens: int = _opt(384, "token budget for one evaluation completion", ge=1)
 
 
 @dataclass
@@ -206,11 +206,11 @@ class MiningSection:
     """[mining]: building the hard train/test sets (questions the base model fails at pass@k)."""
 
     k: int = _opt(128, "samples per question; a question is hard when none of the k is correct", ge=1)
-    pool_per_level: int = _opt(200, "candidate questions generated per difficulty level", ge=1)
+    pool_per_level: int = _opt(150, "candidate questions generated per difficulty level", ge=1)
     levels: list[int] = _opt([], "difficulty levels to mine (empty = domain default)", ge=1, distinct=True)
     test_fraction: float = _opt(0.5, "share of the mined hard questions held out as the hard test set", gt=0.0, lt=1.0)
     temperature: float = _opt(1.0, "sampling temperature while mining", ge=0.0)
-    max_new_tokens: int = _opt(160, "token budget for one mining completion", ge=1)
+    max_new_tokens: int = _opt(384, "token budget for one mining completion", ge=1)
     seed: int = _opt(1234, "seed for question generation and the train/test split", ge=0)
 
 

@@ -46,19 +46,19 @@ def test_defaults_match_the_documented_values():
     assert (cfg.domain.name, cfg.domain.hard_train, cfg.domain.hard_test, cfg.domain.transfer) == ("arith", "", "", "")
     t = cfg.teacher
     assert (t.datasets_per_step, t.items_per_dataset, t.temperature, t.max_new_tokens) == (4, 16, 1.0, 128)
-    assert (t.max_sampling_rounds, t.reward_target, t.lr) == (8, "teacher", 1e-5)
+    assert (t.max_sampling_rounds, t.reward_target, t.lr) == (8, "verified", 1e-4)
     s = cfg.student
-    assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("rloo", 2, 10, 5)
-    assert (s.batch_prompts, s.group_size, s.temperature, s.max_new_tokens) == (8, 8, 1.0, 160)
-    assert (s.lr, s.kl_coef, s.eps_low, s.eps_high) == (1e-5, 0.001, 0.2, 0.2)
+    assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("rloo", 2, 8, 5)
+    assert (s.batch_prompts, s.group_size, s.temperature, s.max_new_tokens) == (8, 8, 1.0, 384)
+    assert (s.lr, s.kl_coef, s.eps_low, s.eps_high) == (1e-4, 0.001, 0.2, 0.2)
     assert (s.loss_aggregation, s.grad_clip) == ("token", 1.0)
     assert cfg.reward.questions == 64
     assert (cfg.promotion.tau, cfg.promotion.window) == (0.01, 3)
-    assert (cfg.eval.every_teacher_steps, cfg.eval.samples, cfg.eval.max_new_tokens) == (5, 32, 160)
+    assert (cfg.eval.every_teacher_steps, cfg.eval.samples, cfg.eval.max_new_tokens) == (5, 32, 384)
     assert (cfg.budget.hours, cfg.budget.max_teacher_steps, cfg.budget.keep_checkpoints) == (0.0, 0, 3)
     m = cfg.mining
-    assert (m.k, m.pool_per_level, m.levels, m.test_fraction) == (128, 200, [], 0.5)
-    assert (m.temperature, m.max_new_tokens, m.seed) == (1.0, 160, 1234)
+    assert (m.k, m.pool_per_level, m.levels, m.test_fraction) == (128, 150, [], 0.5)
+    assert (m.temperature, m.max_new_tokens, m.seed) == (1.0, 384, 1234)
 
 
 def test_every_field_is_documented():
