@@ -203,6 +203,11 @@ class Agent:
             try:
                 self.teacher_step(step)
                 garbage_in_a_row = 0
+            except OSError as error:  # e.g. a full disk while saving a checkpoint: stored data stays intact
+                self.stop_reason = f"cannot write to {self.paths.root}: {error}; stopping (resume when fixed)"
+                self.store.log_event(run_id=self.run_id, level="error", kind="io-error", message=self.stop_reason,
+                                     data={"step": step})
+                break
             except _StepSkipped as skipped:
                 garbage_in_a_row += 1
                 self.store.log_event(run_id=self.run_id, level="warning", kind="teacher-garbage",
@@ -394,8 +399,13 @@ class Agent:
         items = [[TeacherItem(row["provenance"]["text"], self.store.to_problem(row), "", None)
                   for row in self.store.dataset_problems(d["id"])] for d in datasets]
         teacher = self.model("teacher")
-        update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
-                                teacher_rewards, cfg.student.grad_clip)
+        try:
+            update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
+                                    teacher_rewards, cfg.student.grad_clip)
+        except FloatingPointError as error:  # NaN/inf teacher loss: no step taken, the run goes on
+            update = {"error": str(error), "updated": False}
+            self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss",
+                                 message=f"teacher: {error}", data={"step": step})
         mean_reward = sum(rewards.values()) / len(rewards)
         previous = [s["mean_reward"] for s in self.completed_steps()]
         history = (previous[-(cfg.promotion.window - 1):] if cfg.promotion.window > 1 else []) + [mean_reward]

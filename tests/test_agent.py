@@ -152,3 +152,32 @@ def test_export_round_trip(tmp_path, hard_files):
     card = (out / "README.md").read_text()
     assert "Evaluation history" in card and "hard-test" in card and "[student]" in card
     assert (out / "model.safetensors").is_file()
+
+
+def test_full_disk_while_saving_stops_with_a_message_and_keeps_data(tmp_path, hard_files, random_tiny_dir,
+                                                                    monkeypatch):
+    import soar_agent.models as models
+
+    config = load_config(None, FAST + hard_files + [f"model.path={json.dumps(str(random_tiny_dir))}",
+                                                    "eval.samples=1", "eval.max_new_tokens=8"])
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    # the random model cannot write items: give the teacher a fixed, well-formed curriculum instead
+    import soar_agent.teacher as teacher
+
+    def fixed_items(engine, domain, count, cfg, seed):
+        items = [teacher.check_item(domain, f"<question>{i}+1</question><answer>{i + 1}</answer>", "verified")
+                 for i in range(count)]
+        return items, {"sampled": count, "accepted": count, "rejected": {}}
+
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(models, "save_checkpoint", disk_full)
+    reason = agent.run(Budget(max_teacher_steps=2))
+    assert "No space left" in reason
+    errors = agent.store.events(agent.run_id, level="error")
+    assert any(e["kind"] == "io-error" for e in errors)
+    assert len(agent.store.datasets(agent.run_id, kind="curriculum")) == 2  # the sampled curriculum is kept
+    assert agent.store.trainings(agent.run_id) == []  # the unit in progress was not recorded
