@@ -39,13 +39,13 @@ def _parse_levels(text: str, domain) -> list[int]:
     return levels
 
 
-def _load(model_path: str, dtype: str = "float32"):
-    from soar_agent.engine import HFEngine
-    from soar_agent.models import load_model, load_tokenizer
+def _load(model_path: str, dtype: str = "float32", engine: str = "hf"):
+    from soar_agent.engine import make_engine
+    from soar_agent.models import load_model, load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, dtype=dtype)
-    return model, tokenizer, HFEngine(model, tokenizer)
+    model = load_model(model_path, dtype=dtype) if engine == "hf" else None  # vLLM loads its own copy
+    return model, tokenizer, make_engine(engine, model, tokenizer, resolve_model_path(model_path), dtype)
 
 
 def _problems_from_file(path: str, domain) -> list:
@@ -78,7 +78,7 @@ def cmd_eval(args) -> int:
         problems = generate_problems(domain, [lv for lv in levels for _ in range(args.per_level)], rng)
     else:
         raise UserError(f"--domain {args.domain}: a dataset domain needs --data FILE.jsonl")
-    model, tokenizer, engine = _load(args.model)
+    model, tokenizer, engine = _load(args.model, engine=args.engine)
     results = evaluate_problems(engine, domain, problems, samples=args.samples, greedy=True,
                                 temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     summary = summarize(results, default_ks(args.samples) if args.samples else [])
@@ -129,7 +129,7 @@ def cmd_mine_hard(args) -> int:
     config = load_config(args.config, overrides)
     mining = config.mining
     domain = get_domain(config.domain.name)
-    model, tokenizer, engine = _load(config.model.path, config.model.dtype)  # fail fast, before generating
+    model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine)  # fail fast
     if args.data:
         pool = _problems_from_file(args.data, domain)
     elif hasattr(domain, "generate"):
@@ -316,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--max-new-tokens", type=int, default=400)
     ev.add_argument("--seed", type=int, default=7)
+    ev.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="generation engine (vllm needs a GPU)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     mh = add("mine-hard", cmd_mine_hard)

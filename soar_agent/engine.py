@@ -168,6 +168,10 @@ class VLLMEngine:
     _llm: object = None
 
     def __post_init__(self):
+        import os
+
+        # load_weights reaches the model through the engine core, which must run in this process
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
         except ImportError as error:

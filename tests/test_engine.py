@@ -58,3 +58,19 @@ def test_stop_strings_cut_the_text(random_tiny):
     (completion,) = engine.generate([PROMPTS[0]], n=1, temperature=0, max_new_tokens=30, stop=[stop])[0]
     assert completion.finish_reason == "stop"
     assert completion.text == free[:free.index(stop)]
+
+
+def test_vllm_is_optional_and_imported_lazily():
+    import importlib.util
+    import subprocess
+    import sys
+
+    code = "import sys, soar_agent.engine, soar_agent.cli; assert 'vllm' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    if importlib.util.find_spec("vllm") is None:
+        import pytest
+
+        from soar_agent.engine import make_engine
+
+        with pytest.raises(RuntimeError, match=r"pip install 'soar-agent\[gpu\]'"):
+            make_engine("vllm", None, None, "/nonexistent")
