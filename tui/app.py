@@ -122,14 +122,15 @@ class RunScreen(Screen):
         super().__init__()
         self.source, self.poll_interval, self.clock = source, poll_interval, clock
         self.overview: Overview | None = None
-        self._polling = False
+        self._polling, self._last_error = False, ""
 
     def compose(self) -> ComposeResult:
         yield Header()
         with TabbedContent(id="tabs"):
-            for tab_id, label, tab_class in TABS:
+            for index, (tab_id, label, tab_class) in enumerate(TABS):
                 with TabPane(label, id=tab_id):
-                    yield tab_class(self.source, id=f"{tab_id}-tab")
+                    if index == 0:  # the others are mounted when first shown: the overview opens faster
+                        yield tab_class(self.source, id=f"{tab_id}-tab")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -152,7 +153,7 @@ class RunScreen(Screen):
 
     @on(Polled)
     def polled(self, message: Polled) -> None:
-        self._polling = False
+        self._polling, self._last_error = False, ""
         o = self.overview = message.overview
         agent = "agent attached" if o.attached else "no agent attached"
         self.sub_title = f"{o.run['name']} · step {o.teacher_step} · {o.run['status']} · {agent}"
@@ -163,7 +164,9 @@ class RunScreen(Screen):
     def poll_failed(self, message: PollFailed) -> None:
         self._polling = False
         self.sub_title = "cannot read the store"
-        self.notify(message.error, title="Store", severity="error", markup=False)
+        if message.error != self._last_error:  # once per distinct error, not every poll
+            self.notify(message.error, title="Store", severity="error", markup=False)
+        self._last_error = message.error
 
     @on(ControlTab.RefreshRequested)
     def refresh_requested(self) -> None:
@@ -172,14 +175,27 @@ class RunScreen(Screen):
     def action_refresh(self) -> None:
         self.poll()
 
-    def action_show_tab(self, tab_id: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = tab_id
-        self.query_one(f"#{tab_id}-tab", TabBody).focus_main()
+    async def action_show_tab(self, tab_id: str) -> None:
+        tabs = self.query_one("#tabs", TabbedContent)
+        if tabs.active == tab_id:
+            await self.show_body(tabs.get_pane(tab_id))
+        else:
+            tabs.active = tab_id  # TabActivated shows its body
 
     @on(TabbedContent.TabActivated)
-    def tab_activated(self, event: TabbedContent.TabActivated) -> None:
+    async def tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.tabbed_content.id == "tabs":
-            self.query_one(f"#{event.pane.id}-tab", TabBody).focus_main()
+            await self.show_body(event.pane)
+
+    async def show_body(self, pane: TabPane) -> None:
+        """Focus the tab's body, mounting it (with the latest Overview) the first time it is shown."""
+        body = next(iter(pane.query(TabBody)), None)
+        if body is None:
+            tab_class = {tab_id: cls for tab_id, _, cls in TABS}[pane.id]
+            body = tab_class(self.source, id=f"{pane.id}-tab")
+            await pane.mount(body)
+            body.overview = self.overview
+        body.focus_main()
 
 
 class RunPicker(Screen):

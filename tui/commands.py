@@ -59,6 +59,7 @@ class ControlTab(TabBody):
     def __init__(self, source, **kwargs) -> None:
         super().__init__(source, **kwargs)
         self.waiting: dict[int, str] = {}  # commands sent from here, not yet acknowledged
+        self._shown: list | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(agent_line(None), id="agent")
@@ -123,15 +124,21 @@ class ControlTab(TabBody):
         if o is None:
             return
         self.query_one("#agent", Static).update(agent_line(o))
-        table = self.query_one("#commands", DataTable)
-        table.clear()
-        for c in reversed(o.commands):
-            table.add_row(c["id"], c["command"], fmt.clock_time(c["created_at"]),
-                          fmt.clock_time(c["acked_at"]) if c["acked_at"] else "pending",
-                          fmt.cell(c["ack_message"] or ""), key=str(c["id"]))
+        shown = [(c["id"], c["acked_at"]) for c in o.commands]
+        if shown != self._shown:  # rebuild only on change: the cursor stays put between polls
+            self._shown = shown
+            self._fill(o.commands)
         for c in o.commands:
             if c["id"] in self.waiting and c["acked_at"]:
                 del self.waiting[c["id"]]
                 text = f"agent acknowledged {c['command']} (#{c['id']}): {c['ack_message']}"
                 self.query_one("#notice", Static).update(escape(text))
                 self.notify(text, title="Command", markup=False)
+
+    def _fill(self, commands: list[dict]) -> None:
+        table = self.query_one("#commands", DataTable)
+        table.clear()
+        for c in reversed(commands):
+            table.add_row(c["id"], c["command"], fmt.clock_time(c["created_at"]),
+                          fmt.clock_time(c["acked_at"]) if c["acked_at"] else "pending",
+                          fmt.cell(c["ack_message"] or ""), key=str(c["id"]))

@@ -47,9 +47,9 @@ class CurriculaTab(TabBody):
     ]
 
     class Loaded(Message):
-        def __init__(self, rows: list[dict], reset: bool) -> None:
+        def __init__(self, rows: list[dict], token: int, reset: bool) -> None:
             super().__init__()
-            self.rows, self.reset = rows, reset
+            self.rows, self.token, self.reset = rows, token, reset
 
     def __init__(self, source: Source, **kwargs) -> None:
         super().__init__(source, **kwargs)
@@ -80,19 +80,22 @@ class CurriculaTab(TabBody):
     # -- loading ---------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        self.load(self.kind, self.query_one("#filter", Input).value, None, reset=True)
+        token = self.query_one("#datasets", PagedTable).begin_reload()
+        self.load(self.kind, self.query_one("#filter", Input).value, None, token, reset=True)
 
-    @work(thread=True, exclusive=True, group="curricula")
-    def load(self, kind: str, text: str, before_id: int | None, reset: bool) -> None:
+    @work(thread=True, group="curricula")
+    def load(self, kind: str, text: str, before_id: int | None, token: int, reset: bool) -> None:
         worker = get_current_worker()
         with queries.open_reader(self.source.db_path) as store:
             rows = queries.curricula_page(store, self.source.run_id, kind, text, before_id)
         if not worker.is_cancelled:
-            self.post_message(self.Loaded(rows, reset))
+            self.post_message(self.Loaded(rows, token, reset))
 
     @on(Loaded)
     def show_page(self, message: Loaded) -> None:
         table = self.query_one("#datasets", PagedTable)
+        if not table.accepts(message.token, message.reset):
+            return
         keep = cursor_key(table)
         if message.reset:
             table.reset()
@@ -105,12 +108,15 @@ class CurriculaTab(TabBody):
 
     def _cells(self, r: dict) -> list:
         marked = self.marked is not None and self.marked["id"] == r["id"]
-        return [r["teacher_step"] if r["teacher_step"] is not None else "-", fmt.cell(("* " if marked else "") + r["name"]),
+        step = r["teacher_step"] if r["teacher_step"] is not None else "-"
+        return [step, fmt.cell(("* " if marked else "") + r["name"]),
                 fmt.number(r["reward"], signed=True), fmt.flag(r["promoted"]), r["items"]]
 
     @on(PagedTable.NeedMore, "#datasets")
     def more(self, message: PagedTable.NeedMore) -> None:
-        self.load(self.kind, self.query_one("#filter", Input).value, message.table.last_key, reset=False)
+        table = message.table
+        if table.can_page():
+            self.load(self.kind, self.query_one("#filter", Input).value, table.last_key, table.request, reset=False)
 
     def watch_overview(self, o: Overview | None) -> None:
         if o is None:
@@ -184,9 +190,9 @@ class CurriculumScreen(Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("slash", "focus_filter", "Filter")]
 
     class Loaded(Message):
-        def __init__(self, info: dict | None, rows: list[dict], reset: bool) -> None:
+        def __init__(self, info: dict | None, rows: list[dict], token: int, reset: bool) -> None:
             super().__init__()
-            self.info, self.rows, self.reset = info, rows, reset
+            self.info, self.rows, self.token, self.reset = info, rows, token, reset
 
     def __init__(self, source: Source, dataset_id: int) -> None:
         super().__init__()
@@ -204,27 +210,33 @@ class CurriculumScreen(Screen):
         for label, width in (("#", 4), ("question", 34), ("answer", 12), ("verified", 8), ("student", 11)):
             table.add_column(label, width=width)
         table.focus()
-        self.load("", -1, reset=True)
+        self.reload("")
 
-    @work(thread=True, exclusive=True, group="curriculum")
-    def load(self, text: str, after: int, reset: bool) -> None:
+    def reload(self, text: str) -> None:
+        self.load(text, -1, self.query_one("#problems", PagedTable).begin_reload(), reset=True)
+
+    @work(thread=True, group="curriculum")
+    def load(self, text: str, after: int, token: int, reset: bool) -> None:
         worker = get_current_worker()
         with queries.open_reader(self.source.db_path) as store:
             info = queries.dataset(store, self.dataset_id) if reset else None
             rows = queries.dataset_problems_page(store, self.dataset_id, text, after)
         if not worker.is_cancelled:
-            self.post_message(self.Loaded(info, rows, reset))
+            self.post_message(self.Loaded(info, rows, token, reset))
 
     @on(Loaded)
     def show_page(self, message: Loaded) -> None:
+        table = self.query_one("#problems", PagedTable)
+        if not table.accepts(message.token, message.reset):
+            return
         if message.info is not None:
             d = message.info
             self.sub_title = d["name"]
+            step = d["teacher_step"] if d["teacher_step"] is not None else "-"
             self.query_one("#info", Static).update(
-                f"[b]{escape(d['name'])}[/b] ({d['kind']}) · step {d['teacher_step'] if d['teacher_step'] is not None else '-'}"
+                f"[b]{escape(d['name'])}[/b] ({d['kind']}) · step {step}"
                 f" · reward {fmt.number(d['reward'], signed=True)} · promoted {fmt.flag(d['promoted'])}"
                 f" · {d['items']} items")
-        table = self.query_one("#problems", PagedTable)
         if message.reset:
             table.reset()
         table.add_page([(str(r["id"]), [r["position"], fmt.cell(r["question"], 34), fmt.cell(r["answer"], 12),
@@ -233,11 +245,13 @@ class CurriculumScreen(Screen):
 
     @on(PagedTable.NeedMore, "#problems")
     def more(self, message: PagedTable.NeedMore) -> None:
-        self.load(self.query_one("#filter", Input).value, message.table.last_key, reset=False)
+        table = message.table
+        if table.can_page():
+            self.load(self.query_one("#filter", Input).value, table.last_key, table.request, reset=False)
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
-        self.load(event.value, -1, reset=True)
+        self.reload(event.value)
 
     @on(Input.Submitted, "#filter")
     def filter_submitted(self) -> None:

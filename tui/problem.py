@@ -27,12 +27,13 @@ def describe(p: dict) -> str:
              f" · {p['source']} · answer [b]{escape(str(p['answer']))}[/b] (verified {fmt.flag(p['answer_verified'])})",
              escape(p["question"])]
     if "teacher_step" in provenance:
-        lines.append(f"teacher step {provenance['teacher_step']}, dataset {provenance.get('dataset')}, teacher's answer "
-                     f"{escape(str(provenance.get('teacher_answer')))}")
+        lines.append(f"teacher step {provenance['teacher_step']}, dataset {provenance.get('dataset')},"
+                     f" teacher's answer {escape(str(provenance.get('teacher_answer')))}")
     if p["datasets"]:
         lines.append("in " + ", ".join(escape(d["name"]) for d in p["datasets"][:6])
                      + (f" +{len(p['datasets']) - 6}" if len(p["datasets"]) > 6 else ""))
-    counts = [f"{phase} {fmt.ratio(c, t) if phase == 'student' else t}" for phase, (c, t) in sorted(p["phases"].items())]
+    counts = [f"{phase} {fmt.ratio(c, t) if phase == 'student' else t}"
+              for phase, (c, t) in sorted(p["phases"].items())]
     lines.append("rollouts: " + (" · ".join(counts) or "none"))
     return "\n".join(lines)
 
@@ -47,9 +48,9 @@ class ProblemScreen(Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("f", "cycle_phase", "Phase filter")]
 
     class Loaded(Message):
-        def __init__(self, problem: dict | None, rows: list[dict], reset: bool) -> None:
+        def __init__(self, problem: dict | None, rows: list[dict], token: int, reset: bool) -> None:
             super().__init__()
-            self.problem, self.rows, self.reset = problem, rows, reset
+            self.problem, self.rows, self.token, self.reset = problem, rows, token, reset
 
     class CompletionLoaded(Message):
         def __init__(self, rollout_id: int, text: str) -> None:
@@ -75,22 +76,27 @@ class ProblemScreen(Screen):
         for label, width in (("id", 7), ("phase", 7), ("ref", 18), ("reward", 6), ("ok", 3), ("completion", 22)):
             table.add_column(label, width=width)
         table.focus()
-        self.load(self.phase, 0, reset=True)
+        self.reload()
 
-    @work(thread=True, exclusive=True, group="rollouts")
-    def load(self, phase: str | None, after_id: int, reset: bool) -> None:
+    def reload(self) -> None:
+        self.load(self.phase, 0, self.query_one("#rollouts", PagedTable).begin_reload(), reset=True)
+
+    @work(thread=True, group="rollouts")
+    def load(self, phase: str | None, after_id: int, token: int, reset: bool) -> None:
         worker = get_current_worker()
         with queries.open_reader(self.source.db_path) as store:
             problem = queries.problem(store, self.problem_id) if reset else None
             rows = queries.rollouts_page(store, self.problem_id, phase, after_id)
         if not worker.is_cancelled:
-            self.post_message(self.Loaded(problem, rows, reset))
+            self.post_message(self.Loaded(problem, rows, token, reset))
 
     @on(Loaded)
     def show_page(self, message: Loaded) -> None:
+        table = self.query_one("#rollouts", PagedTable)
+        if not table.accepts(message.token, message.reset):
+            return
         if message.problem is not None:
             self.query_one("#problem", Static).update(describe(message.problem))
-        table = self.query_one("#rollouts", PagedTable)
         if message.reset:
             table.reset()
             self.query_one("#completion", Static).update("" if message.rows else "no rollouts stored for this problem")
@@ -101,7 +107,9 @@ class ProblemScreen(Screen):
 
     @on(PagedTable.NeedMore, "#rollouts")
     def more(self, message: PagedTable.NeedMore) -> None:
-        self.load(self.phase, message.table.last_key, reset=False)
+        table = message.table
+        if table.can_page():
+            self.load(self.phase, table.last_key, table.request, reset=False)
 
     @on(DataTable.RowHighlighted, "#rollouts")
     def highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -123,4 +131,4 @@ class ProblemScreen(Screen):
     def action_cycle_phase(self) -> None:
         self.phase = PHASES[(PHASES.index(self.phase) + 1) % len(PHASES)]
         self.sub_title = f"problem {self.problem_id} · rollouts: {self.phase or 'all phases'}"
-        self.load(self.phase, 0, reset=True)
+        self.reload()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets._tabbed_content import ContentTabs
+from textual.widgets import TabbedContent
 
 from tui.queries import Overview
 
@@ -41,4 +41,5 @@ class TabBody(Vertical):
             if widget.focusable:
                 widget.focus()
                 return
-        self.screen.query_one(ContentTabs).focus()
+        tabbed = next(a for a in self.ancestors if isinstance(a, TabbedContent))
+        tabbed.query_one("ContentTabs").focus()

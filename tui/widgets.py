@@ -13,7 +13,11 @@ from textual_plotext import PlotextPlot
 class PagedTable(DataTable):
     """A DataTable filled one keyset page at a time. When the cursor (or the scroll position) nears the
     last loaded row it posts ``NeedMore`` once; its owner reads the next page in a worker and hands it to
-    ``add_page``. Nothing is loaded that the user has not scrolled to."""
+    ``add_page``. Nothing is loaded that the user has not scrolled to.
+
+    Reloads (a new filter, fresh data) are numbered so that pages read for an older request are dropped:
+    the owner takes a token from ``begin_reload``, passes it through its worker, and shows a page only if
+    ``accepts(token, first_page)``."""
 
     DEFAULT_CSS = """
     PagedTable { height: 1fr; }
@@ -34,11 +38,26 @@ class PagedTable(DataTable):
         self.page_size = page_size
         self.exhausted = False
         self.last_key: object = None  # the keyset position of the last loaded row
+        self.request = 0  # the latest reload asked for
+        self.shown = -1  # the reload whose first page is on screen
         self._waiting = False
 
+    def begin_reload(self) -> int:
+        self.request += 1
+        return self.request
+
+    def can_page(self) -> bool:
+        """Whether a next page may be read now (not while a reload is on its way: it restarts paging)."""
+        return self.shown == self.request
+
+    def accepts(self, token: int, first_page: bool) -> bool:
+        return token == self.request and (first_page or self.shown == token)
+
     def reset(self) -> None:
+        """Empty the table for the first page of the latest reload."""
         self.clear()
         self.exhausted, self.last_key, self._waiting = False, None, False
+        self.shown = self.request
 
     def add_page(self, rows: Sequence[tuple[str, Iterable]], last_key: object) -> None:
         """Append one page of ``(row_key, cells)``; a short page means there is nothing more."""
