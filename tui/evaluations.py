@@ -87,10 +87,9 @@ class EvaluationsTab(TabBody):
         keys = columns(rows)
         table.add_column("step", key="step")
         table.add_column("ckpt", key="ckpt")
-        table.add_column("samples", key="samples")
         for key in keys:
             table.add_column("greedy" if key == "greedy_acc" else key, key=key)
         for r in reversed(rows):
             step = r["teacher_step"] if r["teacher_step"] is not None else "-"
-            table.add_row(step, r["checkpoint_id"] or "-", r["samples_per_problem"],
-                          *[fmt.number(r["summary"].get(k)) for k in keys], key=str(r["id"]))
+            table.add_row(step, r["checkpoint_id"] or "-", *[fmt.number(r["summary"].get(k)) for k in keys],
+                          key=str(r["id"]))
