@@ -15,7 +15,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from soar_agent.tasks.base import Problem, RejectedItem, extract_integer_answer, render_steps
+from soar_agent.tasks.base import (Problem, RejectedItem, builtin_expert_completion, builtin_student_prompt,
+                                   extract_integer_answer, verify_exact)
 
 NAME = "arith"
 LEVELS = tuple(range(1, 9))
@@ -219,19 +220,7 @@ def difficulty(question: str) -> int:
     return len(solution_steps(parse(question)))
 
 
-# ---------------------------------------------------------------- student interface
+# ---------------------------------------------------------------- student interface (shared by the built-in domains)
 
-
-def student_prompt(question: str) -> str:
-    return f"Problem: {question}\nSolution:\n"
-
-
-def expert_completion(problem: Problem) -> str:
-    return f"{render_steps(problem.steps)}Answer: {problem.answer}"
-
-
-extract_answer = extract_integer_answer
-
-
-def verify(problem: Problem, prediction: str | None) -> bool:
-    return prediction is not None and prediction == problem.answer
+student_prompt, expert_completion = builtin_student_prompt, builtin_expert_completion
+extract_answer, verify = extract_integer_answer, verify_exact

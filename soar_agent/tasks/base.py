@@ -44,3 +44,16 @@ def extract_integer_answer(completion: str) -> str | None:
         return None
     match = ANSWER_LINE.match(lines[-1].strip())
     return str(int(match.group(1))) if match else None
+
+
+def builtin_student_prompt(question: str) -> str:
+    """The built-in domains' student prompt (the completion is numbered steps, then `Answer: N`)."""
+    return f"Problem: {question}\nSolution:\n"
+
+
+def builtin_expert_completion(problem: Problem) -> str:
+    return f"{render_steps(problem.steps)}Answer: {problem.answer}"
+
+
+def verify_exact(problem: Problem, prediction: str | None) -> bool:
+    return prediction is not None and prediction == problem.answer

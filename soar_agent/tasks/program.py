@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 
 from soar_agent import sandbox
-from soar_agent.tasks.base import Problem, RejectedItem, extract_integer_answer, render_steps
+from soar_agent.tasks.base import (Problem, RejectedItem, builtin_expert_completion, builtin_student_prompt,
+                                   extract_integer_answer, verify_exact)
 
 NAME = "program"
 LEVELS = tuple(range(1, 9))
@@ -252,19 +253,7 @@ def difficulty(question: str) -> int:
     return len(parse(question).statements) - 1
 
 
-# ---------------------------------------------------------------- student interface
+# ---------------------------------------------------------------- student interface (shared by the built-in domains)
 
-
-def student_prompt(question: str) -> str:
-    return f"Problem: {question}\nSolution:\n"
-
-
-def expert_completion(problem: Problem) -> str:
-    return f"{render_steps(problem.steps)}Answer: {problem.answer}"
-
-
-extract_answer = extract_integer_answer
-
-
-def verify(problem: Problem, prediction: str | None) -> bool:
-    return prediction is not None and prediction == problem.answer
+student_prompt, expert_completion = builtin_student_prompt, builtin_expert_completion
+extract_answer, verify = extract_integer_answer, verify_exact
