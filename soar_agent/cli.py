@@ -114,7 +114,7 @@ def cmd_mine_hard(args) -> int:
     Example: soar mine-hard --domain arith --levels 5,6,7 --k 128 --pool-per-level 200
     """
     from soar_agent.config import load_config
-    from soar_agent.mining import mine_hard, write_jsonl
+    from soar_agent.mining import merge_into_jsonl, mine_hard, write_jsonl
     from soar_agent.store import Store
     from soar_agent.tasks import generate_problems, get_domain
 
@@ -155,8 +155,9 @@ def cmd_mine_hard(args) -> int:
                     data={"pool": report.pool, "kept": report.kept})
     store.set_run_status(run_id, "complete")
     out_dir = Path(args.out_dir)
-    write_jsonl(report.train, out_dir / f"{domain.NAME}-hard-train.jsonl")
-    write_jsonl(report.test, out_dir / f"{domain.NAME}-hard-test.jsonl")
+    for split, problems in (("train", report.train), ("test", report.test)):
+        path = out_dir / f"{domain.NAME}-hard-{split}.jsonl"
+        merge_into_jsonl(problems, path) if args.append else write_jsonl(problems, path)
     summary = {"domain": domain.NAME, "k": mining.k, "pool": report.pool, "kept": report.kept,
                "train": len(report.train), "test": len(report.test), "db": str(db_path), "out_dir": str(out_dir)}
     print(json.dumps(summary, indent=2) if args.json else
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     mh.add_argument("--max-new-tokens", type=int)
     mh.add_argument("--db", help="store to write (default runs/mine-<domain>/soar.db)")
     mh.add_argument("--out-dir", default=str(HARD_SET_DIR), help="where to write <domain>-hard-{train,test}.jsonl")
+    mh.add_argument("--append", action="store_true", help="add to the JSONL sets in --out-dir instead of replacing them")
     mh.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     mh.add_argument("--json", action="store_true")
 

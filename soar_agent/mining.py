@@ -73,6 +73,15 @@ def write_jsonl(problems: list[Problem], path: Path) -> None:
     temporary.replace(path)
 
 
+def merge_into_jsonl(problems: list[Problem], path: Path) -> int:
+    """Add problems to an existing JSONL set (skipping questions already there); returns the new size."""
+    existing = read_jsonl(path, problems[0].domain if problems else "") if path.is_file() else []
+    seen = {p.question for p in existing}
+    merged = existing + [p for p in problems if p.question not in seen]
+    write_jsonl(merged, path)
+    return len(merged)
+
+
 def read_jsonl(path: Path, domain_name: str) -> list[Problem]:
     """Problems of a built-in domain from JSONL; one-line errors name the file, line and field."""
     from soar_agent.tasks.base import RejectedItem

@@ -50,3 +50,14 @@ def test_jsonl_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question": "1+1", "answer": "2"}\n{"question": "1+1", "answer": 2}\n')
     with pytest.raises(RejectedItem, match=r"bad.jsonl:2: field 'answer'"):
         read_jsonl(tmp_path / "bad.jsonl", "arith")
+
+
+def test_merge_into_jsonl_skips_known_questions(tmp_path):
+    from soar_agent.mining import merge_into_jsonl
+
+    first = generate_problems(arith, [5, 5], random.Random(2))
+    second = generate_problems(arith, [6], random.Random(3))
+    path = tmp_path / "hard.jsonl"
+    assert merge_into_jsonl(first, path) == 2
+    assert merge_into_jsonl(first[:1] + second, path) == 3
+    assert read_jsonl(path, "arith") == first + second
