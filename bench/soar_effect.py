@@ -5,7 +5,7 @@ directly on hard-train) and `--mode soar`, each for H/2 hours, then trains the S
 (`soar eval-pq`). Hard-test pass@32 of base, Hard-Only, SOAR-PS (the promoted student) and SOAR-PQ is
 printed on the last line.
 
-    python bench/soar_effect.py --hours 8 [--config curricula/default.toml] [--out runs/bench]
+    python bench/soar_effect.py --hours 8 [--config curricula/default.toml] [--out runs/bench] [--set key=value]
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--config", default=None)
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides for both runs (e.g. a smaller hard-test subset for short budgets)")
     args = parser.parse_args()
     out = Path(args.out)
     config = [args.config] if args.config else []
@@ -49,7 +51,7 @@ def main() -> None:
         run_dir = out / mode
         soar("run", *config, "--run-dir", str(run_dir), "--hours", str(args.hours / 2), "--no-export",
              "--set", f"run.mode={json.dumps(mode)}", "--set", f"eval.samples={args.k}",
-             "--set", "eval.every_teacher_steps=1")
+             "--set", "eval.every_teacher_steps=1", *[x for item in args.set for x in ("--set", item)])
         base, latest = hard_test(run_dir, key)
         figures["base"] = base
         figures["hard-only" if mode == "hard-only" else "soar-ps"] = latest
