@@ -766,14 +766,7 @@ class Store:
         return _decode(self._row("SELECT * FROM datasets WHERE id = ?", (dataset_id,)))
 
     def datasets(self, run_id: int, kind: str | None = None, name: str | None = None) -> list[dict]:
-        sql, params = "SELECT * FROM datasets WHERE run_id = ?", [run_id]
-        if kind is not None:
-            sql += " AND kind = ?"
-            params.append(kind)
-        if name is not None:
-            sql += " AND name = ?"
-            params.append(name)
-        return [_decode(r) for r in self._rows(sql + " ORDER BY id", params)]
+        return self._select("datasets", run_id, kind=kind, name=name)
 
     def dataset_problems(self, dataset_id: int) -> list[dict]:
         """The dataset's problems in position order (each with its ``position``)."""
@@ -883,14 +876,14 @@ class Store:
         self._write(update)
 
     def checkpoints(self, run_id: int, role: str | None = None, status: str | None = None) -> list[dict]:
-        sql, params = "SELECT * FROM checkpoints WHERE run_id = ?", [run_id]
-        if role is not None:
-            sql += " AND role = ?"
-            params.append(role)
-        if status is not None:
-            sql += " AND status = ?"
-            params.append(status)
-        return [_decode(r) for r in self._rows(sql + " ORDER BY id", params)]
+        return self._select("checkpoints", run_id, role=role, status=status)
+
+    def _select(self, table: str, run_id: int, **filters) -> list[dict]:
+        """A run's rows of a table in id order, filtered on the given columns (None = no filter)."""
+        wanted = {column: value for column, value in filters.items() if value is not None}
+        where = "".join(f" AND {column} = ?" for column in wanted)
+        rows = self._rows(f"SELECT * FROM {table} WHERE run_id = ?{where} ORDER BY id", [run_id, *wanted.values()])
+        return [_decode(r) for r in rows]
 
     # -- events -------------------------------------------------------------------------------------
 
