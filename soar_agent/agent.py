@@ -304,7 +304,8 @@ class Agent:
                 "name": f"step-{step}-dataset-{k}", "problems": [i.problem for i in chunk],
                 "provenance": [{"teacher_step": step, "dataset": k, "text": i.text, "teacher_answer": i.teacher_answer}
                                for i in chunk],
-                "answer_verified": [i.verified for i in chunk], "meta": {"index": k}})
+                # the raw texts live with the dataset: an item that repeats a stored problem maps to that row
+                "answer_verified": [i.verified for i in chunk], "meta": {"index": k, "texts": [i.text for i in chunk]}})
         self.store.add_curriculum(run_id=self.run_id, teacher_step=step, datasets=datasets)
         verified = sum(bool(i.verified) for i in items)
         self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
@@ -396,8 +397,8 @@ class Agent:
         teacher_rewards = list(rewards.values())
         if cfg.run.mode == "intrinsic":
             teacher_rewards = intrinsic_rewards([self._success_rates(d) for d in datasets])
-        items = [[TeacherItem(row["provenance"]["text"], self.store.to_problem(row), "", None)
-                  for row in self.store.dataset_problems(d["id"])] for d in datasets]
+        items = [[TeacherItem(text, self.store.to_problem(row), "", None)
+                  for text, row in zip(d["meta"]["texts"], self.store.dataset_problems(d["id"]))] for d in datasets]
         teacher = self.model("teacher")
         try:
             update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,

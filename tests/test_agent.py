@@ -181,3 +181,25 @@ def test_full_disk_while_saving_stops_with_a_message_and_keeps_data(tmp_path, ha
     assert any(e["kind"] == "io-error" for e in errors)
     assert len(agent.store.datasets(agent.run_id, kind="curriculum")) == 2  # the sampled curriculum is kept
     assert agent.store.trainings(agent.run_id) == []  # the unit in progress was not recorded
+
+
+def test_teacher_items_repeating_stored_problems_still_update_the_teacher(tmp_path, hard_files, random_tiny_dir,
+                                                                          monkeypatch):
+    import soar_agent.teacher as teacher
+
+    config = load_config(None, FAST + hard_files + [f"model.path={json.dumps(str(random_tiny_dir))}",
+                                                    "eval.samples=1", "eval.max_new_tokens=8",
+                                                    "student.max_new_tokens=8"])
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    known = agent.hard_set("train")[0].question  # the teacher "writes" a problem the store already holds
+
+    def items_with_a_duplicate(engine, domain, count, cfg, seed):
+        texts = [f"<question>{known}</question><answer>1</answer>"] + [
+            f"<question>{i}+1</question><answer>{i + 1}</answer>" for i in range(count - 1)]
+        return [teacher.check_item(domain, t, "verified") for t in texts], {"sampled": count, "accepted": count,
+                                                                             "rejected": {}}
+
+    monkeypatch.setattr(teacher, "sample_items", items_with_a_duplicate)
+    agent.run(Budget(max_teacher_steps=1))
+    (step,) = agent.store.teacher_steps(agent.run_id)
+    assert step["status"] == "complete" and step["metrics"]["teacher_update"]["items"] == 8
