@@ -84,27 +84,20 @@ def merge_into_jsonl(problems: list[Problem], path: Path) -> int:
 
 def read_jsonl(path: Path, domain_name: str) -> list[Problem]:
     """Problems of a built-in domain from JSONL; one-line errors name the file, line and field."""
-    from soar_agent.tasks.base import RejectedItem
+    from soar_agent.tasks.base import RejectedItem, jsonl_rows
 
     problems = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RejectedItem(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise RejectedItem(f"{path}:{number}: expected a JSON object")
-            for key in ("question", "answer"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise RejectedItem(f"{path}:{number}: field {key!r}: missing or not a non-empty string")
-            level = row.get("level")
-            if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
-                raise RejectedItem(f"{path}:{number}: field 'level': expected an integer")
-            problems.append(Problem(row["question"], row["answer"], row.get("domain", domain_name), level,
-                                    tuple(row.get("steps") or ())))
+    for number, row in jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise RejectedItem(f"{path}:{number}: expected a JSON object")
+        for key in ("question", "answer"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise RejectedItem(f"{path}:{number}: field {key!r}: missing or not a non-empty string")
+        level = row.get("level")
+        if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
+            raise RejectedItem(f"{path}:{number}: field 'level': expected an integer")
+        problems.append(Problem(row["question"], row["answer"], row.get("domain", domain_name), level,
+                                tuple(row.get("steps") or ())))
     return problems
 
 

@@ -6,6 +6,7 @@ no base class to inherit from.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -57,3 +58,16 @@ def builtin_expert_completion(problem: Problem) -> str:
 
 def verify_exact(problem: Problem, prediction: str | None) -> bool:
     return prediction is not None and prediction == problem.answer
+
+
+def jsonl_rows(path):
+    """(line number, decoded row) of a JSONL file, skipping blank lines; a corrupt line raises
+    RejectedItem("<file>:<line>: invalid JSON (...)")."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RejectedItem(f"{path}:{number}: invalid JSON ({exc})") from None

@@ -13,7 +13,6 @@ stops the cheap, discoverable hacks, not a determined adversary.)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -21,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from soar_agent import sandbox
-from soar_agent.tasks.base import Problem, RejectedItem
+from soar_agent.tasks.base import Problem, RejectedItem, jsonl_rows
 
 NAME = "code"
 TOPICS = "python programming: functions over strings, lists, numbers and dictionaries, with unit tests"
@@ -41,18 +40,7 @@ _WORKERS = 2
 def load_problems(path: str | os.PathLike) -> list[Problem]:
     """Problems from a JSONL file; any bad row raises RejectedItem("<file>:<line>: <what is wrong>")."""
     path = Path(path)
-    problems = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RejectedItem(f"{where}: invalid JSON ({exc})") from None
-            problems.append(_problem(row, where))
-    return problems
+    return [_problem(row, f"{path}:{number}") for number, row in jsonl_rows(path)]
 
 
 def _problem(row: object, where: str) -> Problem:

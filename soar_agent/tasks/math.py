@@ -9,7 +9,6 @@ rebuilds the pool when a worker hangs in C code its own ``signal.alarm`` cannot 
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -20,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from soar_agent.tasks.base import Problem, RejectedItem
+from soar_agent.tasks.base import Problem, RejectedItem, jsonl_rows
 
 NAME = "math"
 TOPICS = "competition mathematics: algebra, number theory, counting and probability, geometry, precalculus"
@@ -41,20 +40,8 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
     Every row needs ``question`` (alias ``problem``) and ``answer``; ``level`` is an optional int.
     Any bad row raises RejectedItem("<file>:<row>: <what is wrong>")."""
     path = Path(path)
-    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    rows = _parquet_rows(path) if path.suffix == ".parquet" else jsonl_rows(path)
     return [_problem(row, f"{path}:{number}") for number, row in rows]
-
-
-def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RejectedItem(f"{path}:{number}: invalid JSON ({exc})") from None
-            yield number, row
 
 
 def _parquet_rows(path: Path):
