@@ -131,7 +131,13 @@ class Agent:
             path = Path(configured) if configured else shipped_hard_set(domain.NAME, split)
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: hard-{split} set not found (domain.hard_{split})")
-            problems = load_problem_file(path, domain)
+            from soar_agent.evaluation import unique_problems
+
+            problems, repeats = unique_problems(load_problem_file(path, domain))
+            if repeats:
+                note = f"{path}: {repeats} repeated question(s) skipped (domain.hard_{split})"
+                self.log(f"note: {note}")
+                self.store.log_event(run_id=self.run_id, level="warning", kind="hard-set-repeats", message=note)
             ids = self.store.add_problems(run_id=self.run_id, problems=problems, source="hard", split=split,
                                           provenance={"file": str(path)})
             self.store.create_dataset(run_id=self.run_id, name=f"hard-{split}", kind=f"hard-{split}",
@@ -518,7 +524,7 @@ class Agent:
     def report_evaluation(self, step: int) -> dict:
         """pass@1..pass@k on hard-test (never used for reward) and greedy accuracy on easy levels."""
         from soar_agent.engine import HFEngine
-        from soar_agent.evaluation import default_ks, evaluate_problems, summarize
+        from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
 
         cfg = self.config
         engine = HFEngine(self.model("baseline"), self.tokenizer)
@@ -528,6 +534,9 @@ class Agent:
         if hasattr(self.domain, "generate"):
             rng = random.Random(_seed(cfg.run.seed, 4242))
             sets["easy"] = generate_problems(self.domain, [lv for lv in EASY_LEVELS for _ in range(EASY_PER_LEVEL)], rng)
+        # Small easy levels repeat questions, and hard sets stored before repeats were skipped may hold
+        # them: one result per stored problem is all an evaluation can keep.
+        sets = {name: unique_problems(problems)[0] for name, problems in sets.items()}
         summaries = {}
         for name, problems in sets.items():
             samples = cfg.eval.samples if name == "hard-test" else 0

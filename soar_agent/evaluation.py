@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import comb
 
+from soar_agent.store import content_hash
 from soar_agent.tasks.base import Problem
 
 
@@ -40,6 +41,22 @@ class ProblemResult:
 
     def pass_at(self, ks: list[int]) -> dict[int, float]:
         return {k: pass_at_k(self.samples, self.correct, k) for k in ks if k <= self.samples}
+
+
+def unique_problems(problems: list[Problem]) -> tuple[list[Problem], int]:
+    """The problems without repeats (first kept, order preserved) and how many repeats were dropped.
+
+    Repeats are judged by the store's key (domain + whitespace-normalised question): two repeats would
+    map to one stored problem, so one evaluation cannot hold a result for each of them.
+    """
+    seen: set[str] = set()
+    unique = []
+    for problem in problems:
+        key = content_hash(problem.domain, problem.question)
+        if key not in seen:
+            seen.add(key)
+            unique.append(problem)
+    return unique, len(problems) - len(unique)
 
 
 def score(domain, problems: list[Problem], completions: list[str]) -> list[bool]:

@@ -3,7 +3,7 @@ promotion questions plus hard-train and evaluated on hard-test (reported, never 
 
 from __future__ import annotations
 
-from soar_agent.evaluation import default_ks, evaluate_problems, summarize
+from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
@@ -19,7 +19,9 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
     steps = steps or max(cfg.student.steps, 2 * cfg.student.steps * len(store.datasets(run_id, kind="promotion")))
     base = load_model(cfg.model.path, cfg.model.dtype)
     student, metrics = train_student(base, agent.tokenizer, problems, agent.domain, cfg.student, steps=steps, seed=seed)
-    results = evaluate_problems(HFEngine(student, agent.tokenizer), agent.domain, agent.hard_set("test"),
+    # a hard-test set stored before repeated lines were skipped may still repeat a question
+    hard_test = unique_problems(agent.hard_set("test"))[0]
+    results = evaluate_problems(HFEngine(student, agent.tokenizer), agent.domain, hard_test,
                                 samples=cfg.eval.samples, greedy=True, max_new_tokens=cfg.eval.max_new_tokens,
                                 seed=seed + 1)
     summary = summarize(results, default_ks(cfg.eval.samples))

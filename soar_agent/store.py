@@ -809,6 +809,14 @@ class Store:
                 ))
             except KeyError as exc:
                 raise ValueError(f"results[{i}] is missing {exc.args[0]!r}") from None
+        # Checked before the transaction: one result per problem is the table's key, and two results for
+        # one problem cannot be merged without guessing, so the caller must de-duplicate its set first.
+        seen: dict[int, int] = {}
+        for i, row in enumerate(rows):
+            if row[0] in seen:
+                raise ValueError(f"results[{i}]: problem {row[0]} is already results[{seen[row[0]]}] "
+                                 f"(evaluation sets must not repeat a question)")
+            seen[row[0]] = i
 
         def insert(conn: sqlite3.Connection) -> int:
             evaluation_id = conn.execute(
