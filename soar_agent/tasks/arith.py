@@ -30,7 +30,7 @@ MAX_ABS_VALUE = 10**6
 # The generator keeps every intermediate in this range so each step is a small, learnable operation.
 GEN_RANGE = (0, 999)
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|(\*\*|[-+*()]))")
+_TOKEN = re.compile(r"\s*(?:([0-9]+)|(\*\*|[-+*()]))")  # [0-9]: \d and int() accept any script's digits
 _OP_TITLE = {"+": "add", "-": "sub", "*": "mul"}
 
 

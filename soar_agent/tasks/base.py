@@ -33,7 +33,7 @@ def render_steps(steps: tuple[str, ...] | list[str]) -> str:
     return "".join(f"{i}. {step}\n" for i, step in enumerate(steps, 1))
 
 
-ANSWER_LINE = re.compile(r"^Answer: (-?\d{1,12})$")
+ANSWER_LINE = re.compile(r"^Answer: (-?[0-9]{1,12})$")  # [0-9], not \d: int() also reads "٧" as 7
 
 
 def extract_integer_answer(completion: str) -> str | None:

@@ -30,9 +30,9 @@ MAX_LINES = 16
 MAX_LOOP = 4
 GEN_RANGE = (0, 999)
 
-_OPERAND = r"([a-e]|\d{1,3})"
+_OPERAND = r"([a-e]|[0-9]{1,3})"  # [0-9]: \d would admit non-ASCII digits that int() reads
 _ASSIGN = re.compile(rf"^([a-e])={_OPERAND}(?:([-+*]){_OPERAND})?$")
-_LOOP = re.compile(r"^for i in range\((\d)\):$")
+_LOOP = re.compile(r"^for i in range\(([0-9])\):$")
 _BODY_INDENT = "    "
 _PRINT = re.compile(r"^print\(([a-e])\)$")
 
