@@ -12,7 +12,9 @@ Every seed is derived from (run seed, teacher step, dataset, student), so a redo
 result; the teacher's optimizer state lives in its checkpoint.
 
 Modes: `soar` (the paper), `hard-only` (RL directly on hard-train, same student compute per step),
-`intrinsic` (teacher rewarded by the Intrinsic-T learnability score instead of measured improvement).
+`curated` (the same, on the domain's own problems across its levels or a given JSONL: the paper's "full
+curated train set" ceiling), `intrinsic` (teacher rewarded by the Intrinsic-T learnability score instead
+of measured improvement). The grounded reward's metric is `reward.metric` (see soar_agent/reward.py).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import median
+from statistics import fmean, median
 
-from soar_agent.config import RunConfig, config_from_dict, config_to_dict
-from soar_agent.store import Store
+from soar_agent.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from soar_agent.store import Store, content_hash
 from soar_agent.tasks import generate_problems, get_domain
 from soar_agent.tasks.base import Problem
 
@@ -85,6 +87,28 @@ def load_problem_file(path: Path, domain) -> list[Problem]:
     return read_jsonl(path, domain.NAME)
 
 
+def check_run_config(config: RunConfig) -> None:
+    """Config errors that need the domain or its data files, raised before a run is created."""
+    from soar_agent.reward import check_metric
+
+    domain, cfg = get_domain(config.domain.name), config.domain
+    if config.reward.metric == "expert-logprob":
+        path = Path(cfg.hard_train) if cfg.hard_train else shipped_hard_set(domain.NAME, "train")
+        if path.is_file():  # a missing file is reported when the hard sets are stored
+            check_metric(config.reward.metric, domain, load_problem_file(path, domain))
+    if cfg.curated and not Path(cfg.curated).is_file():
+        raise ConfigError(f"domain.curated: {cfg.curated}: no such file")
+    if config.run.mode == "curated" and not cfg.curated and not hasattr(domain, "generate"):
+        raise ConfigError(f"domain.curated: run.mode = curated on the {domain.NAME} domain needs a JSONL of"
+                          " curated training problems (the domain has no generator)")
+
+
+def without_questions(problems: list[Problem], forbidden: set[str]) -> list[Problem]:
+    """The problems whose content hash is not in `forbidden` (hard-set questions must never be trained on
+    with their answers outside hard-only)."""
+    return [p for p in problems if content_hash(p.domain, p.question) not in forbidden]
+
+
 @dataclass
 class Agent:
     config: RunConfig
@@ -114,6 +138,7 @@ class Agent:
             store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")
             return agent
         config = config or RunConfig()
+        check_run_config(config)
         run_id = store.create_run(name=config.run.name, mode=config.run.mode, config=config_to_dict(config),
                                   model_path=config.model.path)
         agent = cls(config, paths, log, store, run_id)
@@ -267,12 +292,12 @@ class Agent:
 
     def teacher_step(self, step: int) -> None:
         started = time.time()
-        if self.config.run.mode == "hard-only":
-            return self._hard_only_step(step, started)
+        if self.config.run.mode in ("hard-only", "curated"):
+            return self._chain_step(step, started)
         datasets = self._curriculum(step)
         reward_questions = self._reward_questions(step)
         baseline = self.model("baseline")
-        accuracy_before = self._greedy_accuracy(baseline, reward_questions)
+        before = self._reward_scores(baseline, reward_questions, step)
         cfg = self.config
         units = [(index, d, j) for index, d in enumerate(datasets) for j in range(cfg.student.students_per_dataset)]
         done = {(t["dataset_id"], t["student_index"]) for t in self.store.trainings(self.run_id, step)}
@@ -282,10 +307,10 @@ class Agent:
             self.poll_commands()
             if self.stop_reason:
                 return
-            self._train_one(step, index, dataset, j, reward_questions, accuracy_before)
+            self._train_one(step, index, dataset, j, reward_questions, before)
             eta = (time.time() - started) / number * (len(units) - number)
             self.log(f"[step {step}] students {number}/{len(units)}  ETA {eta:.0f}s")
-        self._finish_step(step, datasets, accuracy_before, started)
+        self._finish_step(step, datasets, before, started)
 
     def _curriculum(self, step: int) -> list[dict]:
         """The step's datasets: from the store when already sampled (resume), else sampled now."""
@@ -325,13 +350,15 @@ class Agent:
         rng = random.Random(_seed(self.config.run.seed, step, 99))
         return rng.sample(hard_train, min(self.config.reward.questions, len(hard_train)))
 
-    def _greedy_accuracy(self, model, problems: list[Problem]) -> float:
-        from soar_agent.engine import HFEngine
-        from soar_agent.evaluation import evaluate_problems
+    def _reward_scores(self, model, problems: list[Problem], step: int) -> list[float]:
+        """Per-question scores under reward.metric; one sampling seed per step, so a student and its
+        baseline are scored on paired samples."""
+        from soar_agent.reward import question_scores
 
-        results = evaluate_problems(HFEngine(model, self.tokenizer), self.domain, problems, samples=0,
-                                    greedy=True, max_new_tokens=self.config.eval.max_new_tokens)
-        return sum(r.greedy_correct for r in results) / len(results)
+        cfg = self.config
+        return question_scores(model, self.tokenizer, self.domain, problems, cfg.reward.metric,
+                               samples=cfg.reward.samples, seed=_seed(cfg.run.seed, step, 55),
+                               temperature=cfg.student.temperature, max_new_tokens=cfg.eval.max_new_tokens)
 
     def _dataset_problems(self, dataset: dict) -> list[Problem]:
         return [self.store.to_problem(row) for row in self.store.dataset_problems(dataset["id"])]
@@ -339,9 +366,13 @@ class Agent:
     def _student_dir(self, step: int, index: int, j: int) -> Path:
         return self.paths.checkpoints / f"step-{step}" / f"student-{index}-{j}"
 
-    def _train_one(self, step: int, index: int, dataset: dict, j: int, reward_questions, accuracy_before,
-                   problems: list[Problem] | None = None, steps: int | None = None) -> tuple[object, float]:
+    def _train_one(self, step: int, index: int, dataset: dict, j: int, reward_questions, before: list[float],
+                   problems: list[Problem] | None = None, steps: int | None = None,
+                   source: str = "hard") -> tuple[object, float, list[float] | None]:
+        """Train one student from the baseline and score it against the baseline's per-question scores
+        `before`: (student, reward, its per-question scores), or (None, nan, None) on a non-finite loss."""
         from soar_agent.models import save_checkpoint
+        from soar_agent.reward import paired_reward
         from soar_agent.rl.train import NonFiniteLoss, train_student
 
         cfg = self.config
@@ -349,7 +380,7 @@ class Agent:
         steps = steps or cfg.student.steps + (cfg.student.extra_steps_after_promotion if self._promotions() else 0)
         seed = _seed(cfg.run.seed, step, index, j)
         ids = dict(zip((p.question for p in problems),
-                       self.store.add_problems(run_id=self.run_id, problems=problems, source="hard")
+                       self.store.add_problems(run_id=self.run_id, problems=problems, source=source)
                        if dataset is None else [row["id"] for row in self.store.dataset_problems(dataset["id"])]))
         ref = f"step-{step}/student-{index}-{j}"
         rollouts: list[dict] = []
@@ -367,31 +398,37 @@ class Agent:
             self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss", message=str(error),
                                  data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})
             self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
-                                    student_index=j, reward=None, accuracy_before=accuracy_before,
+                                    student_index=j, reward=None, accuracy_before=fmean(before),
                                     accuracy_after=None, checkpoint_path=None, metrics={"error": str(error)})
-            return None, float("nan")
-        accuracy_after = self._greedy_accuracy(student, reward_questions)
+            return None, float("nan"), None
+        after = self._reward_scores(student, reward_questions, step)
+        # accuracy_before/after hold the metric's mean score (nats/token for expert-logprob)
+        accuracy_before, accuracy_after = fmean(before), fmean(after)
         if metrics.completion_length < 1.0:
             self.store.log_event(run_id=self.run_id, level="warning", kind="student-collapse",
                                  message=f"step {step}: student {index}-{j} writes empty answers",
                                  data={"step": step})
         directory = save_checkpoint(student, self.tokenizer, self._student_dir(step, index, j))
-        reward = accuracy_after - accuracy_before
+        reward, stderr = paired_reward(before, after)
         summary = {k: v for k, v in vars(metrics).items() if k != "per_step"}
+        # the per-question differences let a step pool its students' standard error (reward.pooled_reward)
+        summary.update(reward_metric=self.config.reward.metric, reward_stderr=stderr,
+                       reward_differences=[round(a - b, 6) for a, b in zip(after, before)])
         self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
                                 student_index=j, reward=reward, accuracy_before=accuracy_before,
                                 accuracy_after=accuracy_after, checkpoint_path=str(directory), metrics=summary,
                                 rollouts=rollouts)
-        self.log(f"[step {step}] student {index}-{j}: reward {reward:+.3f} "
-                 f"(acc {accuracy_before:.3f} -> {accuracy_after:.3f}), train reward {metrics.reward_mean:.2f}, "
-                 f"{metrics.tokens_per_second:.0f} tok/s")
-        return student, reward
+        self.log(f"[step {step}] student {index}-{j}: reward {reward:+.3f} ± {stderr or 0:.3f} "
+                 f"({self.config.reward.metric} {accuracy_before:.3f} -> {accuracy_after:.3f}), "
+                 f"train reward {metrics.reward_mean:.2f}, {metrics.tokens_per_second:.0f} tok/s")
+        return student, reward, after
 
     def _promotions(self) -> int:
         return len(self.store.datasets(self.run_id, kind="promotion"))
 
-    def _finish_step(self, step: int, datasets: list[dict], accuracy_before: float, started: float) -> None:
+    def _finish_step(self, step: int, datasets: list[dict], before: list[float], started: float) -> None:
         from soar_agent.models import save_checkpoint
+        from soar_agent.reward import pooled_reward, question_means
         from soar_agent.teacher import TeacherItem, intrinsic_rewards, teacher_update
 
         cfg = self.config
@@ -400,6 +437,10 @@ class Agent:
                       for d in datasets}
         rewards = {d["id"]: (sum(t["reward"] for t in by_dataset[d["id"]]) / len(by_dataset[d["id"]])
                              if by_dataset[d["id"]] else 0.0) for d in datasets}
+        differences = {d["id"]: question_means([t["metrics"].get("reward_differences") or []
+                                                for t in by_dataset[d["id"]]]) for d in datasets}
+        dataset_stderr = {k: pooled_reward([v])[1] for k, v in differences.items()}
+        _, step_stderr = pooled_reward(list(differences.values()))
         teacher_rewards = list(rewards.values())
         if cfg.run.mode == "intrinsic":
             teacher_rewards = intrinsic_rewards([self._success_rates(d) for d in datasets])
@@ -433,7 +474,9 @@ class Agent:
         self.store.complete_teacher_step(
             run_id=self.run_id, step=step, dataset_rewards=rewards, mean_reward=mean_reward,
             moving_average=moving_average, promoted_dataset_id=promoted, checkpoints=checkpoints,
-            metrics={"teacher_update": update, "teacher_rewards": teacher_rewards, "accuracy_before": accuracy_before,
+            metrics={"teacher_update": update, "teacher_rewards": teacher_rewards, "accuracy_before": fmean(before),
+                     "reward_metric": cfg.reward.metric, "reward_stderr": step_stderr,
+                     "dataset_reward_stderr": {str(k): v for k, v in dataset_stderr.items()},
                      "seconds": time.time() - started, "mode": cfg.run.mode})
         self.force_promotion = False
         if promoted is not None:
@@ -442,7 +485,8 @@ class Agent:
                                  message=f"step {step}: dataset {promoted} promoted", data={"step": step})
         shutil.rmtree(self.paths.checkpoints / f"step-{step}", ignore_errors=True)
         self._prune_checkpoints()
-        self.log(f"[step {step}] done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}, "
+        self.log(f"[step {step}] done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}"
+                 f" ± {step_stderr or 0:.4f}, "
                  f"moving average {moving_average:+.4f}{', PROMOTED' if promoted else ''}")
 
     def _success_rates(self, dataset: dict) -> list[float]:
@@ -467,11 +511,14 @@ class Agent:
         temporary.replace(directory / "optimizer.pt")
         return str(directory)
 
-    def _hard_only_step(self, step: int, started: float) -> None:
-        """The Hard-Only baseline: the same student compute as a SOAR step (g * r trainings), spent as
-        consecutive RL trainings of the baseline directly on hard-train."""
+    def _chain_step(self, step: int, started: float) -> None:
+        """The Hard-Only and curated baselines: the same student compute as a SOAR step (g * r trainings),
+        spent as consecutive RL trainings of the baseline (each continues from the last), on hard-train
+        (hard-only) or on curated problems (curated); the baseline is updated every step."""
+        from soar_agent.reward import pooled_reward
+
         cfg = self.config
-        hard_train = self.hard_set("train")
+        mode = cfg.run.mode
         reward_questions = self._reward_questions(step)
         units = cfg.teacher.datasets_per_step * cfg.student.students_per_dataset
         done = self.store.trainings(self.run_id, step)
@@ -479,33 +526,62 @@ class Agent:
             from soar_agent.models import load_model
 
             self._models["baseline"] = load_model(done[-1]["checkpoint_path"], cfg.model.dtype)
-        accuracy = self._greedy_accuracy(self.model("baseline"), reward_questions)
+        scores = self._reward_scores(self.model("baseline"), reward_questions, step)
         for unit in range(len(done), units):
             self.poll_commands()
             if self.stop_reason:
                 return
-            student, reward = self._train_one(step, unit, None, unit, reward_questions, accuracy,
-                                              problems=hard_train, steps=cfg.student.steps)
+            problems = self.hard_set("train") if mode == "hard-only" else self._curated_problems(step, unit)
+            student, reward, after = self._train_one(step, unit, None, unit, reward_questions, scores,
+                                                     problems=problems, steps=cfg.student.steps,
+                                                     source="hard" if mode == "hard-only" else "seed")
             if student is not None:
                 self._models["baseline"] = student
-                accuracy += reward
-        last = [t for t in self.store.trainings(self.run_id, step) if t["checkpoint_path"]]
+                scores = after
+        trainings = self.store.trainings(self.run_id, step)
+        last = [t for t in trainings if t["checkpoint_path"]]
         checkpoints = []
         if last:
             target = self.paths.checkpoints / f"baseline-step-{step}"
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(last[-1]["checkpoint_path"], target)
             checkpoints.append({"path": str(target), "role": "baseline", "metrics": {}})
-        rewards = [t["reward"] for t in self.store.trainings(self.run_id, step) if t["reward"] is not None]
+        rewards = [t["reward"] for t in trainings if t["reward"] is not None]
         mean_reward = sum(rewards) / len(rewards) if rewards else 0.0
+        # consecutive differences: their question-wise mean is (last - first) / units, paired per question
+        _, stderr = pooled_reward([t["metrics"].get("reward_differences") or [] for t in trainings])
         self.store.complete_teacher_step(run_id=self.run_id, step=step, dataset_rewards={}, mean_reward=mean_reward,
                                          moving_average=mean_reward, promoted_dataset_id=None,
-                                         checkpoints=checkpoints, metrics={"mode": "hard-only",
-                                                                           "seconds": time.time() - started})
+                                         checkpoints=checkpoints,
+                                         metrics={"mode": mode, "seconds": time.time() - started,
+                                                  "reward_metric": cfg.reward.metric, "reward_stderr": stderr})
         self._models.pop("baseline", None)
         shutil.rmtree(self.paths.checkpoints / f"step-{step}", ignore_errors=True)
         self._prune_checkpoints()
-        self.log(f"[step {step}] hard-only done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}")
+        self.log(f"[step {step}] {mode} done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}"
+                 f" ± {stderr or 0:.4f}")
+
+    def _hard_questions(self) -> set[str]:
+        """Content hashes of hard-train and hard-test: curated data must hold none of them."""
+        return {content_hash(p.domain, p.question) for split in ("train", "test") for p in self.hard_set(split)}
+
+    def _curated_problems(self, step: int, unit: int) -> list[Problem]:
+        """One curated training's problems: the domain.curated JSONL, else as many fresh generator problems
+        as a training draws (steps x batch_prompts), at levels drawn uniformly. Hard-set
+        questions are removed either way (a reward question's answer must never reach a student)."""
+        cfg = self.config
+        if cfg.domain.curated:
+            problems = load_problem_file(Path(cfg.domain.curated), self.domain)
+        else:
+            rng = random.Random(_seed(cfg.run.seed, step, unit, 31))
+            count = cfg.student.steps * cfg.student.batch_prompts
+            levels = [rng.choice(self.domain.LEVELS) for _ in range(count)]  # uniform over the levels
+            problems = generate_problems(self.domain, levels, rng)
+        kept = without_questions(problems, self._hard_questions())
+        if not kept:
+            raise ConfigError(f"domain.curated: no curated problem left once hard-set questions are removed"
+                              f" ({len(problems)} given)")
+        return kept
 
     def _prune_checkpoints(self) -> None:
         """Keep the newest `keep_checkpoints` of each role, and always the best-evaluated baseline."""

@@ -239,14 +239,10 @@ def cmd_status(args) -> int:
 
     Example: soar status runs/default --json
     """
-    from soar_agent.status import run_status
+    from soar_agent.status import format_status, run_status
 
     status = run_status(Path(args.run_dir))
-    if args.json:
-        print(json.dumps(status, indent=2))
-    else:
-        for key, value in status.items():
-            print(f"{key:>18}: {value}")
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
 
 

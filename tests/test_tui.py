@@ -107,7 +107,8 @@ def add_step(store: Store, run: int, step: int) -> None:
         checkpoints.append({"path": f"/runs/demo/checkpoints/baseline-step-{step}", "role": "baseline"})
     store.complete_teacher_step(run_id=run, step=step, dataset_rewards=rewards, mean_reward=0.015 * step,
                                 moving_average=0.012 * step, promoted_dataset_id=promoted, checkpoints=checkpoints,
-                                metrics={"seconds": 300.0 + step, "teacher_rewards": list(rewards.values())})
+                                metrics={"seconds": 300.0 + step, "teacher_rewards": list(rewards.values()),
+                                         "reward_metric": "sampled", "reward_stderr": 0.004 * step})
     if promoted:
         store.log_event(run_id=run, level="info", kind="promotion", message=f"step {step}: dataset {promoted} promoted")
 
@@ -209,7 +210,8 @@ async def test_overview_shows_the_run(fixture_db):
         assert isinstance(screen, RunScreen)
         stats = text(screen.query_one("#stats", Static))
         for needle in ("demo · soar", "running · student-collapse", "step", "4", "3h 02m", "left 5h 00m", "940",
-                       "promotions", "pass@1 0.300", "pass@4 0.600", "no agent attached"):
+                       "promotions", "pass@1 0.300", "pass@4 0.600", "no agent attached",
+                       "+0.0600 ± 0.0160 (sampled)"):
             assert needle in stats, (needle, stats)
         chart = screen.query_one("#pass-chart")
         assert set(chart.series) == {"pass@1", "pass@4"} and chart.series["pass@4"][-1] == (4, pytest.approx(0.6))

@@ -29,6 +29,10 @@ def stats_table(o: Overview) -> Table:
         agent = "[yellow]no agent attached[/]"
     else:
         agent = f"[yellow]no agent attached[/] (last seen {fmt.duration(o.heartbeat_age_s)} ago)"
+    reward = "-"
+    if o.last_reward is not None:
+        mean, stderr, metric = o.last_reward
+        reward = f"{mean:+.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "") + (f" ({metric})" if metric else "")
     rows = [
         ("run", f"{run['name']} · {run['mode']}"),
         ("status", f"{run['status']} · {o.phase}"),
@@ -38,6 +42,7 @@ def stats_table(o: Overview) -> Table:
         ("last step", fmt.duration(o.last_step_seconds)),
         ("tokens/s", fmt.number(o.tokens_per_second, 0)),
         ("promotions", str(o.promotions)),
+        ("reward", reward),
         ("hard-test", hard),
         ("agent", agent),
     ]

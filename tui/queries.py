@@ -66,6 +66,8 @@ class Overview:
     tokens_per_second: float | None
     promotions: int
     last_step_seconds: float | None
+    # the last complete step's (mean reward, its standard error or None, reward.metric or None)
+    last_reward: tuple[float, float | None, str | None] | None = None
     teacher_reward: list[tuple[int, float]] = field(default_factory=list)  # (step, mean_reward)
     moving_average: list[tuple[int, float]] = field(default_factory=list)
     student_reward: list[tuple[int, float]] = field(default_factory=list)  # (step, mean reward_mean)
@@ -86,7 +88,9 @@ def overview(store: Store, run_id: int, now: float) -> Overview:
                             " LIMIT 1", (run_id,))
     deadline = json.loads(session).get("deadline") if session else None
     steps = _rows(store, "SELECT step, status, mean_reward, moving_average, json_extract(metrics_json, '$.seconds')"
-                         " AS seconds FROM teacher_steps WHERE run_id = ? ORDER BY step", (run_id,))
+                         " AS seconds, json_extract(metrics_json, '$.reward_stderr') AS reward_stderr,"
+                         " json_extract(metrics_json, '$.reward_metric') AS reward_metric"
+                         " FROM teacher_steps WHERE run_id = ? ORDER BY step", (run_id,))
     complete = [s for s in steps if s["status"] == "complete"]
     student = _rows(store, "SELECT teacher_step, avg(json_extract(metrics_json, '$.reward_mean')) AS reward"
                            " FROM trainings WHERE run_id = ? GROUP BY teacher_step ORDER BY teacher_step", (run_id,))
@@ -117,6 +121,8 @@ def overview(store: Store, run_id: int, now: float) -> Overview:
         tokens_per_second=tokens,
         promotions=_value(store, "SELECT count(*) FROM datasets WHERE run_id = ? AND kind = 'promotion'", (run_id,)),
         last_step_seconds=complete[-1]["seconds"] if complete else None,
+        last_reward=((complete[-1]["mean_reward"], complete[-1]["reward_stderr"], complete[-1]["reward_metric"])
+                     if complete and complete[-1]["mean_reward"] is not None else None),
         teacher_reward=[(s["step"], s["mean_reward"]) for s in complete if s["mean_reward"] is not None],
         moving_average=[(s["step"], s["moving_average"]) for s in complete if s["moving_average"] is not None],
         student_reward=[(r["teacher_step"], r["reward"]) for r in student if r["reward"] is not None],
