@@ -1,0 +1,132 @@
+"""Does the student RL core make the shipped model better at what it trains on? A check that can fail.
+
+RL (`train_student`, the run's [student] settings) on a fixed curriculum drawn from one built-in
+domain's generator at the training levels, then greedy accuracy and pass@1 per level on fresh problems
+(other seeds than the curriculum) before and after, and the train-reward curve in windows of 10 steps.
+The last line says PASS or FAIL against the issue's bar: the mean greedy rise over the trained levels is
+at least `--min-rise` points and no easy level (below the trained ones) drops by more than its noise.
+
+    python bench/student_learns.py                       # arith, defaults (about 10 minutes on 2 cores)
+    python bench/student_learns.py --domain program --levels 2,3,4
+    python bench/student_learns.py --set student.lr=1e-5 --set student.group_size=16 --json
+
+Figures rest on `--per-level` problems per level (greedy; +-1 problem is 100/per-level points) and
+`--samples` samples each for pass@1. Use one torch thread per process when running several side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+
+import torch
+
+from soar_agent.config import RunConfig, apply_overrides
+from soar_agent.engine import HFEngine
+from soar_agent.evaluation import evaluate_problems, summarize
+from soar_agent.models import load_model, load_tokenizer
+from soar_agent.rl.train import train_student
+from soar_agent.tasks import generate_problems, get_domain
+
+TRAIN_LEVELS = {"arith": (3, 4, 5), "program": (2, 3, 4)}
+
+
+def level_profile(model, tokenizer, domain, problems, samples: int, max_new_tokens: int, seed: int) -> dict:
+    results = evaluate_problems(HFEngine(model, tokenizer), domain, problems, samples=samples, greedy=True,
+                                max_new_tokens=max_new_tokens, seed=seed)
+    return summarize(results, [1] if samples else [])["levels"]
+
+
+def windows(values: list[float], size: int = 10) -> list[float]:
+    return [sum(values[i:i + size]) / len(values[i:i + size]) for i in range(0, len(values), size)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain", default="arith", choices=sorted(TRAIN_LEVELS))
+    parser.add_argument("--levels", default=None, help="training levels, comma-separated (default: mid levels)")
+    parser.add_argument("--eval-levels", default="1,2,3,4,5,6")
+    parser.add_argument("--steps", type=int, default=100, help="RL steps (default sized to ~10 min on 2 cores)")
+    parser.add_argument("--pool", type=int, default=512, help="curriculum size (problems, spread over the levels)")
+    parser.add_argument("--per-level", type=int, default=100, help="fresh evaluation problems per level")
+    parser.add_argument("--samples", type=int, default=4, help="samples per evaluation problem for pass@1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-rise", type=float, default=0.10, help="required mean greedy rise on trained levels")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    cfg = apply_overrides(RunConfig(), args.set)
+    domain = get_domain(args.domain)
+    train_levels = [int(x) for x in args.levels.split(",")] if args.levels else list(TRAIN_LEVELS[args.domain])
+    eval_levels = [int(x) for x in args.eval_levels.split(",")]
+    tokenizer = load_tokenizer(cfg.model.path)
+    base = load_model(cfg.model.path, cfg.model.dtype)
+    if cfg.model.lora:
+        from soar_agent.models import add_lora
+
+        base = add_lora(base, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_dropout)
+    curriculum = generate_problems(domain, [train_levels[i % len(train_levels)] for i in range(args.pool)],
+                                   random.Random(args.seed))
+    held_out = generate_problems(domain, [lv for lv in eval_levels for _ in range(args.per_level)],
+                                 random.Random(10_000 + args.seed))
+    train_questions = {p.question for p in curriculum}
+    held_out = [p for p in held_out if p.question not in train_questions]  # fresh problems only
+    started = time.time()
+    before = level_profile(base, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
+    curve: list[float] = []
+
+    def log(record: dict) -> None:
+        curve.append(record["reward_mean"])
+        if not args.json and len(curve) % 10 == 0:
+            print(f"  step {len(curve):4d}: train reward (last 10) {sum(curve[-10:]) / 10:.3f}  "
+                  f"entropy {record['entropy']:.3f}  zero-std groups {record['zero_std_fraction']:.2f}", flush=True)
+
+    train_started = time.time()
+    student, metrics = train_student(base, tokenizer, curriculum, domain, cfg.student, steps=args.steps,
+                                     seed=args.seed, log=log)
+    train_seconds = time.time() - train_started
+    after = level_profile(student, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
+
+    rows = []
+    for level in eval_levels:
+        b, a = before[str(level)], after[str(level)]
+        rows.append({"level": level, "problems": b["problems"], "trained": level in train_levels,
+                     "greedy_before": b["greedy_acc"], "greedy_after": a["greedy_acc"],
+                     "pass1_before": b.get("pass@1"), "pass1_after": a.get("pass@1")})
+    trained = [r for r in rows if r["trained"]]
+    rise = sum(r["greedy_after"] - r["greedy_before"] for r in trained) / len(trained)
+    easy = [r for r in rows if r["level"] < min(train_levels)]
+    # an easy level "drops" when it loses more than two standard errors of its own measurement
+    drops = [r["level"] for r in easy
+             if r["greedy_after"] < r["greedy_before"] - 2 * math.sqrt(max(r["greedy_before"] * (1 - r["greedy_before"]),
+                                                                         1 / r["problems"]) / r["problems"])]
+    passed = rise >= args.min_rise and not drops
+    report = {"domain": args.domain, "train_levels": train_levels, "steps": args.steps,
+              "settings": {k: getattr(cfg.student, k) for k in ("lr", "batch_prompts", "group_size", "temperature",
+                                                                "kl_coef", "loss_aggregation")} | {"lora": cfg.model.lora},
+              "levels": rows, "trained_rise": rise, "easy_drops": drops, "reward_curve": windows(curve),
+              "train_seconds": train_seconds, "total_seconds": time.time() - started, "passed": passed}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"\n{args.domain}: {args.steps} steps on levels {train_levels}, {report['settings']}")
+        print(f"{'level':>5} {'n':>4} {'greedy before':>14} {'after':>7} {'pass@1 before':>14} {'after':>7}")
+        for r in rows:
+            mark = "*" if r["trained"] else " "
+            p1 = (f"{r['pass1_before']:14.3f} {r['pass1_after']:7.3f}" if r["pass1_before"] is not None else "")
+            print(f"{r['level']:>4}{mark} {r['problems']:>4} {r['greedy_before']:14.3f} {r['greedy_after']:7.3f} {p1}")
+        print("train reward per 10 steps: " + " ".join(f"{x:.3f}" for x in report["reward_curve"]))
+        print(f"training {train_seconds:.0f}s, total {report['total_seconds']:.0f}s")
+        print(f"{'PASS' if passed else 'FAIL'}: mean greedy rise on trained levels {rise * 100:+.1f} points "
+              f"(need {args.min_rise * 100:+.0f}); easy levels dropped: {drops or 'none'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
