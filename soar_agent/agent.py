@@ -29,7 +29,7 @@ from pathlib import Path
 from statistics import fmean, median
 
 from soar_agent.config import ConfigError, RunConfig, config_from_dict, config_to_dict
-from soar_agent.store import Store, content_hash
+from soar_agent.store import Store, StoreError, content_hash
 from soar_agent.tasks import generate_problems, get_domain
 from soar_agent.tasks.base import Problem
 
@@ -124,18 +124,27 @@ class Agent:
     # ------------------------------------------------------------------ set-up and resume
 
     @classmethod
-    def open(cls, config: RunConfig | None, run_dir: Path, log=print) -> "Agent":
-        """A new run in an empty run_dir, or the existing run there (its stored config wins)."""
+    def open(cls, config: RunConfig | None, run_dir: Path, log=print, existing_only: bool = False) -> "Agent":
+        """A new run in an empty run_dir, or the existing run there (its stored config wins).
+        ``existing_only`` (export, eval-pq): the run must exist; StoreError rather than a new run."""
         paths = RunPaths(Path(run_dir))
-        paths.root.mkdir(parents=True, exist_ok=True)
-        store = Store(paths.db)
+        if not existing_only:
+            paths.root.mkdir(parents=True, exist_ok=True)
+        try:
+            # A store file without a run lost it (e.g. its WAL): a new run there would write over the old
+            # run's checkpoints, so it must be moved away by hand.
+            store = Store(paths.db, require_run=existing_only or paths.db.exists())
+        except StoreError as error:
+            raise StoreError(f"{error}; move it away to start a new run in {paths.root}" if not existing_only
+                             and paths.db.is_file() and "holds no run" in str(error) else str(error)) from None
         existing = store.latest_run()
         if existing is not None:
             stored = config_from_dict(existing["config"], source=f"{paths.db} (stored config)")
             if config is not None and config_to_dict(config) != config_to_dict(stored):
                 log("note: resuming with the run's stored configuration; the given one is ignored")
             agent = cls(stored, paths, log, store, existing["id"])
-            store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")
+            if not existing_only:  # export and eval-pq read the run, they do not resume it
+                store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")
             return agent
         config = config or RunConfig()
         check_run_config(config)
@@ -280,8 +289,11 @@ class Agent:
                 elif name == "promote":
                     self.force_promotion, message = True, "the best student of the next completed step will be promoted"
                 else:  # export
-                    out = self.export(command["args"].get("checkpoint", "best"), command["args"].get("out"))
-                    message = f"exported to {out}"
+                    try:
+                        out = self.export(command["args"].get("checkpoint", "best"), command["args"].get("out"))
+                        message = f"exported to {out}"
+                    except ValueError as error:  # a refused --out or unknown checkpoint must not end the run
+                        message = f"export failed: {error}"
                 self.store.ack_command(command["id"], message)
                 self.store.log_event(run_id=self.run_id, level="info", kind=f"command-{name}", message=message)
             if not self.paused or self.stop_reason:
@@ -655,12 +667,16 @@ class Agent:
                 best, best_score = checkpoint, score
         return best
 
-    def export(self, which: str = "best", out: str | None = None) -> Path:
-        from soar_agent.export import export_checkpoint
+    def export(self, which: str = "best", out: str | None = None, force: bool = False) -> Path:
+        from soar_agent.export import export_checkpoint, prune_exports
 
-        return export_checkpoint(self.store, self.run_id, self.config, which,
-                                 Path(out) if out else self.paths.exports / f"export-{int(time.time())}",
-                                 best=self.best_checkpoint())
+        # milliseconds: two exports in one second must not collide (an existing --out is refused)
+        target = export_checkpoint(self.store, self.run_id, self.config, which,
+                                   Path(out) if out else self.paths.exports / f"export-{int(time.time() * 1000)}",
+                                   best=self.best_checkpoint(), force=force)
+        if out is None:  # one per session otherwise, kept forever
+            prune_exports(self.paths.exports, self.config.budget.keep_checkpoints)
+        return target
 
 
 class _StepSkipped(RuntimeError):

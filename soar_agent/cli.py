@@ -217,8 +217,12 @@ def cmd_run(args) -> int:
     from soar_agent.config import load_config
 
     console = Console(highlight=False)
+    from soar_agent.store import quick_check
+
     config = load_config(args.config, args.set or []) if (args.config or args.set) else None
     run_dir = Path(args.run_dir or Path("runs") / (config.run.name if config else "default"))
+    if (run_dir / "soar.db").is_file():  # hours of training must not be written into a damaged store
+        quick_check(run_dir / "soar.db")
     agent = Agent.open(config, run_dir, log=lambda message: console.log(message))
     budget = Budget(_deadline(args), args.max_teacher_steps if args.max_teacher_steps is not None
                     else agent.config.budget.max_teacher_steps)
@@ -249,6 +253,7 @@ def cmd_status(args) -> int:
 def cmd_export(args) -> int:
     """Write a run's checkpoint as a plain HF model (merged, safetensors) with tokenizer and model card.
 
+    A non-empty --out is replaced only with --force; never the run directory or the model exported.
     Example: soar export runs/default --out exported --checkpoint best
     """
     from soar_agent.agent import Agent
@@ -256,8 +261,8 @@ def cmd_export(args) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "soar.db").is_file():
         raise UserError(f"{run_dir}: not a run directory (no soar.db)")
-    agent = Agent.open(None, run_dir, log=lambda message: None)
-    print(agent.export(args.checkpoint, args.out))
+    agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
+    print(agent.export(args.checkpoint, args.out, force=args.force))
     return 0
 
 
@@ -272,7 +277,7 @@ def cmd_eval_pq(args) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "soar.db").is_file():
         raise UserError(f"{run_dir}: not a run directory (no soar.db)")
-    summary = evaluate_pq(Agent.open(None, run_dir, log=lambda message: None), steps=args.steps)
+    summary = evaluate_pq(Agent.open(None, run_dir, log=lambda message: None, existing_only=True), steps=args.steps)
     print(json.dumps(summary, indent=2) if args.json else
           " ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("pass@")))
     return 0
@@ -359,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir")
     ex.add_argument("--out", required=True)
     ex.add_argument("--checkpoint", default="best", help="best | latest | checkpoint id")
+    ex.add_argument("--force", action="store_true",
+                    help="replace a non-empty --out directory (never the run itself or the model exported)")
 
     pq = add("eval-pq", cmd_eval_pq)
     pq.add_argument("run_dir")

@@ -3,9 +3,58 @@ with its tokenizer and a README model card holding the run's configuration and e
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
 
 from soar_agent.config import RunConfig, dump_toml
+
+AUTO_EXPORT = re.compile(r"export-([0-9]+)")  # the name Agent.export gives the end-of-run exports
+
+
+class ExportTargetError(ValueError):
+    """An --out directory that an export must not replace; the message is one line naming it."""
+
+
+def _real(path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_target(out: Path, run_dir: Path, sources: list[Path], force: bool) -> None:
+    """Refuse an --out whose replacement would lose data. Saving renames over the target, so the old
+    directory and everything under it is deleted: never allow that for the run (its store and
+    checkpoints) or the weights being exported, and for anything else only with --force."""
+    target, run = _real(out), _real(run_dir)
+    if _within(run, target):
+        raise ExportTargetError(f"--out {out}: contains the run directory {run_dir}; choose another directory")
+    if _within(target, run / "checkpoints"):
+        raise ExportTargetError(f"--out {out}: inside the run's checkpoints; choose another directory")
+    if target.parent == run and target.name.startswith("soar.db"):
+        raise ExportTargetError(f"--out {out}: is the run's store; choose another directory")
+    for source in sources:
+        if _within(_real(source), target):
+            raise ExportTargetError(f"--out {out}: holds the model being exported ({source}); choose another "
+                                    "directory")
+    if target.exists() and not target.is_dir():
+        raise ExportTargetError(f"--out {out}: exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise ExportTargetError(f"--out {out}: exists and is not empty; pass --force to replace it")
+
+
+def prune_exports(exports_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` end-of-run exports (export-<time>); exports made on request
+    (other names) are the user's and stay. Returns the deleted directories."""
+    found = sorted((int(m.group(1)), d) for d in (exports_dir.iterdir() if exports_dir.is_dir() else [])
+                   if d.is_dir() and (m := AUTO_EXPORT.fullmatch(d.name)))
+    doomed = [d for _, d in found[:-keep]] if keep > 0 else []
+    for directory in doomed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return doomed
 
 
 def resolve_checkpoint(store, run_id: int, which: str, best: dict | None) -> dict | None:
@@ -15,7 +64,7 @@ def resolve_checkpoint(store, run_id: int, which: str, best: dict | None) -> dic
         return best or (alive[-1] if alive else None)
     if which == "latest":
         return alive[-1] if alive else None
-    if not which.isdigit():
+    if not (which.isascii() and which.isdigit()):
         raise ValueError(f"--checkpoint: expected best, latest or a checkpoint id, got {which!r}")
     found = [c for c in store.checkpoints(run_id) if c["id"] == int(which)]
     if not found or found[0]["status"] != "complete":
@@ -40,11 +89,14 @@ def model_card(store, run_id: int, config: RunConfig, checkpoint: dict | None) -
 
 
 def export_checkpoint(store, run_id: int, config: RunConfig, which: str, out: Path, best: dict | None,
-                      log=print) -> Path:
-    from soar_agent.models import load_model, load_tokenizer, save_checkpoint
+                      log=print, force: bool = False) -> Path:
+    from soar_agent.models import load_model, load_tokenizer, resolve_model_path, save_checkpoint
 
     checkpoint = resolve_checkpoint(store, run_id, which, best)
     source = checkpoint["path"] if checkpoint else config.model.path
+    model_dirs = [Path(checkpoint["path"])] if checkpoint else []
+    model_dirs.append(resolve_model_path(config.model.path))  # the tokenizer comes from the base model
+    check_target(Path(out), Path(store.path).parent, model_dirs, force)
     model, tokenizer = load_model(source, config.model.dtype), load_tokenizer(config.model.path)
     target = save_checkpoint(model, tokenizer, out, merge_lora=True)
     (target / "README.md").write_text(model_card(store, run_id, config, checkpoint))

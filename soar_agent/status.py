@@ -18,7 +18,7 @@ def run_status(run_dir: Path) -> dict:
     if not db.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no soar.db)")
     with Store(db, readonly=True) as store:
-        run = store.latest_run()
+        run = store.require_run()  # a store whose WAL was lost opens fine but holds no run
         steps = store.teacher_steps(run["id"])
         complete = [s for s in steps if s["status"] == "complete"]
         sessions = [e for e in store.events(run["id"], limit=10_000) if e["kind"] == "session"]

@@ -75,6 +75,10 @@ class SchemaVersionError(StoreError):
     """The database was written by newer code (or needs a migration a read-only store cannot run)."""
 
 
+def _no_run(path: str) -> str:
+    return f"{path}: holds no run (an empty store, or one whose write-ahead log {Path(path).name}-wal was lost)"
+
+
 # --------------------------------------------------------------------------------------------------
 # Migrations
 
@@ -428,6 +432,25 @@ def to_problem(row: dict) -> Problem:
     )
 
 
+def quick_check(path: str | os.PathLike) -> None:
+    """``PRAGMA quick_check`` on an existing store, through a read-only connection (so a damaged file is
+    never written to); StoreError naming the first problem. Seconds on a large store: run it once at the
+    start of a long run, not on every open."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        first = " ".join(str(problems[0]).split())
+        raise StoreError(f"{path}: damaged, fails PRAGMA quick_check ({first}); refusing to write to it: "
+                         f"copy it away and recover with `sqlite3 {path} .recover`")
+
+
 # --------------------------------------------------------------------------------------------------
 # Store
 
@@ -439,16 +462,26 @@ class Store:
     (``config_json`` -> ``config``). Write methods return ids. Every write method is one transaction.
     """
 
-    def __init__(self, path: str | os.PathLike, readonly: bool = False, check_same_thread: bool = True):
+    def __init__(self, path: str | os.PathLike, readonly: bool = False, check_same_thread: bool = True,
+                 require_run: bool = False):
+        """``require_run``: the file must already hold a run (commands that read one: export, eval-pq,
+        resuming); otherwise StoreError, raised before anything is written to the file."""
         self.path = str(path)
         self.readonly = readonly
         # Serialises calls when a Store is shared across threads (check_same_thread=False); uncontended
         # otherwise, so it costs nothing in the one-Store-per-thread case.
         self._lock = threading.RLock()
+        if require_run and not readonly and not os.path.isfile(self.path):
+            raise StoreError(f"{self.path}: no such store file")
         self.db = sqlite_utils.Database(self._connect(check_same_thread))
         try:
+            # before _configure, which switches an empty file to WAL (a write)
+            if require_run and self._read_version() == 0:
+                raise StoreError(_no_run(self.path))
             self._configure()
             self._migrate()
+            if require_run and self.latest_run() is None:
+                raise StoreError(_no_run(self.path))
         except sqlite3.DatabaseError as exc:
             self.db.close()
             if "not a database" in str(exc):
@@ -587,6 +620,8 @@ class Store:
             )
         if version == target:
             return
+        if self.readonly and version == 0:  # "migrate" would be the wrong advice: there is nothing to migrate
+            raise StoreError(_no_run(self.path))
         if self.readonly:
             raise SchemaVersionError(
                 f"{self.path}: schema version {version} is older than this code ({target}); "
@@ -636,6 +671,13 @@ class Store:
 
     def latest_run(self) -> dict | None:
         return _decode(self._row("SELECT * FROM runs ORDER BY id DESC LIMIT 1"))
+
+    def require_run(self) -> dict:
+        """The latest run, or StoreError when the store holds none (e.g. its WAL was lost)."""
+        run = self.latest_run()
+        if run is None:
+            raise StoreError(_no_run(self.path))
+        return run
 
     def runs(self) -> list[dict]:
         return [_decode(r) for r in self._rows("SELECT * FROM runs ORDER BY id")]
