@@ -103,6 +103,62 @@ def check_run_config(config: RunConfig) -> None:
                           " curated training problems (the domain has no generator)")
 
 
+def promotion_decision(history: list[float], mean_reward: float, tau: float, window: int,
+                       force: bool = False) -> tuple[float, bool]:
+    """(moving average of the last `window` step rewards including this one, promote?): promote when the
+    moving average exceeds tau, or when forced (the TUI's promote command)."""
+    recent = (history[-(window - 1):] if window > 1 else []) + [mean_reward]
+    moving_average = sum(recent) / len(recent)
+    return moving_average, force or moving_average > tau
+
+
+def promoted_student(trainings: list[dict]) -> dict | None:
+    """The student of the best dataset that becomes the baseline: the upper median by reward (the paper's
+    "median" student; with r = 2 the lower median would always be the worse of two, so the upper one,
+    i.e. the better of two, is taken)."""
+    ranked = sorted((t for t in trainings if t["reward"] is not None and t["checkpoint_path"]),
+                    key=lambda t: t["reward"])
+    return ranked[len(ranked) // 2] if ranked else None
+
+
+def best_by_reward(checkpoints: list[dict]) -> dict | None:
+    """The complete baseline checkpoint estimated best on hard-train. Each baseline checkpoint's
+    metrics["reward"] is its grounded improvement over the previous baseline on that step's hard-train
+    reward questions, so the running sum (over every baseline checkpoint, pruned ones included) estimates
+    its improvement over the base model. Never hard-test: that set is for reporting only. Ties go to the
+    later checkpoint (more training at equal measured quality)."""
+    best, best_score, total = None, None, 0.0
+    for checkpoint in sorted(checkpoints, key=lambda c: c["id"]):
+        total += (checkpoint.get("metrics") or {}).get("reward") or 0.0
+        if checkpoint["status"] == "complete" and (best_score is None or total >= best_score):
+            best, best_score = checkpoint, total
+    return best
+
+
+def curriculum_problems(dataset: dict, rows: list[dict], domain, reward_target: str,
+                        forbidden: set[str]) -> list[Problem]:
+    """What students train on from one teacher dataset: each item as the teacher wrote it (re-checked from
+    its text, so its own answer, or the solver's per teacher.reward_target), never the stored row a
+    repeated question maps to; items repeating a hard-set question are left out (a reward question's
+    answer must never reach a student). Datasets without texts fall back to their rows."""
+    from soar_agent.tasks.base import RejectedItem
+    from soar_agent.teacher import check_item
+    from soar_agent.store import to_problem
+
+    texts = (dataset.get("meta") or {}).get("texts")
+    problems = []
+    for index, row in enumerate(rows):
+        problem = to_problem(row)
+        if texts and index < len(texts):
+            try:
+                text = texts[index] if "</answer>" in texts[index] else texts[index] + "</answer>"  # EOS-ended
+                problem = check_item(domain, text, reward_target).problem
+            except RejectedItem:  # cannot happen for an accepted item; the row is all there is then
+                pass
+        problems.append(problem)
+    return without_questions(problems, forbidden)
+
+
 def without_questions(problems: list[Problem], forbidden: set[str]) -> list[Problem]:
     """The problems whose content hash is not in `forbidden` (hard-set questions must never be trained on
     with their answers outside hard-only)."""
@@ -232,7 +288,7 @@ class Agent:
                                                               "max_teacher_steps": budget.max_teacher_steps})
         if not self.store.evaluations(self.run_id, set_name="hard-test"):
             self.report_evaluation(step=0)
-        garbage_in_a_row = 0
+        garbage_in_a_row = self._garbage_attempt = 0
         while True:
             self.poll_commands()
             done = self.completed_steps()
@@ -242,7 +298,7 @@ class Agent:
             step = (done[-1]["step"] if done else 0) + 1
             try:
                 self.teacher_step(step)
-                garbage_in_a_row = 0
+                garbage_in_a_row = self._garbage_attempt = 0
             except OSError as error:  # e.g. a full disk while saving a checkpoint: stored data stays intact
                 self.stop_reason = f"cannot write to {self.paths.root}: {error}; stopping (resume when fixed)"
                 self.store.log_event(run_id=self.run_id, level="error", kind="io-error", message=self.stop_reason,
@@ -250,6 +306,7 @@ class Agent:
                 break
             except _StepSkipped as skipped:
                 garbage_in_a_row += 1
+                self._garbage_attempt = garbage_in_a_row  # the retry samples with another seed
                 self.store.log_event(run_id=self.run_id, level="warning", kind="teacher-garbage",
                                      message=str(skipped), data={"step": step})
                 self.log(f"[step {step}] skipped: {skipped}")
@@ -337,7 +394,8 @@ class Agent:
         count = t.datasets_per_step * t.items_per_dataset
         try:
             items, stats = sample_items(HFEngine(teacher, self.tokenizer), self.domain, count, t,
-                                        seed=_seed(self.config.run.seed, step))
+                                        seed=_seed(self.config.run.seed, step, *([self._garbage_attempt]
+                                                                                  if self._garbage_attempt else [])))
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
         datasets = []
@@ -348,7 +406,8 @@ class Agent:
                 "provenance": [{"teacher_step": step, "dataset": k, "text": i.text, "teacher_answer": i.teacher_answer}
                                for i in chunk],
                 # the raw texts live with the dataset: an item that repeats a stored problem maps to that row
-                "answer_verified": [i.verified for i in chunk], "meta": {"index": k, "texts": [i.text for i in chunk]}})
+                "answer_verified": [i.verified for i in chunk], "meta": {"index": k, "texts": [i.text for i in chunk],
+                                                                   "token_ids": [i.token_ids for i in chunk]}})
         self.store.add_curriculum(run_id=self.run_id, teacher_step=step, datasets=datasets)
         verified = sum(bool(i.verified) for i in items)
         self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
@@ -373,7 +432,8 @@ class Agent:
                                temperature=cfg.student.temperature, max_new_tokens=cfg.eval.max_new_tokens)
 
     def _dataset_problems(self, dataset: dict) -> list[Problem]:
-        return [self.store.to_problem(row) for row in self.store.dataset_problems(dataset["id"])]
+        return curriculum_problems(dataset, self.store.dataset_problems(dataset["id"]), self.domain,
+                                   self.config.teacher.reward_target, self._hard_questions())
 
     def _student_dir(self, step: int, index: int, j: int) -> Path:
         return self.paths.checkpoints / f"step-{step}" / f"student-{index}-{j}"
@@ -389,11 +449,19 @@ class Agent:
 
         cfg = self.config
         problems = problems or self._dataset_problems(dataset)
+        if not problems:  # every item repeated a hard-set question: nothing a student may train on
+            self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
+                                    student_index=j, reward=None, accuracy_before=fmean(before),
+                                    accuracy_after=None, checkpoint_path=None,
+                                    metrics={"error": "no trainable item (all repeat hard-set questions)"})
+            return None, float("nan"), None
         steps = steps or cfg.student.steps + (cfg.student.extra_steps_after_promotion if self._promotions() else 0)
         seed = _seed(cfg.run.seed, step, index, j)
+        row_ids = {content_hash(row["domain"], row["question"]): row["id"]
+                   for row in (self.store.dataset_problems(dataset["id"]) if dataset else [])}
         ids = dict(zip((p.question for p in problems),
                        self.store.add_problems(run_id=self.run_id, problems=problems, source=source)
-                       if dataset is None else [row["id"] for row in self.store.dataset_problems(dataset["id"])]))
+                       if dataset is None else [row_ids.get(content_hash(p.domain, p.question)) for p in problems]))
         ref = f"step-{step}/student-{index}-{j}"
         rollouts: list[dict] = []
 
@@ -455,9 +523,11 @@ class Agent:
         _, step_stderr = pooled_reward(list(differences.values()))
         teacher_rewards = list(rewards.values())
         if cfg.run.mode == "intrinsic":
-            teacher_rewards = intrinsic_rewards([self._success_rates(d) for d in datasets])
-        items = [[TeacherItem(text, self.store.to_problem(row), "", None)
-                  for text, row in zip(d["meta"]["texts"], self.store.dataset_problems(d["id"]))] for d in datasets]
+            teacher_rewards = intrinsic_rewards([self._success_rates(d, step) for d in datasets])
+        items = [[TeacherItem(text, self.store.to_problem(row), "", None, ids)
+                  for text, row, ids in zip(d["meta"]["texts"], self.store.dataset_problems(d["id"]),
+                                            d["meta"].get("token_ids") or [None] * len(d["meta"]["texts"]))]
+                 for d in datasets]
         teacher = self.model("teacher")
         try:
             update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
@@ -467,16 +537,17 @@ class Agent:
             self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss",
                                  message=f"teacher: {error}", data={"step": step})
         mean_reward = sum(rewards.values()) / len(rewards)
-        previous = [s["mean_reward"] for s in self.completed_steps()]
-        history = (previous[-(cfg.promotion.window - 1):] if cfg.promotion.window > 1 else []) + [mean_reward]
-        moving_average = sum(history) / len(history)
+        # promotion is on the grounded reward in every mode: the intrinsic ablation replaces the teacher's
+        # reward only (as the paper's Intrinsic-T), so that arm differs from SOAR in one thing
+        moving_average, promote = promotion_decision([s["mean_reward"] for s in self.completed_steps()],
+                                                     mean_reward, cfg.promotion.tau, cfg.promotion.window,
+                                                     self.force_promotion)
         checkpoints = [{"path": self._save_teacher(step, teacher), "role": "teacher", "metrics": update}]
         promoted = None
-        if moving_average > cfg.promotion.tau or self.force_promotion:
+        if promote:
             best = max(datasets, key=lambda d: rewards[d["id"]])
-            candidates = sorted(by_dataset[best["id"]], key=lambda t: t["reward"])
-            if candidates:
-                chosen = candidates[(len(candidates) - 1) // 2]  # the median-reward student
+            chosen = promoted_student(by_dataset[best["id"]])
+            if chosen is not None:
                 target = self.paths.checkpoints / f"baseline-step-{step}"
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(chosen["checkpoint_path"], target)
@@ -501,15 +572,17 @@ class Agent:
                  f" ± {step_stderr or 0:.4f}, "
                  f"moving average {moving_average:+.4f}{', PROMOTED' if promoted else ''}")
 
-    def _success_rates(self, dataset: dict) -> list[float]:
-        """Baseline success rate per item (group_size samples against the item's target answer)."""
+    def _success_rates(self, dataset: dict, step: int) -> list[float]:
+        """Baseline success rate per item (group_size samples against the item's target answer), seeded per
+        (run, step, dataset) so a redone step scores the same."""
         from soar_agent.engine import HFEngine
         from soar_agent.evaluation import evaluate_problems
 
         s = self.config.student
         results = evaluate_problems(HFEngine(self.model("baseline"), self.tokenizer), self.domain,
                                     self._dataset_problems(dataset), samples=s.group_size, greedy=False,
-                                    temperature=s.temperature, max_new_tokens=s.max_new_tokens)
+                                    temperature=s.temperature, max_new_tokens=s.max_new_tokens,
+                                    seed=_seed(self.config.run.seed, step, dataset["id"], 77))
         return [r.correct / r.samples for r in results]
 
     def _save_teacher(self, step: int, teacher) -> str:
@@ -557,7 +630,9 @@ class Agent:
             target = self.paths.checkpoints / f"baseline-step-{step}"
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(last[-1]["checkpoint_path"], target)
-            checkpoints.append({"path": str(target), "role": "baseline", "metrics": {}})
+            # the step's improvement over the previous baseline (best_by_reward sums these)
+            checkpoints.append({"path": str(target), "role": "baseline",
+                                "metrics": {"reward": sum(t["reward"] for t in trainings if t["reward"] is not None)}})
         rewards = [t["reward"] for t in trainings if t["reward"] is not None]
         mean_reward = sum(rewards) / len(rewards) if rewards else 0.0
         # consecutive differences: their question-wise mean is (last - first) / units, paired per question
@@ -654,18 +729,8 @@ class Agent:
         return summaries
 
     def best_checkpoint(self) -> dict | None:
-        """The baseline checkpoint with the highest hard-test pass@k (largest k evaluated)."""
-        best, best_score = None, -1.0
-        alive = {c["id"]: c for c in self.store.checkpoints(self.run_id, role="baseline", status="complete")}
-        for evaluation in self.store.evaluations(self.run_id, set_name="hard-test"):
-            checkpoint = alive.get(evaluation["checkpoint_id"])
-            keys = [k for k in evaluation["summary"] if k.startswith("pass@")]
-            if checkpoint is None or not keys:
-                continue
-            score = evaluation["summary"][max(keys, key=lambda k: int(k[5:]))]
-            if score > best_score:
-                best, best_score = checkpoint, score
-        return best
+        """The baseline checkpoint with the highest estimated improvement on hard-train (best_by_reward)."""
+        return best_by_reward(self.store.checkpoints(self.run_id, role="baseline"))
 
     def export(self, which: str = "best", out: str | None = None, force: bool = False) -> Path:
         from soar_agent.export import export_checkpoint, prune_exports

@@ -83,7 +83,8 @@ class RunSection:
     mode: str = _opt(
         "soar",
         "soar = teacher-student meta-RL; hard-only = train students on the hard set directly (baseline);"
-        " intrinsic = teacher rewarded by an intrinsic, ungrounded signal (ablation); curated = train the"
+        " intrinsic = teacher rewarded by an intrinsic, ungrounded signal (ablation; promotion stays on the"
+        " grounded reward, as the paper's Intrinsic-T changes the teacher's reward only); curated = train the"
         " baseline with the same student compute on the domain's own problems across its levels or domain.curated"
         " (the paper's full-curated-train-set ceiling)",
         choices=("soar", "hard-only", "intrinsic", "curated"),
@@ -155,7 +156,9 @@ class StudentSection:
     students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1)
     steps: int = _opt(8, "student training steps from the current baseline", ge=1)
     extra_steps_after_promotion: int = _opt(
-        5, "additional steps on the winning datasets when the baseline is promoted (0 = none)", ge=0
+        5, "additional training steps for every student once the baseline has been promoted at least once (the"
+        " paper's 10 steps, +5 after a promotion: a promoted baseline needs more steps to show a dataset's"
+        " value; 0 = none)", ge=0
     )
     batch_prompts: int = _opt(8, "prompts per student training step", ge=1)
     group_size: int = _opt(8, "completions sampled per prompt (RLOO/GRPO group; needs >= 2 for a baseline)", ge=2)

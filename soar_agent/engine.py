@@ -23,6 +23,8 @@ class Completion:
     text: str
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    # the stop string that ended the completion (sampled, in token_ids, cut from text); None for EOS or length
+    stop_text: str | None = None
 
 
 @dataclass
@@ -107,6 +109,7 @@ class HFEngine:
         logprobs: list[list[float]] = [[] for _ in prompts]
         texts = [""] * len(prompts)
         finish = ["length"] * len(prompts)
+        matched: list[str | None] = [None] * len(prompts)
         for _ in range(max_new_tokens):
             log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
             if temperature == 0:
@@ -125,8 +128,9 @@ class HFEngine:
                 logprobs[original].append(logprob)
                 if stop:
                     texts[original] += self.tokenizer.decode([token])
-                    if any(s in texts[original][-len(s) - 8:] for s in stop):
-                        finish[original] = "stop"
+                    hit = next((s for s in stop if s in texts[original][-len(s) - 8:]), None)
+                    if hit is not None:
+                        finish[original], matched[original] = "stop", hit
                         continue
                 keep.append(row)
             if not keep:
@@ -146,7 +150,7 @@ class HFEngine:
             text = self.tokenizer.decode(tokens[index], skip_special_tokens=True)
             if stop:
                 text, _ = _truncate_at_stop(text, stop)
-            completions.append(Completion(tokens[index], text, logprobs[index], finish[index]))
+            completions.append(Completion(tokens[index], text, logprobs[index], finish[index], matched[index]))
         return completions
 
     def _eos_ids(self) -> set[int]:
@@ -195,7 +199,8 @@ class VLLMEngine:
             for sample in output.outputs:
                 logprobs = [entry[token].logprob for token, entry in zip(sample.token_ids, sample.logprobs or [])]
                 row.append(Completion(list(sample.token_ids), sample.text, logprobs,
-                                      "length" if sample.finish_reason == "length" else "stop"))
+                                      "length" if sample.finish_reason == "length" else "stop",
+                                      sample.stop_reason if isinstance(sample.stop_reason, str) else None))
             results.append(row)
         self.stats.seconds += time.perf_counter() - started
         self.stats.tokens += sum(len(c.token_ids) for row in results for c in row)

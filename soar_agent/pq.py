@@ -13,8 +13,12 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
-    promotion_questions = [store.to_problem(row) for d in store.datasets(run_id, kind="promotion")
-                           for row in store.dataset_problems(d["id"])]
+    promotion_questions = []
+    for promotion in store.datasets(run_id, kind="promotion"):
+        # the teacher's items as written (its own answers), never a hard-set question (agent.curriculum_problems)
+        source = store.get_dataset(promotion["meta"]["from_dataset"]) if promotion["meta"].get("from_dataset") else None
+        promotion_questions += agent._dataset_problems(source) if source else [
+            store.to_problem(row) for row in store.dataset_problems(promotion["id"])]
     problems = promotion_questions + agent.hard_set("train")
     steps = steps or max(cfg.student.steps, 2 * cfg.student.steps * len(store.datasets(run_id, kind="promotion")))
     base = load_model(cfg.model.path, cfg.model.dtype)

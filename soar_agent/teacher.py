@@ -1,10 +1,11 @@
 """The SOAR teacher: rejection-sample well-formed items, check them against the domain's exact solver,
 and update the teacher with RLOO over datasets (every item of dataset k gets advantage R_k - mean_{j!=k} R_j).
 
-Simplifications versus the paper: one policy-gradient step per teacher step on the log-probs of the
-items re-tokenized from their text (not the sampled ids, which can differ for BPE tokenizers; identical
-for the embedded character tokenizer); no KL to the initial teacher; sequence-summed log-probs averaged
-over items (REINFORCE with the RLOO baseline, ratio 1 because the update is on-policy).
+Simplifications versus the paper: one policy-gradient step per teacher step; no KL to the initial
+teacher. The update is REINFORCE on the item: each item's log-prob is the sum over the tokens the teacher
+sampled (its stop string, and EOS only when it sampled one; nothing appended for parsing), averaged over
+items, with the RLOO baseline (ratio 1 because the update is on-policy). Items written before sampled ids
+were kept are re-tokenized from their text.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from soar_agent.rl.loss import aggregate
 from soar_agent.rl.train import sequence_logprobs
 from soar_agent.tasks import parse_item, teacher_prompt
 from soar_agent.tasks.base import Problem, RejectedItem
@@ -29,6 +29,7 @@ class TeacherItem:
     problem: Problem  # what students train on (answer chosen by reward_target)
     teacher_answer: str
     verified: bool | None  # teacher's answer matches the exact solver (None: no solver for the domain)
+    token_ids: list[int] | None = None  # exactly what the teacher sampled (+ EOS when it sampled EOS)
 
 
 def check_item(domain, text: str, reward_target: str) -> TeacherItem:
@@ -60,10 +61,17 @@ def sample_items(engine, domain, count: int, cfg, seed: int) -> tuple[list[Teach
                                  max_new_tokens=cfg.max_new_tokens, stop=["</answer>"], seed=seed * 7919 + round_index)
         for completion in row:
             sampled += 1
-            text = completion.text + ("</answer>" if completion.finish_reason == "stop" and
-                                      not completion.text.endswith("</answer>") else "")
+            eos = completion.finish_reason == "stop" and completion.stop_text is None
+            text = completion.text + (completion.stop_text or "")
             try:
-                items.append(check_item(domain, text, cfg.reward_target))
+                # an item the teacher ended with EOS before closing </answer> still parses; the closing tag
+                # is added for parsing only, never trained on (token_ids)
+                item = check_item(domain, text + ("</answer>" if eos and "</answer>" not in text else ""),
+                                  cfg.reward_target)
+                item.token_ids = list(completion.token_ids) + (
+                    [engine.tokenizer.eos_token_id] if eos and hasattr(engine, "tokenizer") and
+                    completion.token_ids[-1:] != [engine.tokenizer.eos_token_id] else [])
+                items.append(item)
             except RejectedItem as error:
                 reason = str(error).split(":")[0][:60]
                 reasons[reason] = reasons.get(reason, 0) + 1
@@ -85,23 +93,24 @@ def rloo_dataset_advantages(rewards: list[float]) -> list[float]:
 
 def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[TeacherItem]],
                    rewards: list[float], grad_clip: float = 1.0) -> dict:
-    """One policy-gradient step of the teacher on its datasets' RLOO advantages."""
+    """One policy-gradient step of the teacher on its datasets' RLOO advantages: loss = -mean over items of
+    A_k * (sum of the item's sampled-token log-probs)."""
     advantages = rloo_dataset_advantages(rewards)
     prompt_ids = tokenizer(teacher_prompt(domain))["input_ids"]
-    texts, item_advantages = [], []
+    completion_ids, item_advantages = [], []
     for items, advantage in zip(datasets, advantages):
         for item in items:
-            texts.append(item.text)
+            completion_ids.append(item.token_ids or tokenizer(item.text, add_special_tokens=False)["input_ids"])
             item_advantages.append(advantage)
-    stats = {"advantages": advantages, "items": len(texts), "updated": False, "loss": 0.0}
+    stats = {"advantages": advantages, "items": len(completion_ids), "updated": False, "loss": 0.0,
+             "tokens": sum(len(ids) for ids in completion_ids)}
     if not any(item_advantages):
         return stats
-    completion_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
     teacher.eval()  # dropout off, as the students
-    logprobs, mask, _ = sequence_logprobs(teacher, [prompt_ids] * len(texts), completion_ids,
-                                          tokenizer.pad_token_id)  # (B, T)
-    advantage = torch.tensor(item_advantages, dtype=torch.float32)[:, None]  # (B, 1)
-    loss = aggregate(-advantage * logprobs, mask, "sequence")
+    logprobs, mask, _ = sequence_logprobs(teacher, [prompt_ids] * len(completion_ids), completion_ids,
+                                          tokenizer.pad_token_id)  # (B, T), 0 off the mask
+    advantage = torch.tensor(item_advantages, dtype=torch.float32)  # (B,)
+    loss = -(advantage * logprobs.sum(-1)).mean()  # REINFORCE on the item, not a per-token mean
     if not torch.isfinite(loss):
         raise FloatingPointError(f"teacher loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)

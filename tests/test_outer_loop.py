@@ -1,0 +1,250 @@
+"""The outer loop's correctness (issue 7): the teacher's REINFORCE update, dataset advantages, promotion
+below and above tau, which student is promoted, checkpoint selection without hard-test, labels that never
+leak, garbage retries, and the hard-only, intrinsic and eval-pq paths."""
+
+import json
+import random
+
+import pytest
+import torch
+
+import soar_agent.rl.train as rl_train
+import soar_agent.teacher as teacher
+from soar_agent.agent import Agent, Budget, best_by_reward, promoted_student, promotion_decision
+from soar_agent.config import load_config
+from soar_agent.engine import Completion
+from soar_agent.mining import write_jsonl
+from soar_agent.rl.train import sequence_logprobs
+from soar_agent.tasks import arith, generate_problems, teacher_prompt
+
+TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=2", "teacher.max_new_tokens=8",
+        "student.students_per_dataset=2", "student.steps=1", "student.batch_prompts=2", "student.group_size=2",
+        "student.max_new_tokens=8", "reward.questions=4", "eval.samples=1", "eval.every_teacher_steps=100",
+        "eval.max_new_tokens=8", "promotion.tau=-1.0", "student.extra_steps_after_promotion=2"]
+
+
+# ---------------------------------------------------------------------------------------------- the teacher
+
+
+def item_logprob(model, tokenizer, ids):
+    prompt = tokenizer(teacher_prompt(arith))["input_ids"]
+    with torch.no_grad():
+        logprobs, _, _ = sequence_logprobs(model, [prompt], [ids], tokenizer.pad_token_id)
+    return logprobs.sum().item()
+
+
+def test_teacher_update_raises_the_log_prob_of_items_with_positive_advantage(random_tiny):
+    model, tokenizer = random_tiny
+    texts = ["<question>1+2</question><answer>3</answer>", "<question>4*5-1</question><answer>19</answer>"]
+    items = [teacher.TeacherItem(t, None, "", None, tokenizer(t, add_special_tokens=False)["input_ids"])
+             for t in texts]
+    before = [item_logprob(model, tokenizer, i.token_ids) for i in items]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    stats = teacher.teacher_update(model, optimizer, tokenizer, arith, [[items[0]], [items[1]]], [1.0, 0.0],
+                                   grad_clip=1e9)
+    after = [item_logprob(model, tokenizer, i.token_ids) for i in items]
+    assert stats["updated"] and stats["advantages"] == [1.0, -1.0]
+    assert after[0] > before[0] and after[1] < before[1]
+    # REINFORCE on the item: the loss is -mean(A * summed log-prob), not a per-token mean
+    assert stats["loss"] == pytest.approx(-(before[0] - before[1]) / 2, rel=1e-4)
+    # only the sampled tokens are trained on: no EOS appended
+    assert stats["tokens"] == sum(len(i.token_ids) for i in items)
+
+
+def test_teacher_update_skips_when_all_datasets_score_alike(random_tiny):
+    model, tokenizer = random_tiny
+    item = teacher.TeacherItem("<question>1+2</question><answer>3</answer>", None, "", None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert not teacher.teacher_update(model, optimizer, tokenizer, arith, [[item], [item]], [0.2, 0.2])["updated"]
+
+
+class FakeEngine:
+    def __init__(self, tokenizer, completions):
+        self.tokenizer, self.completions = tokenizer, completions
+
+    def generate(self, prompts, n, **kwargs):
+        return [self.completions]
+
+
+def test_sampled_items_keep_exactly_the_sampled_tokens(char_tokenizer):
+    tok = char_tokenizer
+    ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    stopped = "<question>1+1</question><answer>2</answer>"  # ended by the stop string (sampled)
+    eos = "<question>1+2</question><answer>3"  # ended by EOS before closing </answer>
+    cut = "<question>1+3</question><answer"  # ran out of tokens
+    engine = FakeEngine(tok, [Completion(ids(stopped), stopped[:-len("</answer>")], [], "stop", "</answer>"),
+                              Completion(ids(eos), eos, [], "stop", None),
+                              Completion(ids(cut), cut, [], "length", None)])
+    cfg = load_config(None, ["teacher.max_sampling_rounds=1"]).teacher
+    items, stats = teacher.sample_items(engine, arith, 2, cfg, seed=1)
+    assert [i.problem.question for i in items] == ["1+1", "1+2"]
+    assert items[0].token_ids == ids(stopped)  # the stop string, no EOS
+    assert items[1].token_ids == ids(eos) + [tok.eos_token_id]  # the EOS it sampled, no </answer> it did not
+    assert stats["rejected"]
+
+
+def test_dataset_advantages_are_leave_one_out_and_sum_to_zero():
+    advantages = teacher.rloo_dataset_advantages([0.4, 0.1, 0.1, 0.0])
+    assert advantages == pytest.approx([0.4 - 0.2 / 3, 0.1 - 0.5 / 3, 0.1 - 0.5 / 3, 0.0 - 0.6 / 3])
+    assert sum(advantages) == pytest.approx(0.0)
+    assert teacher.rloo_dataset_advantages([0.3]) == [0.0]
+
+
+# ---------------------------------------------------------------------------------------------- promotion
+
+
+def test_promotion_below_and_above_tau():
+    assert promotion_decision([0.0, 0.0], 0.02, tau=0.01, window=3) == (pytest.approx(0.02 / 3), False)
+    assert promotion_decision([0.01, 0.02], 0.03, tau=0.01, window=3) == (pytest.approx(0.02), True)
+    assert promotion_decision([0.5, -0.5], 0.011, tau=0.01, window=1) == (pytest.approx(0.011), True)
+    assert promotion_decision([], -0.2, tau=0.01, window=3, force=True) == (pytest.approx(-0.2), True)
+
+
+def test_the_promoted_student_is_the_upper_median():
+    def t(reward, path="ckpt"):
+        return {"reward": reward, "checkpoint_path": path}
+
+    assert promoted_student([t(0.1), t(0.3)])["reward"] == 0.3  # r = 2: the better of two
+    assert promoted_student([t(0.4), t(0.1), t(0.3), t(0.2)])["reward"] == 0.3
+    assert promoted_student([t(0.1), t(0.2), t(0.3)])["reward"] == 0.2
+    assert promoted_student([t(None), t(0.5, None)]) is None  # failed trainings are never promoted
+
+
+def test_best_checkpoint_follows_the_summed_hard_train_reward():
+    def c(id, reward, status="complete"):
+        return {"id": id, "status": status, "metrics": {"reward": reward}}
+
+    # +0.05 (pruned), -0.02, +0.04: cumulative 0.05, 0.03, 0.07
+    assert best_by_reward([c(3, 0.04), c(1, 0.05, "deleted"), c(2, -0.02)])["id"] == 3
+    assert best_by_reward([c(1, 0.05), c(2, -0.02)])["id"] == 1
+    assert best_by_reward([c(1, 0.0), c(2, 0.0)])["id"] == 2  # ties: the later one
+    assert best_by_reward([]) is None
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@pytest.fixture
+def hard_files(tmp_path):
+    rng = random.Random(5)
+    write_jsonl(generate_problems(arith, [6] * 8, rng), tmp_path / "train.jsonl")
+    write_jsonl(generate_problems(arith, [6] * 4, rng), tmp_path / "test.jsonl")
+    return [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
+            f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
+
+
+def tiny_agent(tmp_path, hard_files, model_dir, *extra):
+    config = load_config(None, TINY + hard_files + [f"model.path={json.dumps(str(model_dir))}", *extra])
+    return Agent.open(config, tmp_path / "run", log=lambda m: None)
+
+
+def record_trainings(monkeypatch) -> list:
+    calls = []
+    real = rl_train.train_student
+
+    def spy(baseline, tokenizer, problems, domain, cfg, steps=None, **kwargs):
+        calls.append({"problems": list(problems), "steps": steps})
+        return real(baseline, tokenizer, problems, domain, cfg, steps=steps, **kwargs)
+
+    monkeypatch.setattr(rl_train, "train_student", spy)
+    return calls
+
+
+def test_students_train_on_the_teachers_items_as_written_and_never_on_hard_questions(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "teacher.reward_target=teacher")
+    hard = agent.hard_set("train")[0]
+    texts = [[f"<question>{hard.question}</question><answer>1</answer>", "<question>2+3</question><answer>9</answer>"],
+             ["<question>2+3</question><answer>5</answer>", "<question>7+1</question><answer>8</answer>"]]
+
+    def items(engine, domain, count, cfg, seed):
+        return [teacher.check_item(domain, t, cfg.reward_target) for d in texts for t in d], {
+            "sampled": count, "accepted": count, "rejected": {}}
+
+    monkeypatch.setattr(teacher, "sample_items", items)
+    calls = record_trainings(monkeypatch)
+    agent.run(Budget(max_teacher_steps=1))
+    assert len(calls) == 4
+    trained = [{(p.question, p.answer) for p in c["problems"]} for c in calls]
+    # dataset 0 keeps its own answer 9 for 2+3 although dataset 1 stored the same question first or later
+    assert trained[0] == trained[1] == {("2+3", "9")}
+    assert trained[2] == trained[3] == {("2+3", "5"), ("7+1", "8")}
+    assert not any(q == hard.question for t in trained for q, _ in t)
+
+
+def test_a_garbage_step_is_retried_with_another_seed(tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    seeds = []
+
+    def garbage(engine, domain, count, cfg, seed):
+        seeds.append(seed)
+        raise teacher.TeacherGarbage("nothing parses")
+
+    monkeypatch.setattr(teacher, "sample_items", garbage)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir)
+    assert "garbage" in agent.run(Budget(max_teacher_steps=5))
+    assert len(seeds) == 3 and len(set(seeds)) == 3
+
+
+def fixed_items(engine, domain, count, cfg, seed):
+    return [teacher.check_item(domain, f"<question>{i}+{i}</question><answer>{2 * i}</answer>", "verified")
+            for i in range(count)], {"sampled": count, "accepted": count, "rejected": {}}
+
+
+def test_promotion_below_tau_keeps_the_baseline_and_extra_steps_follow_a_promotion(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    calls = record_trainings(monkeypatch)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "promotion.tau=0.5")
+    agent.run(Budget(max_teacher_steps=1))
+    (step,) = agent.store.teacher_steps(agent.run_id)
+    assert step["promoted_dataset_id"] is None and agent.store.checkpoints(agent.run_id, role="baseline") == []
+    agent.force_promotion = True  # the TUI's promote command: above any tau
+    agent.run(Budget(max_teacher_steps=2))
+    assert agent.store.teacher_steps(agent.run_id)[1]["promoted_dataset_id"] is not None
+    agent.run(Budget(max_teacher_steps=3))
+    assert [c["steps"] for c in calls] == [1] * 8 + [3] * 4  # 1 step, then 1 + 2 once promoted
+
+
+def test_hard_only_trains_the_baseline_on_hard_train_every_step(tmp_path, hard_files, random_tiny_dir,
+                                                                 monkeypatch):
+    calls = record_trainings(monkeypatch)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only")
+    agent.run(Budget(max_teacher_steps=2))
+    hard = {p.question for p in agent.hard_set("train")}
+    assert len(calls) == 2 * 4 and all({p.question for p in c["problems"]} == hard for c in calls)
+    baselines = agent.store.checkpoints(agent.run_id, role="baseline")
+    assert [c["teacher_step"] for c in baselines] == [1, 2]
+    assert all("reward" in c["metrics"] for c in baselines)
+    assert agent.store.datasets(agent.run_id, kind="curriculum") == []
+
+
+def test_intrinsic_mode_rewards_the_teacher_with_seeded_success_rates(tmp_path, hard_files, random_tiny_dir,
+                                                                      monkeypatch):
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=intrinsic")
+    agent.run(Budget(max_teacher_steps=1))
+    (step,) = agent.store.teacher_steps(agent.run_id)
+    datasets = agent.store.datasets(agent.run_id, kind="curriculum")
+    rates = [agent._success_rates(d, 1) for d in datasets]
+    assert rates == [agent._success_rates(d, 1) for d in datasets]  # seeded: a redone step scores the same
+    assert step["metrics"]["teacher_rewards"] == teacher.intrinsic_rewards(rates)
+    assert step["metrics"]["mode"] == "intrinsic"
+
+
+def test_eval_pq_trains_a_fresh_student_on_the_promotion_questions_and_hard_train(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    from soar_agent.pq import evaluate_pq
+
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir)
+    agent.run(Budget(max_teacher_steps=1))
+    calls = record_trainings(monkeypatch)
+    summary = evaluate_pq(agent, steps=1)
+    (promotion,) = agent.store.datasets(agent.run_id, kind="promotion")
+    promoted = agent._dataset_problems(agent.store.get_dataset(promotion["meta"]["from_dataset"]))
+    assert summary["promotion_questions"] == len(promoted) == 2
+    (call,) = calls
+    assert [(p.question, p.answer) for p in call["problems"]] == [
+        (p.question, p.answer) for p in promoted + agent.hard_set("train")]
+    (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
+    assert "pass@1" in evaluation["summary"]
