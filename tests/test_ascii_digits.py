@@ -27,3 +27,15 @@ def test_model_written_problems_in_non_ascii_digits_are_rejected(seven):
         program.make_problem(f"a={seven}\nprint(a)")
     with pytest.raises(RejectedItem):
         program.make_problem(f"a=1\nfor i in range({seven}):\n    a=a+1\nprint(a)")
+
+
+def test_checkpoint_id_in_non_ascii_digits_is_not_an_id(tmp_path):
+    from soar_agent.export import resolve_checkpoint
+    from soar_agent.store import Store
+
+    with Store(tmp_path / "soar.db") as store:
+        run = store.create_run(name="r", mode="soar")
+        store.add_checkpoint(run_id=run, path=tmp_path / "c", role="baseline", status="complete")
+        assert resolve_checkpoint(store, run, "1", None)["id"] == 1
+        with pytest.raises(ValueError, match="expected best, latest or a checkpoint id"):
+            resolve_checkpoint(store, run, "١", None)  # Arabic-Indic one: int() would read it as 1
