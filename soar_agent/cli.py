@@ -219,7 +219,8 @@ def cmd_run(args) -> int:
     console = Console(highlight=False)
     from soar_agent.store import quick_check
 
-    config = load_config(args.config, args.set or []) if (args.config or args.set) else None
+    overrides = (args.set or []) + ([f"run.mode={args.mode}"] if args.mode else [])  # --mode = --set run.mode
+    config = load_config(args.config, overrides) if (args.config or overrides) else None
     run_dir = Path(args.run_dir or Path("runs") / (config.run.name if config else "default"))
     if (run_dir / "soar.db").is_file():  # hours of training must not be written into a damaged store
         quick_check(run_dir / "soar.db")
@@ -354,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     limit.add_argument("--until", help="stop at this local time (HH:MM)")
     limit.add_argument("--max-teacher-steps", type=int, help="stop once the run has this many teacher steps")
     rn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
+    rn.add_argument("--mode", choices=("soar", "hard-only", "intrinsic", "curated"),
+                    help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE)")
     rn.add_argument("--no-export", action="store_true", help="do not export the best checkpoint at the end")
 
     st = add("status", cmd_status)

@@ -104,3 +104,10 @@ def test_existing_store_survives_a_failed_mining_run(tmp_path, random_tiny_dir):
     assert_one_line_error(soar("mine-hard", "--model", tmp_path / "missing", "--db", db), "does not exist")
     with Store(db, readonly=True) as store:
         assert [e["message"] for e in store.events(run)] == ["keep me"]
+
+
+def test_run_mode_flag_sets_run_mode(tmp_path):
+    # curated on a dataset domain without domain.curated is refused by name: proof --mode reached the config
+    result = soar("run", "--mode", "curated", "--set", "domain.name=math", "--run-dir", tmp_path / "run",
+                  "--no-export", cwd=tmp_path)
+    assert_one_line_error(result, "domain.curated")
