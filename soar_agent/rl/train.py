@@ -13,8 +13,11 @@ Simplifications versus the textbook algorithms (and the SOAR paper):
 * No micro-batching or gradient accumulation: the whole batch is one forward pass (fine for the tiny
   default; big-vocabulary models on a GPU need it).
 * Dropout is off (eval mode) while sampling and while computing the loss, so on-policy ratios are 1.
-* Old log-probs are the engine's, recorded at sampling, under the model's temperature-1 distribution
-  (the engine's contract, as vLLM's default); when sampling at temperature != 1 the ratio ignores it.
+* The loss uses log-probs of the *sampling* distribution, logits / temperature (as TRL does), so the
+  update is the policy gradient of the policy that wrote the rollouts. The engine records temperature-1
+  log-probs (its contract, as vLLM's default), so at temperature != 1 the old log-probs are the current
+  ones, detached (ratio 1: exact while rollouts come from the current weights, which train_student
+  guarantees; an off-policy backend must record tempered log-probs itself).
 * The engine does not record the EOS it samples. When a completion stopped (no stop strings are used
   here, so that means EOS) we append `eos_token_id` so the student also learns when to stop; its old
   log-prob is the current one, detached (ratio 1: exact while rollouts come from the current weights).
@@ -131,8 +134,8 @@ def rollout(engine: HFEngine, tokenizer, domain, problems: list[Problem], group_
 
 
 def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probs (T=1) of the completion tokens, their mask and the policy entropy at each, from one forward
+                      pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs (under logits / temperature) of the completion tokens, their mask and the policy entropy at each, from one forward
     pass over right-padded prompt+completion rows. Returns three (B, T) tensors, T = longest completion;
     logprobs and entropy are 0 off the mask; entropy carries no gradient."""
     device = next(model.parameters()).device
@@ -149,7 +152,7 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
     lengths = torch.tensor([len(c) for c in completion_ids], device=device)
     mask = steps[None, :] < lengths[:, None]  # (B, T)
     picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
-    log_probs = torch.log_softmax(picked.float(), dim=-1)
+    log_probs = torch.log_softmax(picked.float() / temperature, dim=-1)
     targets = torch.tensor([c + [pad_id] * (T - len(c)) for c in completion_ids], device=device)  # (B, T)
     token_logprobs = log_probs.gather(-1, targets[..., None]).squeeze(-1)  # (B, T)
     token_logprobs = torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs))
@@ -169,14 +172,18 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     NonFiniteLoss, without stepping, when the loss or the gradient norm is not finite."""
     has_signal = bool((advantages != 0).any())
     with torch.set_grad_enabled(has_signal):
-        new, mask, entropy = sequence_logprobs(student, batch.prompt_ids, batch.completion_ids, pad_id)  # (B, T)
+        temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+        new, mask, entropy = sequence_logprobs(student, batch.prompt_ids, batch.completion_ids, pad_id,
+                                               temperature)  # (B, T)
         old = _padded(batch.old_logprobs, new.shape[1], new.device)
+        if temperature != 1.0:  # the engine's log-probs are temperature-1 ones: see the module docstring
+            old = new.detach()
         old = torch.where(torch.isnan(old), new.detach(), old)  # unrecorded (EOS): on-policy, ratio 1
         loss, stats = clipped_surrogate(new, old, advantages.to(new.device), mask, cfg.eps_low, cfg.eps_high,
                                         cfg.loss_aggregation)
         kl = torch.zeros(())
         if cfg.kl_coef > 0:
-            kl = aggregate(k3_kl(new, _reference_logprobs(reference, batch, pad_id), mask), mask,
+            kl = aggregate(k3_kl(new, _reference_logprobs(reference, batch, pad_id, temperature), mask), mask,
                            cfg.loss_aggregation)
             loss = loss + cfg.kl_coef * kl
     stats.update(loss=loss.item(), kl=kl.item(), entropy=aggregate(entropy, mask).item(), grad_norm=0.0,
@@ -196,12 +203,13 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     return stats
 
 
-def _reference_logprobs(reference, batch: Rollout, pad_id: int) -> torch.Tensor:
+def _reference_logprobs(reference, batch: Rollout, pad_id: int, temperature: float = 1.0) -> torch.Tensor:
     was_training = reference.training
     reference.eval()
     try:
         with torch.no_grad():
-            return sequence_logprobs(reference, batch.prompt_ids, batch.completion_ids, pad_id)[0]  # (B, T)
+            return sequence_logprobs(reference, batch.prompt_ids, batch.completion_ids, pad_id,
+                                     temperature)[0]  # (B, T)
     finally:
         reference.train(was_training)
 
