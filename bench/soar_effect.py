@@ -5,15 +5,18 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
   curated    RL on the domain generator's own problems across its levels (the paper's curated ceiling)
   soar       the teacher-student loop; SOAR-PS = its promoted student, SOAR-PQ = a fresh base student
              trained on its promotion questions plus hard-train (`soar eval-pq`)
-Base is the step-0 evaluation every arm starts with. Every arm evaluates hard-test after each teacher
-step (`eval.every_teacher_steps=1`), so the learning curves come from the stores.
+When the arms end, base (the shipped model), each arm's final baseline (the latest promoted / chained
+student; hard-only and curated replace it every step) and SOAR-PQ are evaluated on the whole hard-test
+set with the same sampling seed (paired: common random numbers across arms), two at a time. The
+learning curves are each arm's per-step grounded reward on hard-train (reward.metric, with its standard
+error) from the stores; in-loop hard-test evaluations run every `--eval-every` teacher steps.
 
 With `--parallel` the arms run at the same time, one torch thread each (on 2 cores, three arms share the
 CPU equally, so "equal wall clock" is also equal compute); without it they run one after another, each
 with the whole machine. Figures carry their standard error over hard-test problems (per-problem pass@k).
 
     python bench/soar_effect.py --hours 1.5 --parallel [--arms hard-only,curated,soar] [--set key=value]
-    python bench/soar_effect.py --report runs/bench     # figures of finished arms only
+    python bench/soar_effect.py --report runs/bench     # print the figures of a finished bench again
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from soar_agent.store import Store
@@ -35,12 +39,13 @@ def soar_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "soar_agent.cli", *args]
 
 
-def run_arm(arm: str, run_dir: Path, hours: float, k: int, config: list[str], overrides: list[str],
-            wait: bool) -> subprocess.Popen:
+def run_arm(arm: str, run_dir: Path, hours: float, k: int, eval_every: int, config: list[str],
+            overrides: list[str], wait: bool) -> subprocess.Popen:
     run_dir.mkdir(parents=True, exist_ok=True)
     command = soar_command("run", *config, "--run-dir", str(run_dir), "--hours", str(hours), "--no-export",
                            "--set", f"run.mode={json.dumps(arm)}", "--set", f"eval.samples={k}",
-                           "--set", "eval.every_teacher_steps=1", *[x for item in overrides for x in ("--set", item)])
+                           "--set", f"eval.every_teacher_steps={eval_every}",
+                           *[x for item in overrides for x in ("--set", item)])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = open(run_dir.parent / f"{arm}.log", "a")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -49,60 +54,91 @@ def run_arm(arm: str, run_dir: Path, hours: float, k: int, config: list[str], ov
     return process
 
 
-def pass_with_error(store: Store, evaluation: dict, k: int) -> tuple[float, float]:
-    """Mean per-problem pass@k and its standard error over the set's problems."""
-    values = [r["pass_at"].get(k, 0.0) for r in store.evaluation_results(evaluation["id"])]
+def evaluate_final(job: tuple) -> dict:
+    """One arm's final figure: (name, run_dir or None for base, k, seed) -> per-problem pass@k on the whole
+    hard-test set. Runs in a worker process with one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    from soar_agent.agent import Agent
+    from soar_agent.engine import HFEngine
+    from soar_agent.evaluation import evaluate_problems, unique_problems
+    from soar_agent.models import load_model, load_tokenizer
+    from soar_agent.pq import evaluate_pq
+
+    name, run_dir, k, seed = job
+    agent = Agent.open(None, Path(run_dir), log=lambda message: None, existing_only=True)
+    cfg = agent.config
+    if name == "soar-pq":
+        summary = evaluate_pq(agent, seed=seed - 1)  # evaluates hard-test with seed + 1 = the common seed
+        evaluation = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")[-1]
+        values = [r["pass_at"].get(k, 0.0) for r in agent.store.evaluation_results(evaluation["id"])]
+        return {"name": name, "values": values, "steps": summary.get("steps"),
+                "promotion_questions": summary.get("promotion_questions")}
+    checkpoint = agent.latest_checkpoint("baseline") if name != "base" else None
+    model = load_model(checkpoint["path"] if checkpoint else cfg.model.path, cfg.model.dtype)
+    hard_test = unique_problems(agent.hard_set("test"))[0]
+    results = evaluate_problems(HFEngine(model, load_tokenizer(cfg.model.path)), agent.domain, hard_test,
+                                samples=k, greedy=True, max_new_tokens=cfg.eval.max_new_tokens, seed=seed)
+    return {"name": name, "values": [r.pass_at([k])[k] for r in results],
+            "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
+            "checkpoint": checkpoint["path"] if checkpoint else "base model"}
+
+
+def mean_error(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
     variance = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
     return mean, math.sqrt(variance / n)
 
 
-def arm_figures(run_dir: Path, k: int) -> dict:
+def arm_curves(run_dir: Path) -> dict:
+    """Per-step grounded reward on hard-train (with its standard error), steps and promotions of one arm."""
     with Store(run_dir / "soar.db", readonly=True) as store:
         run = store.latest_run()["id"]
-        evaluations = store.evaluations(run, set_name="hard-test")
-        curve = [(e["teacher_step"], *pass_with_error(store, e, k)) for e in evaluations]
         steps = [s for s in store.teacher_steps(run) if s["status"] == "complete"]
-        figures = {"curve": curve, "teacher_steps": len(steps), "problems": len(store.evaluation_results(evaluations[0]["id"])),
-                   "promotions": len(store.datasets(run, kind="promotion")),
-                   "mean_rewards": [s["mean_reward"] for s in steps]}
-        pq = store.evaluations(run, set_name="hard-test-pq")
-        if pq:
-            figures["pq"] = pass_with_error(store, pq[-1], k)
-        return figures
+        return {"teacher_steps": len(steps), "promotions": len(store.datasets(run, kind="promotion")),
+                "rewards": [(s["mean_reward"], (s.get("metrics") or {}).get("reward_stderr")) for s in steps]}
 
 
-def report(out: Path, k: int) -> dict:
-    arms = {arm: arm_figures(out / arm, k) for arm in ARMS if (out / arm / "soar.db").is_file()}
-    if not arms:
-        raise SystemExit(f"{out}: no finished arm")
+def final_figures(out: Path, arms: list[str], k: int, seed: int, workers: int) -> dict:
+    jobs = [("base", out / arms[0], k, seed)]
+    jobs += [("soar-ps" if arm == "soar" else arm, out / arm, k, seed) for arm in arms]
+    if "soar" in arms:
+        jobs.append(("soar-pq", out / "soar", k, seed))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(evaluate_final, jobs))
+    figures = {r["name"]: r for r in results}
+    (out / "final.json").write_text(json.dumps(figures))
+    return figures
+
+
+def report(out: Path, k: int) -> None:
+    figures = json.loads((out / "final.json").read_text())
     key = f"pass@{k}"
-    first = next(iter(arms.values()))
-    table = {"base": first["curve"][0][1:]}
-    for arm, figures in arms.items():
-        final = figures["curve"][-1][1:]
-        table["soar-ps" if arm == "soar" else arm] = final
-        if "pq" in figures:
-            table["soar-pq"] = figures["pq"]
-    print(f"\nhard-test {key} ({first['problems']} problems x {k} samples; +- one standard error over problems)")
-    for name, (mean, error) in table.items():
-        print(f"  {name:10s} {mean:.3f} +- {error:.3f}")
-    for arm, figures in arms.items():
-        print(f"  {arm}: {figures['teacher_steps']} teacher steps, {figures['promotions']} promotions; curve "
-              + " ".join(f"{step}:{mean:.3f}" for step, mean, _ in figures["curve"]))
-        if arm == "soar":
-            print("  soar mean teacher-step rewards: " + " ".join(f"{r:+.4f}" for r in figures["mean_rewards"]))
-    base = table["base"][0]
-    if "soar-pq" in table and "hard-only" in table:
-        ratio = table["soar-pq"][0] / max(table["hard-only"][0], 1e-9)
-        line = f"SOAR-PQ / hard-only {ratio:.2f}x (target >= 2x)"
-        if "curated" in table:
-            share = (table["soar-pq"][0] - base) / (table["curated"][0] - base) if table["curated"][0] != base else float("nan")
+    base_values = figures["base"]["values"]
+    print(f"\nhard-test {key}: {len(base_values)} problems x {k} samples, one sampling seed for every arm; "
+          "+- one standard error over problems; paired difference against base in brackets")
+    for name, r in figures.items():
+        mean, error = mean_error(r["values"])
+        diff = mean_error([a - b for a, b in zip(r["values"], base_values)])
+        extra = f"  greedy {r['greedy']:.3f}" if "greedy" in r else ""
+        extra += f"  ({r['promotion_questions']} promotion questions, {r['steps']} steps)" if name == "soar-pq" else ""
+        print(f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{extra}")
+    for arm in ARMS:
+        if (out / arm / "soar.db").is_file():
+            curves = arm_curves(out / arm)
+            print(f"  {arm}: {curves['teacher_steps']} teacher steps, {curves['promotions']} promotions; "
+                  "per-step reward on hard-train: " + " ".join(
+                      f"{r:+.3f}" + (f"+-{e:.3f}" if e is not None else "") for r, e in curves["rewards"]))
+    means = {name: mean_error(r["values"])[0] for name, r in figures.items()}
+    if "soar-pq" in means and "hard-only" in means:
+        line = f"SOAR-PQ / hard-only {means['soar-pq'] / max(means['hard-only'], 1e-9):.2f}x (target >= 2x)"
+        if "curated" in means and means["curated"] != means["base"]:
+            share = (means["soar-pq"] - means["base"]) / (means["curated"] - means["base"])
             line += f"; SOAR-PQ gain / curated gain {share:.2f} (target >= 0.70)"
         print(line)
-    print(json.dumps({name: {"mean": m, "stderr": e} for name, (m, e) in table.items()}))
-    return table
+    print(json.dumps({name: dict(zip(("mean", "stderr"), mean_error(r["values"]))) for name, r in figures.items()}))
 
 
 def main() -> None:
@@ -113,9 +149,13 @@ def main() -> None:
     parser.add_argument("--config", default=None)
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=2027, help="sampling seed of the final evaluations")
+    parser.add_argument("--eval-every", type=int, default=1000,
+                        help="in-loop hard-test evaluation every N teacher steps (default: only step 0)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the final evaluations")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every arm (e.g. a smaller hard-test subset for short budgets)")
-    parser.add_argument("--report", metavar="OUT", help="only print the figures of the arms under OUT")
+                        help="config overrides for every arm")
+    parser.add_argument("--report", metavar="OUT", help="only print the figures of a finished bench under OUT")
     args = parser.parse_args()
     if args.report:
         report(Path(args.report), args.k)
@@ -125,18 +165,15 @@ def main() -> None:
     out = Path(args.out)
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS)
-    if unknown:
+    if unknown or not arms:
         parser.error(f"--arms: unknown {sorted(unknown)} (expected some of {', '.join(ARMS)})")
     config = [args.config] if args.config else []
-    processes = [run_arm(arm, out / arm, args.hours, args.k, config, args.set, wait=not args.parallel) for arm in arms]
+    processes = [run_arm(arm, out / arm, args.hours, args.k, args.eval_every, config, args.set,
+                         wait=not args.parallel) for arm in arms]
     for arm, process in zip(arms, processes):
         if process.wait() != 0:
             raise SystemExit(f"arm {arm} failed: see {out / f'{arm}.log'}")
-    if "soar" in arms:
-        result = subprocess.run(soar_command("eval-pq", str(out / "soar"), "--json"), capture_output=True, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-        if result.returncode != 0:
-            raise SystemExit(f"soar eval-pq failed:\n{result.stderr[-2000:]}")
+    final_figures(out, arms, args.k, args.seed, args.workers)
     report(out, args.k)
 
 

@@ -50,7 +50,7 @@ def test_defaults_match_the_documented_values():
     s = cfg.student
     assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("rloo", 2, 8, 5)
     assert (s.batch_prompts, s.group_size, s.temperature, s.max_new_tokens) == (8, 8, 1.0, 384)
-    assert (s.lr, s.kl_coef, s.eps_low, s.eps_high) == (1e-4, 0.001, 0.2, 0.2)
+    assert (s.lr, s.kl_coef, s.eps_low, s.eps_high) == (3e-5, 0.001, 0.2, 0.2)
     assert (s.loss_aggregation, s.grad_clip) == ("token", 1.0)
     assert cfg.reward.questions == 64
     assert (cfg.promotion.tau, cfg.promotion.window) == (0.01, 3)
