@@ -445,7 +445,8 @@ class Agent:
         `before`: (student, reward, its per-question scores), or (None, nan, None) on a non-finite loss."""
         from soar_agent.models import save_checkpoint
         from soar_agent.reward import paired_reward
-        from soar_agent.rl.train import NonFiniteLoss, train_student
+        from soar_agent.rl import trainer
+        from soar_agent.rl.train import NonFiniteLoss
 
         cfg = self.config
         problems = problems or self._dataset_problems(dataset)
@@ -466,14 +467,17 @@ class Agent:
         rollouts: list[dict] = []
 
         def keep(batch, scores) -> None:
-            rollouts.extend({"problem_id": ids.get(problem.question), "phase": "student", "ref": ref,
+            # SRL batches hold StepPrompts: stored as phase "srl", reward = step similarity (-1 = bad format)
+            rollouts.extend({"problem_id": ids.get(getattr(item, "problem", item).question),
+                             "phase": "srl" if hasattr(item, "expert_step") else "student", "ref": ref,
                              "completion": text, "reward": None if score != score else score,
-                             "correct": None if score != score else int(score > 0)}
-                            for problem, text, score in zip(batch.problems, batch.texts, scores))
+                             "correct": None if score != score or hasattr(item, "expert_step") else int(score > 0)}
+                            for item, text, score in zip(batch.problems, batch.texts, scores))
 
         try:
-            student, metrics = train_student(self.model("baseline"), self.tokenizer, problems, self.domain,
-                                             cfg.student, steps=steps, seed=seed, on_rollout=keep)
+            student, metrics = trainer(cfg.student.backend)(self.model("baseline"), self.tokenizer, problems,
+                                                            self.domain, cfg.student, steps=steps, seed=seed,
+                                                            on_rollout=keep)
         except NonFiniteLoss as error:
             self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss", message=str(error),
                                  data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})

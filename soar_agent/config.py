@@ -152,7 +152,9 @@ class TeacherSection:
 class StudentSection:
     """[student]: the copies trained on each teacher dataset to measure its value."""
 
-    backend: str = _opt("rloo", "policy-gradient algorithm for the students", choices=("rloo", "grpo"))
+    backend: str = _opt("rloo", "student RL: rloo / grpo = outcome reward (RLVR); srl = step-wise similarity to"
+                                " expert steps (SRL, needs expert steps); srl-rlvr = SRL for srl_share of the steps,"
+                                " then rloo from the SRL weights", choices=("rloo", "grpo", "srl", "srl-rlvr"))
     students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1)
     steps: int = _opt(8, "student training steps from the current baseline", ge=1)
     extra_steps_after_promotion: int = _opt(
@@ -175,6 +177,13 @@ class StudentSection:
         choices=("token", "sequence"),
     )
     grad_clip: float = _opt(1.0, "gradient norm clip", gt=0.0)
+    srl_share: float = _opt(0.5, "srl-rlvr: share of the student's steps spent on SRL before RLVR (the SRL paper"
+                                 " publishes no schedule)", ge=0.0, le=1.0)
+    srl_epsilon: float = _opt(0.01, "SRL dynamic sampling: keep a step prompt only when its rollout rewards' std"
+                                    " exceeds this (not published in the paper; 0.01 as a community"
+                                    " reimplementation)", ge=0.0)
+    srl_think: bool = _opt(False, "SRL: the student writes <think>...</think> before each step (the shipped tiny"
+                                  " model writes none)")
 
 
 # Chosen by bench/reward_noise.py (see curricula/default.toml for the figures).

@@ -9,7 +9,7 @@ from soar_agent.evaluation import default_ks, evaluate_problems, summarize, uniq
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model
-    from soar_agent.rl.train import train_student
+    from soar_agent.rl import trainer
 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
@@ -22,7 +22,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
     problems = promotion_questions + agent.hard_set("train")
     steps = steps or max(cfg.student.steps, 2 * cfg.student.steps * len(store.datasets(run_id, kind="promotion")))
     base = load_model(cfg.model.path, cfg.model.dtype)
-    student, metrics = train_student(base, agent.tokenizer, problems, agent.domain, cfg.student, steps=steps, seed=seed)
+    student, metrics = trainer(cfg.student.backend)(base, agent.tokenizer, problems, agent.domain, cfg.student, steps=steps, seed=seed)
     # a hard-test set stored before repeated lines were skipped may still repeat a question
     hard_test = unique_problems(agent.hard_set("test"))[0]
     results = evaluate_problems(HFEngine(student, agent.tokenizer), agent.domain, hard_test,

@@ -244,7 +244,7 @@ def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, ste
     engine = HFEngine(student, tokenizer)  # holds the student itself: rollouts see every update
     reward_fn = reward_fn or reward_correct(domain)
     reference = reference if reference is not None else baseline
-    advantage_fn = {"rloo": rloo_advantages, "grpo": grpo_advantages}[cfg.backend]
+    advantage_fn = grpo_advantages if cfg.backend == "grpo" else rloo_advantages  # srl-rlvr's RLVR half: RLOO
     stream = problem_stream(problems, random.Random(seed))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     per_step = []
