@@ -109,3 +109,31 @@ def test_srl_raises_step_similarity_of_the_shipped_model():
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert metrics.updates >= 10
     assert last > first + 0.04, f"step similarity did not rise: first 4 steps {first:.3f}, last 4 {last:.3f}"
+
+
+def test_user_solutions_become_expert_steps_and_bad_ones_are_rejected_one_by_one(tmp_path, capsys):
+    from soar_agent.tasks import math as math_domain
+
+    rows = [{"question": "What is 2+3?", "answer": "5", "solution": "1. Add 2 and 3.\n2. The sum is 5."},
+            {"question": "What is 4*2?", "answer": "8", "steps": ["Multiply 4 by 2.", "It is 8."]},
+            {"question": "Bad list", "answer": "1", "steps": ["ok", "   "]},
+            {"question": "Bad solution", "answer": "1", "solution": "   "},
+            {"question": "Too long", "answer": "1", "steps": ["x" * (math_domain.MAX_STEP_CHARS + 1)]},
+            {"question": "No steps", "answer": "2"}]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n")
+    problems = math_domain.load_problems(path)
+    assert [p.question for p in problems] == ["What is 2+3?", "What is 4*2?", "No steps"]
+    assert problems[0].steps == ("Add 2 and 3.", "The sum is 5.") and problems[2].steps == ()
+    err = capsys.readouterr().err
+    for line in (3, 4, 5):
+        assert f"{path}:{line}:" in err
+    assert "3 item(s) rejected" in err
+
+
+def test_steps_longer_than_the_token_budget_are_left_out(random_tiny):
+    model, tokenizer = random_tiny
+    problem = arith.make_problem("(3+1)*(13+(14+(6-4)))")
+    records = []
+    srl.train_srl(model, tokenizer, [problem], arith, _cfg(steps=1, max_new_tokens=12), log=records.append)
+    assert records[0]["steps_over_budget"] == len(srl.step_prompts(arith, problem)) - 1  # only "Answer: 116" fits

@@ -39,7 +39,7 @@ from soar_agent.engine import HFEngine
 from soar_agent.models import clone_model
 from soar_agent.rl.advantages import grpo_advantages
 from soar_agent.rl.train import NonFiniteLoss, Rollout, _reward_stats, policy_step, summarize_steps, train_student
-from soar_agent.tasks.base import Problem, render_steps
+from soar_agent.tasks.base import Problem, render_steps, split_solution  # noqa: F401 (re-exported)
 
 MAX_REFILL_ROUNDS = 4  # extra sampling rounds per step to replace prompts dynamic sampling dropped
 _THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
@@ -66,32 +66,6 @@ def step_prompts(domain, problem: Problem) -> list[StepPrompt]:
     lines = expert_lines(problem)
     head = domain.student_prompt(problem.question)
     return [StepPrompt(problem, head + "".join(line + "\n" for line in lines[:k]), lines[k]) for k in range(len(lines))]
-
-
-def split_solution(text: str) -> tuple[str, ...]:
-    """Steps of a user-written solution: numbered lines (`1. ...`, `2) ...`) when it has them, else its
-    non-empty lines. Raises ValueError (the one-line reason) when nothing usable is left."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    numbered = re.compile(r"^(\d+)[.)]\s*(.*)$")
-    if lines and any(numbered.match(line) for line in lines):
-        steps, current = [], None
-        for line in lines:
-            match = numbered.match(line)
-            if match:
-                if current is not None:
-                    steps.append(current)
-                current = match.group(2).strip()
-            elif current is not None:  # a continuation line belongs to the step above
-                current += " " + line
-        if current is not None:
-            steps.append(current)
-    else:
-        steps = lines
-    if not steps:
-        raise ValueError("solution has no steps")
-    if any(not step for step in steps):
-        raise ValueError("solution has an empty step")
-    return tuple(steps)
 
 
 def action_of(completion: str, think: bool) -> str | None:
@@ -152,8 +126,13 @@ def train_srl(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
     `train_student`: returns (student, StudentMetrics); `on_rollout(batch, rewards)` gets every sampled
     batch, dropped groups included (batch.problems holds StepPrompts: problem, prompt, expert_step)."""
     examples = [e for p in problems for e in step_prompts(domain, p)]
+    # a target the student cannot write within its token budget can only ever score -1: leave it out
+    fits = [e for e in examples if len(tokenizer(e.expert_step, add_special_tokens=False)["input_ids"]) < cfg.max_new_tokens]
+    too_long = len(examples) - len(fits)
+    examples = fits
     if not examples:
-        raise ValueError("SRL needs problems with expert steps (none of the given problems has any)")
+        raise ValueError("SRL needs problems with expert steps that fit student.max_new_tokens "
+                         f"(none of the given problems has any; {too_long} steps too long)")
     student = clone_model(baseline)
     student.eval()  # dropout off, as in the core
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
@@ -184,7 +163,8 @@ def train_srl(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
             if groups:
                 kept.append(_select(batch, groups))
                 kept_rewards.append(rewards[groups])
-        record = {"step": step, "sampled_prompts": sampled, "dropped_prompts": dropped, "seconds": 0.0}
+        record = {"step": step, "sampled_prompts": sampled, "dropped_prompts": dropped,
+                  "steps_over_budget": too_long, "seconds": 0.0}
         if kept:
             merged = Rollout([], [], [], [], [], cfg.group_size, 0, 0.0)
             for b in kept:

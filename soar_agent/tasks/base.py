@@ -33,6 +33,32 @@ def render_steps(steps: tuple[str, ...] | list[str]) -> str:
     return "".join(f"{i}. {step}\n" for i, step in enumerate(steps, 1))
 
 
+def split_solution(text: str) -> tuple[str, ...]:
+    """Steps of a user-written solution: numbered lines (`1. ...`, `2) ...`) when it has them, else its
+    non-empty lines. Raises ValueError (the one-line reason) when nothing usable is left."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    numbered = re.compile(r"^(\d+)[.)]\s*(.*)$")
+    if lines and any(numbered.match(line) for line in lines):
+        steps, current = [], None
+        for line in lines:
+            match = numbered.match(line)
+            if match:
+                if current is not None:
+                    steps.append(current)
+                current = match.group(2).strip()
+            elif current is not None:  # a continuation line belongs to the step above
+                current += " " + line
+        if current is not None:
+            steps.append(current)
+    else:
+        steps = lines
+    if not steps:
+        raise ValueError("solution has no steps")
+    if any(not step for step in steps):
+        raise ValueError("solution has an empty step")
+    return tuple(steps)
+
+
 ANSWER_LINE = re.compile(r"^Answer: (-?[0-9]{1,12})$")  # [0-9], not \d: int() also reads "٧" as 7
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -19,11 +20,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from soar_agent.tasks.base import Problem, RejectedItem, jsonl_rows
+from soar_agent.tasks.base import Problem, RejectedItem, jsonl_rows, split_solution
 
 NAME = "math"
 TOPICS = "competition mathematics: algebra, number theory, counting and probability, geometry, precalculus"
 
+# SRL's expert steps from a user's `steps` / `solution` field: a step this long cannot be a target within
+# any sensible student token budget (checked again against the real budget when SRL builds its prompts)
+MAX_STEP_CHARS = 4000
 _PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
 _BOXED = "\\boxed{"
 # Untrusted parsing may allocate wildly (e.g. 9^{9^{9^9}}); bound each worker, not the host.
@@ -41,7 +45,42 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
     Any bad row raises RejectedItem("<file>:<row>: <what is wrong>")."""
     path = Path(path)
     rows = _parquet_rows(path) if path.suffix == ".parquet" else jsonl_rows(path)
-    return [_problem(row, f"{path}:{number}") for number, row in rows]
+    problems, rejected = [], 0
+    for number, row in rows:
+        try:
+            problems.append(_problem(row, f"{path}:{number}"))
+        except UnusableSteps as reason:  # the item is dropped, the rest of the file is used
+            rejected += 1
+            print(f"note: {reason}", file=sys.stderr)
+    if rejected:
+        print(f"note: {path}: {rejected} item(s) rejected for unusable expert steps; {len(problems)} loaded",
+              file=sys.stderr)
+    return problems
+
+
+class UnusableSteps(RejectedItem):
+    """A row whose `steps` / `solution` cannot give SRL expert steps: that item is skipped, not the file."""
+
+
+def _expert_steps(row: dict, where: str) -> tuple[str, ...]:
+    """Expert steps from `steps` (a list of strings) or `solution` (text split into numbered steps)."""
+    if "steps" in row:
+        steps = row["steps"]
+        if not isinstance(steps, list) or not all(isinstance(step, str) for step in steps):
+            raise UnusableSteps(f"{where}: field 'steps': expected a list of strings")
+        if not steps or any(not step.strip() for step in steps):
+            raise UnusableSteps(f"{where}: field 'steps': empty step")
+        steps = tuple(step.strip() for step in steps)
+    elif isinstance(row.get("solution"), str):
+        try:
+            steps = split_solution(row["solution"])
+        except ValueError as reason:
+            raise UnusableSteps(f"{where}: field 'solution': {reason}") from None
+    else:
+        return ()
+    if any(len(step) > MAX_STEP_CHARS for step in steps):
+        raise UnusableSteps(f"{where}: a solution step is longer than {MAX_STEP_CHARS} characters")
+    return steps
 
 
 def _parquet_rows(path: Path):
@@ -74,7 +113,8 @@ def _problem(row: object, where: str) -> Problem:
     level = row.get("level")
     if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
         raise RejectedItem(f"{where}: field 'level': expected an int, got {type(level).__name__}")
-    return Problem(question=question, answer=answer, domain=NAME, level=level, meta={"source": where})
+    return Problem(question=question, answer=answer, domain=NAME, level=level, steps=_expert_steps(row, where),
+                   meta={"source": where})
 
 
 def _text_field(row: dict, key: str, where: str, missing_name: str | None = None, numbers_ok: bool = False) -> str:
