@@ -469,7 +469,8 @@ class Agent:
         def keep(batch, scores) -> None:
             # SRL batches hold StepPrompts: stored as phase "srl", reward = step similarity (-1 = bad format)
             rollouts.extend({"problem_id": ids.get(getattr(item, "problem", item).question),
-                             "phase": "srl" if hasattr(item, "expert_step") else "student", "ref": ref,
+                             "phase": "srl" if hasattr(item, "expert_step") else "student",
+                             "ref": f"{ref}/srl-{item.index}" if hasattr(item, "expert_step") else ref,
                              "completion": text, "reward": None if score != score else score,
                              "correct": None if score != score or hasattr(item, "expert_step") else int(score > 0)}
                             for item, text, score in zip(batch.problems, batch.texts, scores))

@@ -56,7 +56,7 @@ DATASET_KINDS = ("curriculum", "hard-train", "hard-test", "promotion", "seed", "
 CHECKPOINT_ROLES = ("baseline", "student", "teacher", "export")
 CHECKPOINT_STATUSES = ("writing", "complete", "deleted")
 EVENT_LEVELS = ("debug", "info", "warning", "error")  # in increasing severity
-ROLLOUT_PHASES = ("student", "eval", "teacher")
+ROLLOUT_PHASES = ("student", "srl", "eval", "teacher")  # srl: one step of an expert solution (ref ends in /srl-K)
 COMMANDS = ("pause", "resume", "stop", "promote", "export")
 RUN_MODES = ("soar", "hard-only", "intrinsic", "mine-hard", "eval")  # documentation only: modes may grow
 

@@ -203,3 +203,21 @@ def test_teacher_items_repeating_stored_problems_still_update_the_teacher(tmp_pa
     agent.run(Budget(max_teacher_steps=1))
     (step,) = agent.store.teacher_steps(agent.run_id)
     assert step["status"] == "complete" and step["metrics"]["teacher_update"]["items"] == 8
+
+
+@needs_embedded
+def test_hard_only_srl_step_stores_its_step_rollouts(tmp_path, hard_files):
+    """Hard-only SRL (issue 9's baseline): the loop trains with the srl backend on hard-train's expert
+    steps, and every stored SRL rollout names the expert step it answered (ref .../srl-K)."""
+    config = load_config(None, FAST + hard_files + ['run.mode="hard-only"', 'student.backend="srl"'])
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    assert "1 teacher steps" in agent.run(Budget(max_teacher_steps=1))
+    store, run = agent.store, agent.run_id
+    assert store.teacher_steps(run)[0]["status"] == "complete"
+    rows = store.db.execute("SELECT r.ref, r.reward, r.correct, p.steps_json FROM rollouts r"
+                            " JOIN problems p ON p.id = r.problem_id WHERE r.phase = 'srl'").fetchall()
+    assert rows, "no SRL rollouts stored"
+    for ref, reward, correct, steps_json in rows:
+        index = int(ref.rsplit("/srl-", 1)[1])
+        assert 0 <= index <= len(json.loads(steps_json))  # the last index is the `Answer:` line
+        assert -1.0 <= reward <= 1.0 and correct is None

@@ -602,3 +602,30 @@ def test_soar_tui_subcommand_rejects_a_missing_run(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not a run directory" in result.stderr
     assert "torch" not in result.stderr
+
+
+@pytest.mark.asyncio
+async def test_problem_screen_shows_an_srl_rollout_step_by_step(tmp_path):
+    """An SRL rollout (phase "srl", ref ".../srl-K") is shown as the step prompt (expert lines before K),
+    the expert step K, the student's action and its similarity."""
+    db = tmp_path / "srl" / "soar.db"
+    with Store(db) as store:
+        run = store.create_run(name="srl", mode="soar", config={}, status="running")
+        problem = Problem(question="What is 12 + 30?", answer="42", domain="arith", level=3,
+                          steps=("**ones** 2 + 0 = 2", "**tens** 1 + 3 = 4"))
+        (problem_id,) = store.add_problems(run_id=run, problems=[problem], source="hard", split="train")
+        store.add_rollouts(run_id=run, rows=[
+            {"problem_id": problem_id, "phase": "srl", "ref": "step-1/student-0-0/srl-1",
+             "completion": "2. **tens** 1 + 3 = 5", "reward": 0.912, "correct": None}])
+    app = make_app(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.push_screen(ProblemScreen(app.screen.source, problem_id))
+        await settle(pilot)
+        rollouts = app.screen.query_one("#rollouts", DataTable)
+        assert rollouts.row_count == 1 and cells(rollouts, 1) == ["srl"]
+        shown = text(app.screen.query_one("#completion", Static))
+        assert "step 2" in shown and "similarity 0.912" in shown
+        assert "1. **ones** 2 + 0 = 2" in shown  # the prompt: expert lines before the step
+        assert "expert step: 2. **tens** 1 + 3 = 4" in shown
+        assert "action:      2. **tens** 1 + 3 = 5" in shown

@@ -18,7 +18,21 @@ from tui.queries import PAGE
 from tui.tab import Source
 from tui.widgets import PagedTable
 
-PHASES = (None, "student", "eval", "teacher")  # the phase filter cycles through these (None = all)
+PHASES = (None, "student", "srl", "eval", "teacher")  # the phase filter cycles through these (None = all)
+
+
+def srl_view(problem: dict, ref: str, action: str, similarity: float | None) -> str:
+    """An SRL rollout (ref ends in `/srl-K`): the step prompt (expert lines before K), the expert step K,
+    the student's action and its similarity (-1 = format violation)."""
+    from soar_agent.tasks.base import render_steps  # torch-free
+
+    index = int(ref.rsplit("/srl-", 1)[1])
+    lines = render_steps(problem.get("steps") or ()).splitlines() + [f"Answer: {problem['answer']}"]
+    shown = "\n".join(escape(line) for line in lines[:index]) or "[dim](first step)[/dim]"
+    expert = escape(lines[index]) if index < len(lines) else "?"
+    score = "-" if similarity is None else f"{similarity:.3f}"
+    return (f"[b]step {index + 1}[/b] · similarity [b]{score}[/b]\n[dim]prompt:[/dim]\n{shown}\n"
+            f"[dim]expert step:[/dim] {expert}\n[dim]action:[/dim]      {escape(action)}")
 
 
 def describe(p: dict) -> str:
@@ -61,6 +75,8 @@ class ProblemScreen(Screen):
         super().__init__()
         self.source, self.problem_id = source, problem_id
         self.phase: str | None = None
+        self._problem: dict | None = None
+        self._rows: dict[int, dict] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -96,7 +112,9 @@ class ProblemScreen(Screen):
         if not table.accepts(message.token, message.reset):
             return
         if message.problem is not None:
+            self._problem = message.problem
             self.query_one("#problem", Static).update(describe(message.problem))
+        self._rows.update({r["id"]: r for r in message.rows})
         if message.reset:
             table.reset()
             self.query_one("#completion", Static).update("" if message.rows else "no rollouts stored for this problem")
@@ -126,7 +144,12 @@ class ProblemScreen(Screen):
 
     @on(CompletionLoaded)
     def show_completion(self, message: CompletionLoaded) -> None:
-        self.query_one("#completion", Static).update(f"[b]rollout {message.rollout_id}[/b]\n{escape(message.text)}")
+        row = self._rows.get(message.rollout_id)
+        if row is not None and row["phase"] == "srl" and self._problem is not None and "/srl-" in (row["ref"] or ""):
+            body = srl_view(self._problem, row["ref"], message.text, row["reward"])
+        else:
+            body = escape(message.text)
+        self.query_one("#completion", Static).update(f"[b]rollout {message.rollout_id}[/b]\n{body}")
 
     def action_cycle_phase(self) -> None:
         self.phase = PHASES[(PHASES.index(self.phase) + 1) % len(PHASES)]

@@ -52,6 +52,7 @@ class StepPrompt:
     problem: Problem
     prompt: str
     expert_step: str
+    index: int  # which line of the expert solution (0-based): rollouts store it so the TUI can show the step
 
 
 def expert_lines(problem: Problem) -> list[str]:
@@ -65,7 +66,8 @@ def step_prompts(domain, problem: Problem) -> list[StepPrompt]:
         return []
     lines = expert_lines(problem)
     head = domain.student_prompt(problem.question)
-    return [StepPrompt(problem, head + "".join(line + "\n" for line in lines[:k]), lines[k]) for k in range(len(lines))]
+    return [StepPrompt(problem, head + "".join(line + "\n" for line in lines[:k]), lines[k], k)
+            for k in range(len(lines))]
 
 
 def action_of(completion: str, think: bool) -> str | None:
