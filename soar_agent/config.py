@@ -114,7 +114,9 @@ class DomainSection:
     """[domain]: the task family and its data files (JSONL paths are used as given, relative to the
     working directory)."""
 
-    name: str = _opt("arith", "task domain", choices=("arith", "program", "math", "code"))
+    name: str = _opt("arith", "task domain: arith, program, math, code, or gym:<dataset> (a reasoning-gym dataset,"
+                     " e.g. gym:chain_sum; needs the gym extra)", pattern=r"arith|program|math|code|gym:[a-z0-9_]+",
+                     expect="arith, program, math, code or gym:<reasoning-gym dataset name>")
     hard_train: str = _opt(
         "", 'JSONL of hard training questions (reward pool Q_R); "" = the shipped hard set of a built-in domain'
     )

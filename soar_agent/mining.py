@@ -63,13 +63,16 @@ def split_train_test(problems: list[Problem], test_fraction: float, seed: int) -
 
 
 def write_jsonl(problems: list[Problem], path: Path) -> None:
-    """Atomic write of problems as JSONL (question, answer, domain, level, steps)."""
+    """Atomic write of problems as JSONL (question, answer, domain, level, steps, meta when set)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(path.suffix + ".tmp")
     with open(temporary, "w") as handle:
         for p in problems:
-            handle.write(json.dumps({"question": p.question, "answer": p.answer, "domain": p.domain,
-                                     "level": p.level, "steps": list(p.steps)}) + "\n")
+            row = {"question": p.question, "answer": p.answer, "domain": p.domain, "level": p.level,
+                   "steps": list(p.steps)}
+            if p.meta:  # e.g. how a gym problem was generated, which its scorer needs
+                row["meta"] = p.meta
+            handle.write(json.dumps(row) + "\n")
     temporary.replace(path)
 
 

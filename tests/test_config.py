@@ -244,7 +244,7 @@ BAD_VALUES = [
     ("model", "lora_dropout", "1.5", "number in [0, 1)"),
     ("model", "lora_dropout", "-0.1", "number in [0, 1)"),
     ("model", "engine", '"tgi"', "one of 'hf', 'vllm'"),
-    ("domain", "name", '"chess"', "one of 'arith', 'program', 'math', 'code'"),
+    ("domain", "name", '"chess"', "arith, program, math, code or gym:<reasoning-gym dataset name>"),
     ("domain", "hard_train", "5", "string"),
     ("teacher", "datasets_per_step", "0", "integer >= 1"),
     ("teacher", "items_per_dataset", "-4", "integer >= 1"),

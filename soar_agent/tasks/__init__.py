@@ -4,6 +4,7 @@ A built-in domain (`arith`, `program`) is a module with: NAME, LEVELS, TOPICS, g
 make_problem(question) (validate + exact answer, RejectedItem otherwise), student_prompt(question),
 expert_completion(problem), extract_answer(completion), verify(problem, prediction).
 Dataset domains (`math`, `code`) load problems from files instead of generating them.
+`gym:<dataset>` domains are reasoning-gym datasets (`soar_agent.tasks.gym`), objects with the same names.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ DATASET_DOMAINS = ("math", "code")
 
 def get_domain(name: str):
     """The domain module for a name (imported on demand: `math` pulls in math-verify)."""
+    if name.startswith("gym:"):
+        from soar_agent.tasks import gym
+
+        return gym.load(name)
     if name not in BUILTIN_DOMAINS + DATASET_DOMAINS:
-        raise ValueError(f"unknown domain {name!r} (expected one of {', '.join(BUILTIN_DOMAINS + DATASET_DOMAINS)})")
+        raise ValueError(f"unknown domain {name!r} (expected one of {', '.join(BUILTIN_DOMAINS + DATASET_DOMAINS)}"
+                         " or gym:<reasoning-gym dataset>)")
     return importlib.import_module(f"soar_agent.tasks.{name}")
 
 

@@ -1,0 +1,111 @@
+"""reasoning-gym datasets as `gym:<dataset>` domains: levels from the curriculum, scoring with the dataset's
+own scorer (metadata regenerated from the stored [level, seed]), the JSONL round trip, the CLI's eval and
+mine-hard, one `soar run` teacher step, and the one-line errors (unknown dataset, missing extra)."""
+
+import json
+import random
+import sys
+
+import pytest
+
+pytest.importorskip("reasoning_gym")
+
+from soar_agent.agent import Agent, Budget  # noqa: E402
+from soar_agent.config import ConfigError, load_config  # noqa: E402
+from soar_agent.mining import write_jsonl  # noqa: E402
+from soar_agent.tasks import generate_problems, get_domain  # noqa: E402
+from soar_agent.tasks import gym  # noqa: E402
+from soar_agent.tasks.base import Problem, RejectedItem  # noqa: E402
+from tests.test_agent import FAST, needs_embedded  # noqa: E402
+from tests.test_cli import assert_one_line_error, soar  # noqa: E402
+
+
+def test_levels_follow_the_datasets_curriculum():
+    chain = get_domain("gym:chain_sum")
+    assert chain.NAME == "gym:chain_sum" and chain.LEVELS == tuple(range(1, 11))
+    rng = random.Random(0)
+    easy, hard = chain.generate(1, rng), chain.generate(6, rng)
+    # level L uses the L-th setting of each attribute: chain_sum level 1 = 2 terms of 1 digit
+    assert easy.question.count("+") + easy.question.count("-") == 1
+    assert len(hard.question.rstrip(" =").split()[-1]) == 6  # level 6: operands of 6 digits
+    assert easy.meta["gym"][0] == 1 and hard.level == 6
+
+
+@pytest.mark.parametrize("name", ["gym:chain_sum", "gym:leg_counting", "gym:basic_arithmetic"])
+def test_answers_are_scored_by_the_datasets_scorer(name):
+    domain = get_domain(name)
+    problems = generate_problems(domain, [1, 2, 3], random.Random(1))
+    for p in problems:
+        assert domain.verify(p, domain.extract_answer(f"1. think\nAnswer: {p.answer}"))
+        assert not domain.verify(p, domain.extract_answer("1. think\nAnswer: 0.5x"))
+        assert not domain.verify(p, domain.extract_answer(f"Answer: {p.answer}\nand more"))  # not the last line
+        assert not domain.verify(p, None)
+
+
+def test_scoring_uses_the_regenerated_entry_not_only_the_answer_text():
+    domain = get_domain("gym:chain_sum")
+    p = domain.generate(2, random.Random(2))
+    forged = Problem(p.question, str(int(p.answer) + 1), p.domain, p.level, meta=p.meta)
+    # the stored answer text is wrong, but the entry regenerated from [level, seed] is the truth
+    assert domain.verify(forged, p.answer) and not domain.verify(forged, forged.answer)
+    bare = Problem(p.question, p.answer, p.domain, p.level)  # a user's or teacher's question: its own answer
+    assert domain.verify(bare, p.answer) and not domain.verify(bare, forged.answer)
+
+
+def test_jsonl_round_trip_keeps_how_a_problem_was_made(tmp_path):
+    domain = get_domain("gym:leg_counting")
+    problems = generate_problems(domain, [1, 4], random.Random(3))
+    write_jsonl(problems, tmp_path / "set.jsonl")
+    loaded = domain.load_problems(tmp_path / "set.jsonl")
+    assert [(p.question, p.answer, p.level, p.meta) for p in loaded] == \
+        [(p.question, p.answer, p.level, p.meta) for p in problems]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q", "answer": "1", "meta": {"gym": [99, 1]}}) + "\n")
+    with pytest.raises(RejectedItem, match=r"bad.jsonl:1: field 'meta.gym'"):
+        domain.load_problems(tmp_path / "bad.jsonl")
+
+
+def test_unknown_dataset_and_missing_extra_are_one_line_errors(monkeypatch):
+    with pytest.raises(ValueError, match="unknown reasoning-gym dataset 'chain_summ'.*chain_sum"):
+        get_domain("gym:chain_summ")
+    with pytest.raises(ConfigError, match="domain.name"):
+        load_config(None, ['domain.name="gym:Bad Name"'])
+    gym.load.cache_clear()
+    monkeypatch.setitem(sys.modules, "reasoning_gym", None)  # as if the extra were not installed
+    with pytest.raises(gym.MissingExtra, match=r"pip install 'soar-agent\[gym\]'"):
+        get_domain("gym:chain_sum")
+    gym.load.cache_clear()
+
+
+def test_cli_eval_and_mine_hard_on_a_gym_dataset(random_tiny_dir, tmp_path):
+    result = soar("eval", "--model", random_tiny_dir, "--domain", "gym:chain_sum", "--levels", "1,2",
+                  "--per-level", "3", "--samples", "2", "--max-new-tokens", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary["levels"]) == {"1", "2"} and summary["problems"] == 6
+    out = tmp_path / "hard"
+    result = soar("mine-hard", "--model", random_tiny_dir, "--domain", "gym:basic_arithmetic", "--levels", "2,3",
+                  "--k", "2", "--pool-per-level", "4", "--test-fraction", "0.5", "--max-new-tokens", "12",
+                  "--db", tmp_path / "mine.db", "--out-dir", out, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["train"] == 4  # a random model fails everything
+    rows = [json.loads(line) for line in (out / "gym:basic_arithmetic-hard-train.jsonl").read_text().splitlines()]
+    assert all(row["domain"] == "gym:basic_arithmetic" and row["meta"]["gym"][0] in (2, 3) for row in rows)
+    assert_one_line_error(soar("eval", "--model", random_tiny_dir, "--domain", "gym:nope"), "reasoning-gym dataset")
+
+
+@needs_embedded
+def test_one_soar_run_teacher_step_on_a_gym_dataset(tmp_path):
+    domain = get_domain("gym:chain_sum")
+    rng = random.Random(4)
+    for split, count in (("train", 8), ("test", 4)):
+        write_jsonl(generate_problems(domain, [7] * count, rng), tmp_path / f"{split}.jsonl")
+    config = load_config(None, FAST + ['domain.name="gym:chain_sum"',
+                                       f'domain.hard_train="{tmp_path / "train.jsonl"}"',
+                                       f'domain.hard_test="{tmp_path / "test.jsonl"}"'])
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    assert "1 teacher steps" in agent.run(Budget(max_teacher_steps=1))
+    store, run = agent.store, agent.run_id
+    assert store.teacher_steps(run)[0]["status"] == "complete"
+    hard = store.problems_for(run, source="hard", split="train")
+    assert len(hard) == 8 and all(store.to_problem(row).meta["gym"][0] == 7 for row in hard)
+    assert {e["set_name"] for e in store.evaluations(run)} >= {"hard-test"}
