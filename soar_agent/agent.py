@@ -213,7 +213,15 @@ class Agent:
 
     @property
     def domain(self):
-        return get_domain(self.config.domain.name)
+        """The run's domain, seen through the model's chat template when it has one (tasks.chat)."""
+        if "domain" not in self._models:
+            from soar_agent.models import load_tokenizer
+            from soar_agent.tasks.chat import for_model
+
+            tokenizer = self._models.get("tokenizer") or load_tokenizer(self.config.model.path)
+            self._models["domain"] = for_model(get_domain(self.config.domain.name), tokenizer,
+                                               self.config.model.chat_template)
+        return self._models["domain"]
 
     def _store_hard_sets(self) -> None:
         domain, cfg = self.domain, self.config.domain

@@ -68,6 +68,7 @@ def cmd_eval(args) -> int:
     """
     from soar_agent.evaluation import default_ks, evaluate_problems, summarize
     from soar_agent.tasks import generate_problems, get_domain
+    from soar_agent.tasks.chat import for_model
 
     domain = get_domain(args.domain)
     if args.data:
@@ -79,6 +80,7 @@ def cmd_eval(args) -> int:
     else:
         raise UserError(f"--domain {args.domain}: a dataset domain needs --data FILE.jsonl")
     model, tokenizer, engine = _load(args.model, engine=args.engine)
+    domain = for_model(domain, tokenizer)  # an instruct model's chat template, when it has one
     results = evaluate_problems(engine, domain, problems, samples=args.samples, greedy=True,
                                 temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     summary = summarize(results, default_ks(args.samples) if args.samples else [])
@@ -117,6 +119,7 @@ def cmd_mine_hard(args) -> int:
     from soar_agent.mining import merge_into_jsonl, mine_hard, write_jsonl
     from soar_agent.store import Store
     from soar_agent.tasks import generate_problems, get_domain
+    from soar_agent.tasks.chat import for_model
 
     overrides = list(args.set or [])
     if args.domain:
@@ -130,6 +133,7 @@ def cmd_mine_hard(args) -> int:
     mining = config.mining
     domain = get_domain(config.domain.name)
     model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine)  # fail fast
+    domain = for_model(domain, tokenizer, config.model.chat_template)
     if args.data:
         pool = _problems_from_file(args.data, domain)
     elif hasattr(domain, "generate"):

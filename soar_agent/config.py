@@ -107,6 +107,8 @@ class ModelSection:
     lora_alpha: int = _opt(32, "LoRA scaling alpha (only with lora = true)", ge=1)
     lora_dropout: float = _opt(0.0, "LoRA dropout probability (only with lora = true)", ge=0.0, lt=1.0)
     engine: str = _opt("hf", "generation engine: hf = transformers generate, vllm = vLLM", choices=("hf", "vllm"))
+    chat_template: bool = _opt(True, "render student and teacher prompts with the tokenizer's chat template when it"
+                                     " has one (instruct models); the shipped model has none")
 
 
 @dataclass

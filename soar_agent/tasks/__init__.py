@@ -46,7 +46,9 @@ _ITEM = re.compile(r"<question>(.*?)</question>\s*<answer>(.*?)</answer>", re.DO
 def teacher_prompt(domain) -> str:
     """Topic list and the item format only: no example questions (the SOAR paper found the teacher then
     copies them)."""
-    return f"Topics: {domain.TOPICS}\nWrite a new problem as <question>...</question><answer>...</answer>\n"
+    text = f"Topics: {domain.TOPICS}\nWrite a new problem as <question>...</question><answer>...</answer>\n"
+    wrap = getattr(domain, "wrap_prompt", None)  # an instruct model's chat template (tasks.chat)
+    return wrap(text) if wrap else text
 
 
 def teacher_item(problem: Problem) -> str:
