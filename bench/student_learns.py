@@ -1,6 +1,6 @@
 """Does the student RL core make the shipped model better at what it trains on? A check that can fail.
 
-RL (`train_student`, the run's [student] settings) on a fixed curriculum drawn from one built-in
+RL (the run's [student] settings and backend: `--set student.backend='"srl"'`) on a fixed curriculum drawn from one built-in
 domain's generator at the training levels, then greedy accuracy and pass@1 per level on fresh problems
 (other seeds than the curriculum) before and after, and the train-reward curve in windows of 10 steps.
 The last line says PASS or FAIL against the issue's bar: the mean greedy rise over the trained levels is
@@ -29,7 +29,7 @@ from soar_agent.config import RunConfig, apply_overrides
 from soar_agent.engine import HFEngine
 from soar_agent.evaluation import evaluate_problems, summarize
 from soar_agent.models import load_model, load_tokenizer
-from soar_agent.rl.train import train_student
+from soar_agent.rl import trainer
 from soar_agent.tasks import generate_problems, get_domain
 
 TRAIN_LEVELS = {"arith": (3, 4, 5), "program": (2, 3, 4)}
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"entropy {record['entropy']:.3f}  zero-std groups {record['zero_std_fraction']:.2f}", flush=True)
 
     train_started = time.time()
-    student, metrics = train_student(base, tokenizer, curriculum, domain, cfg.student, steps=args.steps,
+    student, metrics = trainer(cfg.student.backend)(base, tokenizer, curriculum, domain, cfg.student, steps=args.steps,
                                      seed=args.seed, log=log)
     train_seconds = time.time() - train_started
     after = level_profile(student, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = rise >= args.min_rise and not drops
     report = {"domain": args.domain, "train_levels": train_levels, "steps": args.steps,
               "settings": {k: getattr(cfg.student, k) for k in ("lr", "batch_prompts", "group_size", "temperature",
-                                                                "kl_coef", "loss_aggregation")} | {"lora": cfg.model.lora},
+                                                                "kl_coef", "loss_aggregation", "backend")} | {"lora": cfg.model.lora},
               "levels": rows, "trained_rise": rise, "easy_drops": drops, "reward_curve": windows(curve),
               "train_seconds": train_seconds, "total_seconds": time.time() - started, "passed": passed}
     if args.json:

@@ -420,8 +420,12 @@ class Agent:
         verified = sum(bool(i.verified) for i in items)
         self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
                              message=f"step {step}: {count} items ({verified} verified)", data={"step": step, **stats})
-        self.log(f"[step {step}] teacher: {count} items, {verified} answers verified, "
-                 f"{sum(stats['rejected'].values())} rejected")
+        checked = [i.verified for i in items if i.verified is not None]
+        answers = (f"the teacher's answer was right for {verified}, wrong for {len(checked) - verified}"
+                   + (" (the solver's answer used)" if self.config.teacher.reward_target != "teacher" else "")
+                   if checked else "answers unchecked (no solver for this domain)")
+        self.log(f"[step {step}] teacher: {count} items, {answers}; "
+                 f"{sum(stats['rejected'].values())} samples rejected")
         return [d for d in self.store.datasets(self.run_id, kind="curriculum") if d["teacher_step"] == step]
 
     def _reward_questions(self, step: int) -> list[Problem]:

@@ -41,7 +41,8 @@ def check_item(domain, text: str, reward_target: str) -> TeacherItem:
         if reward_target == "drop-unverified" and not verified:
             raise RejectedItem("teacher's answer is wrong (reward_target = drop-unverified)")
         target = exact.answer if reward_target in ("verified", "drop-unverified") else answer
-        problem = Problem(exact.question, target, domain.NAME, None, exact.steps)
+        level = domain.difficulty(exact.question) if hasattr(domain, "difficulty") else None  # as the generator counts
+        problem = Problem(exact.question, target, domain.NAME, level, exact.steps)
         return TeacherItem(text, problem, answer, verified)
     return TeacherItem(text, Problem(question, answer, domain.NAME), answer, None)
 

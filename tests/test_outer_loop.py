@@ -248,3 +248,15 @@ def test_eval_pq_trains_a_fresh_student_on_the_promotion_questions_and_hard_trai
         (p.question, p.answer) for p in promoted + agent.hard_set("train")]
     (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
     assert "pass@1" in evaluation["summary"]
+
+
+def test_teacher_items_carry_the_domains_difficulty_as_their_level():
+    """A teacher-written question gets the level the generator would give it (the TUI shows it), and the
+    check of its answer against the solver is kept."""
+    from soar_agent.tasks import arith, program
+
+    item = teacher.check_item(arith, "<question>(3+4)*5-6</question><answer>30</answer>", "verified")
+    assert item.problem.level == 3 and item.problem.answer == "29" and item.verified is False
+    code = "a=2\nb=a*3\nprint(b)"
+    item = teacher.check_item(program, f"<question>{code}</question><answer>6</answer>", "verified")
+    assert item.problem.level == 1 and item.verified is True  # two statements before the print: level 1

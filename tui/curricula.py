@@ -181,7 +181,8 @@ class CurriculaTab(TabBody):
 
 
 class CurriculumScreen(Screen):
-    """One curriculum's problems: question, answer, verified, student success; Enter opens a problem."""
+    """One curriculum's problems: question, answer, whether the teacher's answer was right, student success;
+    Enter opens a problem."""
 
     DEFAULT_CSS = """
     CurriculumScreen #info { height: auto; padding: 0 1; }
@@ -207,7 +208,7 @@ class CurriculumScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#problems", PagedTable)
-        for label, width in (("#", 4), ("question", 34), ("answer", 12), ("verified", 8), ("student", 11)):
+        for label, width in (("#", 4), ("question", 34), ("answer", 12), ("teacher", 9), ("student", 11)):
             table.add_column(label, width=width)
         table.focus()
         self.reload("")
@@ -240,7 +241,7 @@ class CurriculumScreen(Screen):
         if message.reset:
             table.reset()
         table.add_page([(str(r["id"]), [r["position"], fmt.cell(r["question"], 34), fmt.cell(r["answer"], 12),
-                                        fmt.flag(r["answer_verified"]), fmt.ratio(r["correct"], r["total"])])
+                                        fmt.teacher_answer(r["answer_verified"]), fmt.ratio(r["correct"], r["total"])])
                         for r in message.rows], last_key=message.rows[-1]["position"] if message.rows else None)
 
     @on(PagedTable.NeedMore, "#problems")
@@ -316,7 +317,7 @@ class CompareScreen(Screen):
             self.query_one(f"#{side}-summary", Static).update(
                 f"[b]{escape(d.get('name', '?'))}[/b]\nstep {d.get('teacher_step')} · reward "
                 f"{fmt.number(d.get('reward'), signed=True)} · promoted {fmt.flag(d.get('promoted'))}\n"
-                f"{d.get('items', 0)} items · verified {fmt.number(d['verified_fraction'], 2)}"
+                f"{d.get('items', 0)} items · teacher right {fmt.number(d['verified_fraction'], 2)}"
                 f" · student {fmt.number(d['student_success'], 2)}")
             table = self.query_one(f"#{side}-table", DataTable)
             table.clear()

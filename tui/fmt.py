@@ -35,6 +35,11 @@ def flag(value) -> str:
     return {None: "?", 0: "no", 1: "yes"}.get(value, str(value))
 
 
+def teacher_answer(verified) -> str:
+    """A teacher item's `answer_verified` in words (None: the domain has no solver to check it)."""
+    return {None: "unchecked", 0: "wrong", 1: "right"}.get(verified, str(verified))
+
+
 def clock_time(timestamp: str | None) -> str:
     """Local wall-clock time of a stored ISO timestamp (HH:MM:SS)."""
     if not timestamp:

@@ -38,11 +38,16 @@ def srl_view(problem: dict, ref: str, action: str, similarity: float | None) -> 
 def describe(p: dict) -> str:
     provenance = p.get("provenance") or {}
     lines = [f"[b]problem {p['id']}[/b] · {p['domain']} level {p['level'] if p['level'] is not None else '-'}"
-             f" · {p['source']} · answer [b]{escape(str(p['answer']))}[/b] (verified {fmt.flag(p['answer_verified'])})",
-             escape(p["question"])]
+             f" · {p['source']} · answer [b]{escape(str(p['answer']))}[/b]", escape(p["question"])]
     if "teacher_step" in provenance:
+        teacher = str(provenance.get("teacher_answer"))
+        if p["answer_verified"] == 0:
+            check = "wrong (the solver's answer is used)" if teacher != str(p["answer"]) else "wrong (used as written)"
+        else:
+            check = {1: "right (checked by the solver)", None: "not checked (no solver for this domain)"}.get(
+                p["answer_verified"], "?")
         lines.append(f"teacher step {provenance['teacher_step']}, dataset {provenance.get('dataset')},"
-                     f" teacher's answer {escape(str(provenance.get('teacher_answer')))}")
+                     f" teacher's answer {escape(teacher)}: {check}")
     if p["datasets"]:
         lines.append("in " + ", ".join(escape(d["name"]) for d in p["datasets"][:6])
                      + (f" +{len(p['datasets']) - 6}" if len(p["datasets"]) > 6 else ""))
