@@ -7,6 +7,7 @@ exit with status 2; nothing else is printed.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import random
 import sys
@@ -103,6 +104,14 @@ def cmd_eval(args) -> int:
     table.add_row("all", str(summary["problems"]), f"{summary.get('greedy_acc', 0):.1%}",
                   *[f"{summary.get(k, 0):.1%}" for k in ks], style="bold")
     Console().print(table)
+    levels = summary.get("levels", {})
+    edge = next((level for level, figures in levels.items() if figures.get("greedy_acc", 0) < 0.5), None)
+    print(f"greedy: share of problems solved by the model's single most likely completion"
+          + (f"; pass@k: chance that at least one of k samples is right (unbiased estimate from {args.samples}"
+             f" samples per problem at temperature {args.temperature})" if args.samples else "") + ".")
+    if levels:
+        print(f"edge: level {edge} is the first where greedy falls below 50%" if edge is not None
+              else "edge: greedy is at least 50% on every level evaluated")
     print(f"{engine.stats.tokens_per_second:.0f} tokens/s")
     return 0
 
@@ -220,7 +229,7 @@ def cmd_run(args) -> int:
     from soar_agent.agent import Agent, Budget
     from soar_agent.config import load_config
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, log_path=False)
     from soar_agent.store import quick_check
 
     overrides = (args.set or []) + ([f"run.mode={args.mode}"] if args.mode else [])  # --mode = --set run.mode
@@ -229,8 +238,16 @@ def cmd_run(args) -> int:
     if (run_dir / "soar.db").is_file():  # hours of training must not be written into a damaged store
         quick_check(run_dir / "soar.db")
     agent = Agent.open(config, run_dir, log=lambda message: console.log(message))
-    budget = Budget(_deadline(args), args.max_teacher_steps if args.max_teacher_steps is not None
-                    else agent.config.budget.max_teacher_steps)
+    done = sum(s["status"] == "complete" for s in agent.store.teacher_steps(agent.run_id))
+    limit = args.max_teacher_steps if args.max_teacher_steps is not None else agent.config.budget.max_teacher_steps
+    if args.more_steps is not None:
+        if args.more_steps < 1:
+            raise UserError(f"--more-steps: expected a positive number of teacher steps, got {args.more_steps}")
+        limit = done + args.more_steps
+    elif limit and done >= limit:
+        raise UserError(f"{run_dir}: the run already has {done} teacher steps and --max-teacher-steps counts the"
+                        f" run's total ({limit}): use --more-steps N to add N steps")
+    budget = Budget(_deadline(args), limit)
     if budget.deadline is None and agent.config.budget.hours:
         import time
 
@@ -308,14 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add(name, handler):
-        sub = commands.add_parser(name, help=handler.__doc__.splitlines()[0], description=handler.__doc__,
+        description = inspect.cleandoc(handler.__doc__)  # docstrings indent every line but the first
+        summary = " ".join(description.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        sub = commands.add_parser(name, help=summary, description=description,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(handler=handler)
         return sub
 
     ev = add("eval", cmd_eval)
     ev.add_argument("--model", default="default", help="'default' (embedded) or a local HF model directory")
-    ev.add_argument("--domain", default="arith", help="arith | program | math | code")
+    ev.add_argument("--domain", default="arith", help="arith | program | math | code | gym:<dataset>")
     ev.add_argument("--levels", default="all", help="'all' or comma-separated levels (built-in domains)")
     ev.add_argument("--data", help="evaluate on the problems of a JSONL file instead of generated ones")
     ev.add_argument("--samples", type=int, default=4, help="sampled completions per problem for pass@k (0 = greedy only)")
@@ -328,20 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     mh = add("mine-hard", cmd_mine_hard)
     mh.add_argument("config", nargs="?", help="run config TOML (its [mining], [model] and [domain] sections)")
-    mh.add_argument("--domain")
-    mh.add_argument("--model")
+    mh.add_argument("--domain", help="arith | program | math | code | gym:<dataset> (default: the config's)")
+    mh.add_argument("--model", help="'default' (embedded) or a local HF model directory (default: the config's)")
     mh.add_argument("--levels", help="comma-separated levels to draw the pool from (built-in domains)")
     mh.add_argument("--data", help="pool of problems as JSONL (dataset domains)")
-    mh.add_argument("--k", type=int)
-    mh.add_argument("--pool-per-level", type=int)
-    mh.add_argument("--test-fraction", type=float)
-    mh.add_argument("--seed", type=int)
-    mh.add_argument("--max-new-tokens", type=int)
+    mh.add_argument("--k", type=int, help="samples per problem; a problem is kept when all k are wrong")
+    mh.add_argument("--pool-per-level", type=int, help="generated problems per level to mine from")
+    mh.add_argument("--test-fraction", type=float, help="share of the kept problems held out as hard-test")
+    mh.add_argument("--seed", type=int, help="seed of the pool and the samples")
+    mh.add_argument("--max-new-tokens", type=int, help="token budget per sampled completion")
     mh.add_argument("--db", help="store to write (default runs/mine-<domain>/soar.db)")
     mh.add_argument("--out-dir", default=str(HARD_SET_DIR), help="where to write <domain>-hard-{train,test}.jsonl")
     mh.add_argument("--append", action="store_true", help="add to the JSONL sets in --out-dir instead of replacing them")
     mh.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
-    mh.add_argument("--json", action="store_true")
+    mh.add_argument("--json", action="store_true", help="print the report as JSON")
 
     pt = add("pretrain-tiny", cmd_pretrain_tiny)
     pt.add_argument("--out", required=True, help="directory to write the HF model to")
@@ -358,29 +377,30 @@ def build_parser() -> argparse.ArgumentParser:
     limit.add_argument("--hours", type=float, help="stop after this many hours")
     limit.add_argument("--until", help="stop at this local time (HH:MM)")
     limit.add_argument("--max-teacher-steps", type=int, help="stop once the run has this many teacher steps")
+    limit.add_argument("--more-steps", type=int, metavar="N", help="stop after N more teacher steps (on a resumed run)")
     rn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     rn.add_argument("--mode", choices=("soar", "hard-only", "intrinsic", "curated"),
                     help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE)")
     rn.add_argument("--no-export", action="store_true", help="do not export the best checkpoint at the end")
 
     st = add("status", cmd_status)
-    st.add_argument("run_dir")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("run_dir", help="the run's directory (holding soar.db), e.g. runs/default")
+    st.add_argument("--json", action="store_true", help="print every figure as JSON (for scripts)")
 
     ex = add("export", cmd_export)
-    ex.add_argument("run_dir")
-    ex.add_argument("--out", required=True)
+    ex.add_argument("run_dir", help="the run's directory (holding soar.db)")
+    ex.add_argument("--out", required=True, help="directory to write the Hugging Face model to")
     ex.add_argument("--checkpoint", default="best", help="best | latest | checkpoint id")
     ex.add_argument("--force", action="store_true",
                     help="replace a non-empty --out directory (never the run itself or the model exported)")
 
     pq = add("eval-pq", cmd_eval_pq)
-    pq.add_argument("run_dir")
+    pq.add_argument("run_dir", help="the run's directory (holding soar.db)")
     pq.add_argument("--steps", type=int, help="student RL steps (default: 2 x student.steps x promotions, min student.steps)")
-    pq.add_argument("--json", action="store_true")
+    pq.add_argument("--json", action="store_true", help="print JSON instead of one line")
 
     tu = add("tui", cmd_tui)
-    tu.add_argument("run_dir", nargs="?")
+    tu.add_argument("run_dir", nargs="?", help="the run's directory (default: choose among runs/*)")
     return parser
 
 

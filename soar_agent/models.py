@@ -109,7 +109,9 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", lora: bool = Fal
 
     A directory holding a saved peft adapter (adapter_config.json) loads as base + adapter."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar on every student/checkpoint load is noise
     directory = resolve_model_path(path)
     try:
         if (directory / "adapter_config.json").is_file():

@@ -48,16 +48,60 @@ def run_status(run_dir: Path) -> dict:
         return status
 
 
-def format_status(status: dict, last_steps: int = 10) -> str:
-    """The human `soar status`: one `key: value` line per figure, then the latest steps' rewards."""
-    lines = [f"{key:>18}: {value}" for key, value in status.items() if key != "steps"]
+# The last event's kind, in words a person reads without knowing the agent's internals.
+_PHASE_WORDS = {"start": "created", "session": "starting a session (evaluating the baseline)",
+                "teacher-sampled": "training students on the teacher's problems", "stopped": "stopped",
+                "export": "exported", "teacher-garbage": "teacher wrote no usable problems; retrying",
+                "student-collapse": "training students", "hard-set-repeats": "starting"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes = int(seconds) // 60
+    if minutes >= 48 * 60:
+        return f"{minutes // 1440}d {minutes // 60 % 24:02d}h"
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {int(seconds) % 60:02d}s"
+
+
+def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
+    """The human `soar status`: a few plain lines and a table of the latest steps' rewards (rich, no colour
+    when captured; `--json` prints the dict itself)."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    phase = _PHASE_WORDS.get(status["phase"], status["phase"].replace("-", " "))
+    running = f"step {status['in_progress_step']} in progress" if status["in_progress_step"] else "none in progress"
+    hard = status.get("hard_test") or {}
+    shown = [k for k in ("pass@1", "pass@8", "pass@32") if k in hard] or list(hard)[:3]
+    hard_line = (f"hard-test after step {status['hard_test_step']}: "
+                 + ", ".join(f"{k} {hard[k]:.1%}" for k in shown) if hard else "hard-test: not evaluated yet")
+    average = status.get("latest_reward_moving_average")
+    state = f"running: {phase}" if status["status"] == "running" else status["status"]
+    lines = [f"run {status['run']} ({status['mode']}): {state}",
+             f"time: {_duration(status['elapsed_s'])} elapsed, {_duration(status['remaining_s'])} left",
+             f"teacher steps: {status['teacher_step']} complete, {running}; promotions: {status['promotions']}",
+             hard_line,
+             f"teacher reward: {status['reward_metric']}, moving average "
+             + ("-" if average is None else f"{average:+.4f}")]
+    out = StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False)
+    for line in lines:
+        console.print(line)
     steps = status.get("steps") or []
     if steps:
-        lines.append(f"{'steps':>18}: reward ± stderr ({status.get('reward_metric')}), moving average"
-                     + (f" (last {last_steps} of {len(steps)})" if len(steps) > last_steps else ""))
-        for s in steps[-last_steps:]:
+        shown_steps = steps[-last_steps:]
+        title = f"last {len(shown_steps)} of {len(steps)} steps" if len(steps) > len(shown_steps) else None
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+        for column in ("step", "reward ± stderr", "moving average", "promoted"):
+            table.add_column(column, justify="right")
+        for s in shown_steps:
             reward = "-" if s["reward"] is None else f"{s['reward']:+.4f}"
             stderr = "" if s["reward_stderr"] is None else f" ± {s['reward_stderr']:.4f}"
-            average = "" if s["moving_average"] is None else f", {s['moving_average']:+.4f}"
-            lines.append(f"{s['step']:>18}: {reward}{stderr}{average}{'  promoted' if s['promoted'] else ''}")
-    return "\n".join(lines)
+            table.add_row(str(s["step"]), reward + stderr,
+                          "-" if s["moving_average"] is None else f"{s['moving_average']:+.4f}",
+                          "promoted" if s["promoted"] else "")
+        console.print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())

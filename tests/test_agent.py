@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from soar_agent import cli
 from soar_agent.agent import Agent, Budget
 from soar_agent.config import load_config
 from soar_agent.mining import write_jsonl
@@ -92,7 +93,7 @@ def soar_process(*args, cwd):
 
 
 @needs_embedded
-def test_sigkill_mid_step_then_resume_loses_and_duplicates_nothing(tmp_path, hard_files):
+def test_sigkill_mid_step_then_resume_loses_and_duplicates_nothing(tmp_path, hard_files, monkeypatch):
     run_dir = tmp_path / "run"
     sets = [x for pair in zip(["--set"] * len(FAST + hard_files), FAST + hard_files) for x in pair]
     sets += ["--set", "student.students_per_dataset=2"]
@@ -134,6 +135,16 @@ def test_sigkill_mid_step_then_resume_loses_and_duplicates_nothing(tmp_path, har
         kept = [(t["dataset_id"], t["student_index"], t["reward"]) for t in trainings][:len(trainings_before)]
         assert kept == trainings_before
         assert any(e["kind"] == "resume" for e in store.events(run, limit=1000))
+
+    # the same command on the finished run says why it does nothing; --more-steps N adds N steps
+    again = soar_process("run", "--run-dir", run_dir, "--max-teacher-steps", "2", "--no-export", cwd=tmp_path)
+    output, _ = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already has 2 teacher steps" in output and "--more-steps" in output, output
+    budgets = []
+    monkeypatch.setattr(Agent, "run", lambda agent, budget: budgets.append(budget) or "stopped by the test")
+    assert cli.main(["run", "--run-dir", str(run_dir), "--more-steps", "3", "--no-export"]) == 0
+    assert budgets[0].max_teacher_steps == 5
+    assert cli.main(["run", "--run-dir", str(run_dir), "--more-steps", "0", "--no-export"]) == 2
 
 
 @needs_embedded

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,22 @@ def test_run_mode_flag_sets_run_mode(tmp_path):
     result = soar("run", "--mode", "curated", "--set", "domain.name=math", "--run-dir", tmp_path / "run",
                   "--no-export", cwd=tmp_path)
     assert_one_line_error(result, "domain.curated")
+
+
+def test_status_text_is_a_short_report_a_person_reads(tmp_path):
+    from tests.test_tui import build_store
+
+    build_store(tmp_path / "demo" / "soar.db")
+    result = soar("status", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "run demo (soar): running: training students"
+    assert re.fullmatch(r"time: \d+d \d\dh elapsed, 0m 00s left", lines[1]), lines[1]  # the pinned deadline passed
+    assert lines[2] == "teacher steps: 4 complete, none in progress; promotions: 2"
+    assert lines[3] == "hard-test after step 4: pass@1 30.0%"
+    assert lines[4].startswith("teacher reward: greedy, moving average ")
+    assert lines[5].split() == ["step", "reward", "±", "stderr", "moving", "average", "promoted"]
+    assert [line.split()[0] for line in lines[6:]] == ["1", "2", "3", "4"]
+    assert sum("promoted" in line for line in lines[6:]) == 2
+    assert "{" not in result.stdout and "session" not in result.stdout  # no raw dicts, no jargon
+    assert json.loads(soar("status", tmp_path / "demo", "--json").stdout)["teacher_step"] == 4
