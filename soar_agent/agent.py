@@ -175,7 +175,27 @@ class Agent:
     stop_reason: str | None = None
     paused: bool = False
     force_promotion: bool = False
+    progress: callable = None  # (label, done, total) for long phases: the CLI draws bars from it
     _models: dict = field(default_factory=dict)
+
+    def _track(self, label: str, total: int):
+        """Report one long phase's progress: the returned function sets the number of units done."""
+        def report(done: int) -> None:
+            if self.progress is not None:
+                self.progress(label, min(done, total), total)
+
+        report(0)
+        return report
+
+    def _counter(self, label: str, total: int):
+        """Like _track, for callbacks that report increments (the engine's finished batches)."""
+        report, done = self._track(label, total), [0]
+
+        def advance(count: int) -> None:
+            done[0] += count
+            report(done[0])
+
+        return advance
 
     # ------------------------------------------------------------------ set-up and resume
 
@@ -403,7 +423,8 @@ class Agent:
         try:
             items, stats = sample_items(HFEngine(teacher, self.tokenizer), self.domain, count, t,
                                         seed=_seed(self.config.run.seed, step, *([self._garbage_attempt]
-                                                                                  if self._garbage_attempt else [])))
+                                                                                  if self._garbage_attempt else [])),
+                                        progress=self._track(f"step {step}: teacher writing problems", count))
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
         datasets = []
@@ -487,10 +508,12 @@ class Agent:
                              "correct": None if score != score or hasattr(item, "expert_step") else int(score > 0)}
                             for item, text, score in zip(batch.problems, batch.texts, scores))
 
+        step_done = self._track(f"step {step}: student {index}-{j} ({cfg.student.backend})", steps)
         try:
             student, metrics = trainer(cfg.student.backend)(self.model("baseline"), self.tokenizer, problems,
                                                             self.domain, cfg.student, steps=steps, seed=seed,
-                                                            on_rollout=keep)
+                                                            on_rollout=keep,
+                                                            log=lambda record: step_done(record["step"] + 1))
         except NonFiniteLoss as error:
             self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss", message=str(error),
                                  data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})
@@ -720,6 +743,8 @@ class Agent:
         summaries = {}
         for name, problems in sets.items():
             samples = cfg.eval.samples if name == "hard-test" else 0
+            engine.on_rows = self._counter(f"step {step}: {name} evaluation ({len(problems)} problems)",
+                                           len(problems) * (1 + samples))
             results = evaluate_problems(engine, self.domain, problems, samples=samples, greedy=True,
                                         max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7),
                                         keep_completions=True)

@@ -7,6 +7,7 @@ exit with status 2; nothing else is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import random
@@ -151,8 +152,15 @@ def cmd_mine_hard(args) -> int:
         pool = generate_problems(domain, [lv for lv in levels for _ in range(mining.pool_per_level)], rng)
     else:
         raise UserError(f"--domain {domain.NAME}: a dataset domain needs --data FILE.jsonl")
-    report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.seed, mining.temperature,
-                       mining.max_new_tokens, log=lambda message: print(message, file=sys.stderr, flush=True))
+    from rich.console import Console
+
+    with _progress_bars(Console(stderr=True)) as progress:
+        if hasattr(engine, "on_rows"):  # an upper bound: each round drops the problems already solved
+            total, done = len(pool) * mining.k, [0]
+            engine.on_rows = lambda rows: done.__setitem__(0, done[0] + rows) or progress(
+                f"mining fail@{mining.k} ({len(pool)} problems)", min(done[0], total), total)
+        report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.seed, mining.temperature,
+                           mining.max_new_tokens, log=lambda message: print(message, file=sys.stderr, flush=True))
     db_path = Path(args.db or f"runs/mine-{domain.NAME}/soar.db")
     db_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db_path)
@@ -217,6 +225,25 @@ def _deadline(args) -> float | None:
     return None
 
 
+@contextlib.contextmanager
+def _progress_bars(console):
+    """Rich progress bars with ETA for the agent's long phases (evaluations, teacher sampling, students):
+    yields the (label, done, total) callback; a phase's bar goes away when it completes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True) as progress:
+        def update(label: str, done: int, total: int) -> None:
+            if label not in bars:
+                bars[label] = progress.add_task(label, total=total)
+            progress.update(bars[label], completed=done, total=total)
+            if done >= total:
+                progress.remove_task(bars.pop(label))
+
+        yield update
+
+
 def cmd_run(args) -> int:
     """Run the self-improvement loop until stopped (Ctrl-C / SIGTERM finish the current unit), the time
     budget ends or the teacher-step limit is reached; then export the best checkpoint.
@@ -252,7 +279,9 @@ def cmd_run(args) -> int:
         import time
 
         budget.deadline = time.time() + agent.config.budget.hours * 3600
-    reason = agent.run(budget)
+    with _progress_bars(console) as progress:
+        agent.progress = progress
+        reason = agent.run(budget)
     console.log(f"stopped: {reason}")
     if not args.no_export:
         out = agent.export("best", None)

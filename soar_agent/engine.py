@@ -14,6 +14,8 @@ vLLM reports by default: what the RL importance ratios need.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from dataclasses import dataclass, field
 
 
@@ -53,6 +55,7 @@ class HFEngine:
     tokenizer: object
     max_batch_size: int = 256
     stats: GenerationStats = field(default_factory=GenerationStats)
+    on_rows: Callable[[int], None] | None = None  # told how many completions each finished batch held (progress)
 
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, max_new_tokens: int = 128,
                  stop: list[str] | None = None, seed: int | None = None) -> list[list[Completion]]:
@@ -80,6 +83,8 @@ class HFEngine:
                                                        stop, generator)
                     for row, completion in zip(batch, completions):
                         slots[row] = completion
+                    if self.on_rows is not None:
+                        self.on_rows(len(batch))
         finally:
             self.model.train(was_training)
         for (prompt_index, _), completion in zip(rows, slots):

@@ -47,7 +47,7 @@ def check_item(domain, text: str, reward_target: str) -> TeacherItem:
     return TeacherItem(text, Problem(question, answer, domain.NAME), answer, None)
 
 
-def sample_items(engine, domain, count: int, cfg, seed: int) -> tuple[list[TeacherItem], dict]:
+def sample_items(engine, domain, count: int, cfg, seed: int, progress=None) -> tuple[list[TeacherItem], dict]:
     """Rejection sampling until `count` items parse (RLOO's advantages sum to zero over datasets, so
     dropping malformed items leaves the teacher gradient unbiased). Raises TeacherGarbage."""
     prompt = teacher_prompt(domain)
@@ -76,6 +76,8 @@ def sample_items(engine, domain, count: int, cfg, seed: int) -> tuple[list[Teach
             except RejectedItem as error:
                 reason = str(error).split(":")[0][:60]
                 reasons[reason] = reasons.get(reason, 0) + 1
+        if progress is not None:
+            progress(min(len(items), count))
     stats = {"sampled": sampled, "accepted": min(len(items), count), "rejected": reasons}
     if len(items) < count:
         raise TeacherGarbage(f"teacher wrote {len(items)} well-formed items of {count} needed in "

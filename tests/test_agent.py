@@ -52,6 +52,8 @@ def counts(db: Path) -> dict:
 def test_one_complete_teacher_step(tmp_path, hard_files):
     config = load_config(None, FAST + hard_files)
     agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    progress: dict[str, list[tuple[int, int]]] = {}
+    agent.progress = lambda label, done, total: progress.setdefault(label, []).append((done, total))
     started = time.time()
     reason = agent.run(Budget(max_teacher_steps=1))
     assert time.time() - started < 120
@@ -71,6 +73,12 @@ def test_one_complete_teacher_step(tmp_path, hard_files):
     assert {e["set_name"] for e in store.evaluations(run)} == {"hard-test", "easy"}
     assert len(store.evaluations(run, set_name="hard-test")) == 2  # base (step 0) and after step 1
     assert not (tmp_path / "run" / "checkpoints" / "step-1").exists()  # students' weights cleaned up
+    # every long phase reported its progress, from 0 up to its total (the CLI draws bars with ETA from it)
+    phases = {label.split(": ", 1)[1].split(" (")[0] for label in progress}
+    assert {"hard-test evaluation", "easy evaluation", "teacher writing problems", "student 0-0", "student 1-0"} <= phases
+    for label, reports in progress.items():
+        assert reports[0][0] == 0 and reports[-1][0] == reports[-1][1], (label, reports)
+        assert [done for done, _ in reports] == sorted(done for done, _ in reports), label
 
 
 def test_garbage_teacher_is_logged_and_stops_cleanly(tmp_path, hard_files, random_tiny_dir):

@@ -207,8 +207,9 @@ def train_srl_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int |
                                          reference=reference, log=log, on_rollout=on_rollout)
     if total - srl_steps <= 0:
         return srl_student, srl_metrics
+    rlvr_log = None if log is None else (lambda record: log({**record, "step": srl_steps + record["step"]}))
     student, metrics = train_student(srl_student, tokenizer, problems, domain, cfg, steps=total - srl_steps,
-                                     seed=seed + 1, reference=reference, log=log, on_rollout=on_rollout)
+                                     seed=seed + 1, reference=reference, log=rlvr_log, on_rollout=on_rollout)
     metrics.per_step = srl_metrics.per_step + metrics.per_step
     metrics.steps = len(metrics.per_step)
     metrics.updates += srl_metrics.updates
