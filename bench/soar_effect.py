@@ -1,10 +1,10 @@
 """SOAR against its baselines on the embedded default, with equal wall-clock budgets per arm.
 
 Arms (each a `soar run` with `--hours H` in its own run directory under --out):
-  hard-only  RL directly on hard-train (the paper's Hard-Only)
+  hard-only  RL directly on hard-train (the paper's Hard-Only); hard-only-srl: the same with SRL students
   curated    RL on the domain generator's own problems across its levels (the paper's curated ceiling)
   soar       the teacher-student loop; SOAR-PS = its promoted student, SOAR-PQ = a fresh base student
-             trained on its promotion questions plus hard-train (`soar eval-pq`)
+             trained on its promotion questions plus hard-train (`soar eval-pq`); soar-srl: SRL students
 When the arms end, base (the shipped model), each arm's final baseline (the latest promoted / chained
 student; hard-only and curated replace it every step) and SOAR-PQ are evaluated on the whole hard-test
 set with the same sampling seed (paired: common random numbers across arms), two at a time. The
@@ -32,7 +32,10 @@ from pathlib import Path
 
 from soar_agent.store import Store
 
-ARMS = ("hard-only", "curated", "soar")
+# arm -> (run.mode, extra overrides). The SRL arms (issue 9) are opt-in: --arms hard-only-srl,soar-srl
+ARMS = {"hard-only": ("hard-only", []), "curated": ("curated", []), "soar": ("soar", []),
+        "hard-only-srl": ("hard-only", ['student.backend="srl"']), "soar-srl": ("soar", ['student.backend="srl"'])}
+DEFAULT_ARMS = ("hard-only", "curated", "soar")
 
 
 def soar_command(*args: str) -> list[str]:
@@ -43,9 +46,9 @@ def run_arm(arm: str, run_dir: Path, hours: float, k: int, eval_every: int, conf
             overrides: list[str], wait: bool) -> subprocess.Popen:
     run_dir.mkdir(parents=True, exist_ok=True)
     command = soar_command("run", *config, "--run-dir", str(run_dir), "--hours", str(hours), "--no-export",
-                           "--set", f"run.mode={json.dumps(arm)}", "--set", f"eval.samples={k}",
+                           "--set", f"run.mode={json.dumps(ARMS[arm][0])}", "--set", f"eval.samples={k}",
                            "--set", f"eval.every_teacher_steps={eval_every}",
-                           *[x for item in overrides for x in ("--set", item)])
+                           *[x for item in overrides + ARMS[arm][1] for x in ("--set", item)])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = open(run_dir.parent / f"{arm}.log", "a")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -69,7 +72,7 @@ def evaluate_final(job: tuple) -> dict:
     name, run_dir, k, seed = job
     agent = Agent.open(None, Path(run_dir), log=lambda message: None, existing_only=True)
     cfg = agent.config
-    if name == "soar-pq":
+    if name.endswith("-pq"):
         summary = evaluate_pq(agent, seed=seed - 1)  # evaluates hard-test with seed + 1 = the common seed
         evaluation = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")[-1]
         values = [r["pass_at"].get(k, 0.0) for r in agent.store.evaluation_results(evaluation["id"])]
@@ -103,9 +106,8 @@ def arm_curves(run_dir: Path) -> dict:
 
 def final_figures(out: Path, arms: list[str], k: int, seed: int, workers: int) -> dict:
     jobs = [("base", out / arms[0], k, seed)]
-    jobs += [("soar-ps" if arm == "soar" else arm, out / arm, k, seed) for arm in arms]
-    if "soar" in arms:
-        jobs.append(("soar-pq", out / "soar", k, seed))
+    jobs += [(f"{arm}-ps" if ARMS[arm][0] == "soar" else arm, out / arm, k, seed) for arm in arms]
+    jobs += [(f"{arm}-pq", out / arm, k, seed) for arm in arms if ARMS[arm][0] == "soar"]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(evaluate_final, jobs))
     figures = {r["name"]: r for r in results}
@@ -123,7 +125,7 @@ def report(out: Path, k: int) -> None:
         mean, error = mean_error(r["values"])
         diff = mean_error([a - b for a, b in zip(r["values"], base_values)])
         extra = f"  greedy {r['greedy']:.3f}" if "greedy" in r else ""
-        extra += f"  ({r['promotion_questions']} promotion questions, {r['steps']} steps)" if name == "soar-pq" else ""
+        extra += f"  ({r['promotion_questions']} promotion questions, {r['steps']} steps)" if name.endswith("-pq") else ""
         print(f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{extra}")
     for arm in ARMS:
         if (out / arm / "soar.db").is_file():
@@ -132,6 +134,8 @@ def report(out: Path, k: int) -> None:
                   "per-step reward on hard-train: " + " ".join(
                       f"{r:+.3f}" + (f"+-{e:.3f}" if e is not None else "") for r, e in curves["rewards"]))
     means = {name: mean_error(r["values"])[0] for name, r in figures.items()}
+    if "soar-srl-pq" in means and "hard-only-srl" in means:
+        print(f"SRL students: SOAR-PQ / hard-only SRL {means['soar-srl-pq'] / max(means['hard-only-srl'], 1e-9):.2f}x")
     if "soar-pq" in means and "hard-only" in means:
         line = f"SOAR-PQ / hard-only {means['soar-pq'] / max(means['hard-only'], 1e-9):.2f}x (target >= 2x)"
         if "curated" in means and means["curated"] != means["base"]:
@@ -144,7 +148,7 @@ def report(out: Path, k: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hours", type=float, help="wall-clock budget of each arm")
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"some of {', '.join(ARMS)}")
     parser.add_argument("--parallel", action="store_true", help="run the arms at the same time, one thread each")
     parser.add_argument("--config", default=None)
     parser.add_argument("--out", default="runs/bench")

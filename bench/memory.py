@@ -1,0 +1,90 @@
+"""Memory over a night: the resident set size of one `soar run` on the shipped model, sampled every
+`--every` seconds for `--minutes`, with its growth per hour after the first teacher step (the baseline the
+process settles at once every model, optimizer and engine of a step exists).
+
+    python bench/memory.py                       # 60 minutes, the embedded default
+    python bench/memory.py --minutes 30 --set teacher.datasets_per_step=2
+
+Prints one line per sample (minutes, RSS MB, teacher steps done) and the growth figures at the end; the
+goal is growth under 5% per 8 hours after the first step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from soar_agent.store import Store
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process and its children (the math verifier and sandbox run in children)."""
+    total = 0
+    for candidate in [pid] + children(pid):
+        try:
+            for line in Path(f"/proc/{candidate}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1024
+
+
+def children(pid: int) -> list[int]:
+    try:
+        direct = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+    return direct + [g for c in direct for g in children(c)]
+
+
+def steps_done(db: Path) -> int:
+    if not db.is_file():
+        return 0
+    try:
+        with Store(db, readonly=True) as store:
+            run = store.latest_run()
+            return sum(s["status"] == "complete" for s in store.teacher_steps(run["id"])) if run else 0
+    except Exception:  # noqa: BLE001: the store may be mid-creation
+        return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--every", type=float, default=60.0, help="seconds between samples")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    run_dir = Path(tempfile.mkdtemp(prefix="soar-memory-")) / "run"
+    command = [sys.executable, "-m", "soar_agent.cli", "run", "--run-dir", str(run_dir), "--no-export",
+               "--hours", str(args.minutes / 60 + 0.5), *[x for item in args.set for x in ("--set", item)]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    samples: list[tuple[float, float, int]] = []
+    started = time.time()
+    try:
+        while time.time() - started < args.minutes * 60 and process.poll() is None:
+            time.sleep(args.every)
+            sample = ((time.time() - started) / 60, rss_mb(process.pid), steps_done(run_dir / "soar.db"))
+            samples.append(sample)
+            print(f"{sample[0]:7.1f} min  {sample[1]:8.1f} MB  {sample[2]:3d} teacher steps", flush=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+    settled = [s for s in samples if s[2] >= 1]
+    if len(settled) < 2:
+        print("fewer than two samples after the first teacher step: run longer")
+        return
+    (t0, m0, _), (t1, m1, _) = settled[0], settled[-1]
+    per_hour = (m1 - m0) / ((t1 - t0) / 60)
+    print(f"after the first step: {m0:.0f} MB -> {m1:.0f} MB over {t1 - t0:.0f} min; growth {per_hour:+.1f} MB/hour"
+          f" = {100 * per_hour * 8 / m0:+.1f}% per 8 hours (goal < 5%); peak {max(s[1] for s in samples):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
