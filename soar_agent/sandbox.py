@@ -1,20 +1,26 @@
 """Runs untrusted Python code in a separate, resource-limited process and reports what happened.
 
-Owns every layer of that isolation:
+Owns every layer of that isolation; the kernel enforces the first four, the fifth is defence in depth:
 
-* a fresh interpreter (``python -I -S -B``: no site-packages, no user env, no bytecode writes) in a new
-  session, started in a fresh temporary directory that is deleted afterwards, with a stripped environment;
-* kernel limits set in ``preexec_fn`` (CPU, address space, file size, no core files, open files), a
-  private network namespace where the kernel permits one, and, when we run as root, a drop to the
-  ``nobody`` user so that the file system protects itself;
+* Landlock + seccomp (:mod:`soar_agent.confine`): the child can write only beneath its fresh temp
+  directory, cannot create device nodes, cannot connect over TCP or signal processes outside, and cannot
+  change file metadata (chmod/chown/utime/xattr) anywhere. Applied before exec, so they hold for every
+  route (re-opened descriptors, SQLite's own file I/O, mknod...) whether Python audits it or not;
+* when we run as root, a drop to ``nobody`` with an interpreter that ``nobody`` can execute (ours, or
+  the system's of the same version: the runner uses only the stdlib, ``-I -S``);
+* a private network namespace (root, or unprivileged user namespaces);
+* rlimits (CPU, address space, file size, no core files, open files) and a fresh interpreter
+  (``python -I -S -B``) in a new session, in a temp directory that is deleted afterwards, with a
+  stripped environment and no inherited descriptors but read-only stdin and the output pipes;
 * an audit-hook guard (:func:`install_guard`) installed by a small runner prelude before any untrusted
-  code runs: it blocks sockets, subprocesses / fork / exec, ctypes, signals to other processes, and
-  writes outside the sandbox directory, while reading the stdlib keeps working;
-* capped, incremental reading of stdout+stderr and killing the whole process group on a wall timeout;
-* :func:`run_python_batch`: many trusted, generated programs in one sandboxed process for speed.
+  code runs: it blocks sockets, subprocesses / fork / exec, ctypes, signals, and writes outside the
+  sandbox directory (PEP 578: no security boundary on its own, hence the layers above).
 
-Audit hooks are defence in depth (PEP 578 says they are no security boundary on their own); the kernel
-layers above are what hold if a program finds a way around the hook.
+:func:`layers` probes once which layers the kernel really enforces (a child tries to break each) and
+warns loudly, once, about any that is missing; ``soar`` refuses the ``code``/``program`` domains then
+unless ``--allow-weak-sandbox`` is given. Also: capped, incremental reading of stdout+stderr, killing
+the whole process group on a wall timeout, and :func:`run_python_batch` (many trusted, generated
+programs in one sandboxed process for speed).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import inspect
 import json
 import os
 import re
-import resource
 import selectors
 import shutil
 import signal
@@ -34,6 +39,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+from soar_agent import isolation
 
 
 @dataclass(frozen=True)
@@ -53,18 +60,9 @@ class SandboxResult:
     reason: str | None  # None when ok, else one short phrase ("timeout", "memory limit", "blocked: network"...)
 
 
-# Files the program writes in its own directory; big enough for scratch data, small enough for the disk.
-_FILE_SIZE_BYTES = 32 * 1024 * 1024
-_OPEN_FILES = 64
-# Only used when we drop to ``nobody``: a kernel-level cap on fork bombs, shared by all sandboxes.
-_NPROC_AS_NOBODY = 256
-_NOBODY = 65534
 _BLOCK_MARK = "[soar-sandbox] blocked: "
 # The batch runner needs json + interpreter start before its first result.
 _BATCH_STARTUP_GRACE_S = 3.0
-# The interpreter that runs sandboxed code (same version as ours, so the runner source is valid for it).
-_PYTHON = sys.executable
-
 
 # --------------------------------------------------------------------------------------------------
 # The guard. It runs inside the sandboxed child (its source is shipped to the runner) and inside other
@@ -407,90 +405,13 @@ def _runner_source() -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _unshare():
-    """libc ``unshare`` resolved in the parent, so the forked child only makes the call."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.unshare
-    except (OSError, AttributeError):
-        return None
+def _interpreter_args(python: str, mode: str, *extra: str) -> list[str]:
+    return [python, "-I", "-S", "-B", "-X", "utf8", "-c", _runner_source(), mode, *extra]
 
 
-_CLONE_NEWNET = 0x40000000
-_CLONE_NEWUSER = 0x10000000
-
-
-def _clamp(which: int, value: int) -> tuple[int, int]:
-    """Never ask for more than the current hard limit (an unprivileged process may not raise it)."""
-    _, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    return value, value
-
-
-def _make_preexec(limits: Limits, cpu_s: int, uid: int | None):
-    unshare = _unshare()
-    is_root = os.geteuid() == 0
-    # computed here, in the parent: the child should do as little Python work as possible
-    rlimits = [
-        (resource.RLIMIT_CORE, (0, 0)),
-        # soft -> SIGXCPU, hard -> SIGKILL one second later
-        (resource.RLIMIT_CPU, (_clamp(resource.RLIMIT_CPU, cpu_s)[0], _clamp(resource.RLIMIT_CPU, cpu_s + 1)[0])),
-        (resource.RLIMIT_FSIZE, _clamp(resource.RLIMIT_FSIZE, _FILE_SIZE_BYTES)),
-        (resource.RLIMIT_NOFILE, _clamp(resource.RLIMIT_NOFILE, _OPEN_FILES)),
-    ]
-    if uid is not None:
-        rlimits.append((resource.RLIMIT_NPROC, (_NPROC_AS_NOBODY, _NPROC_AS_NOBODY)))
-    memory = _clamp(resource.RLIMIT_AS, limits.memory_mb * 1024 * 1024)
-
-    def preexec() -> None:
-        # preexec_fn is documented as unsafe with threads (a lock held at fork time); we only call
-        # already-imported C functions here, which is the common, practically safe subset.
-        if unshare is not None and unshare(_CLONE_NEWNET) != 0 and not is_root:
-            unshare(_CLONE_NEWUSER | _CLONE_NEWNET)  # unprivileged user namespaces, where allowed
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        for which, value in rlimits:
-            resource.setrlimit(which, value)
-        # last: with a small address-space limit even the next allocation of a big parent could fail
-        resource.setrlimit(resource.RLIMIT_AS, memory)
-
-    return preexec
-
-
-def _interpreter_args(mode: str, *extra: str) -> list[str]:
-    return [_PYTHON, "-I", "-S", "-B", "-X", "utf8", "-c", _runner_source(), mode, *extra]
-
-
-def _environment(workdir: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-
-
-@functools.lru_cache(maxsize=None)
-def _sandbox_uid() -> int | None:
-    """``nobody`` when we are root and the interpreter still starts as that user, else None (e.g. a
-    pyenv interpreter under /root, which ``nobody`` cannot reach; then the audit hook, the temp dir and
-    the namespaces are the file-system protection)."""
-    if os.geteuid() != 0:
-        return None
-    workdir = tempfile.mkdtemp(prefix="soar-sbx-probe-")
-    try:
-        os.chown(workdir, _NOBODY, _NOBODY)
-        probe = subprocess.run(
-            [_PYTHON, "-I", "-S", "-B", "-c", "import json, encodings.idna"],
-            cwd=workdir, env=_environment(workdir), stdin=subprocess.DEVNULL, capture_output=True,
-            preexec_fn=_make_preexec(Limits(), 5, _NOBODY), timeout=30,
-        )
-        return _NOBODY if probe.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+def layers() -> isolation.Layers:
+    """The isolation layers in force on this machine (probed once; a missing one is logged loudly)."""
+    return isolation.layers()
 
 
 @dataclass
@@ -509,18 +430,28 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _execute(argv: list[str], workdir: str, stdin: bytes, limits: Limits, cpu_s: int, wall_s: float,
-             max_output: int, uid: int | None, stall_s: float | None = None) -> _Raw:
-    """Run ``argv`` in ``workdir`` and collect at most ``max_output`` bytes of output. With ``stall_s``
-    the run is also ended when stdout has not completed a line for that long (batch progress)."""
-    with tempfile.TemporaryFile() as stdin_file:
-        stdin_file.write(stdin)
-        stdin_file.seek(0)
-        proc = subprocess.Popen(
-            argv, cwd=workdir, env=_environment(workdir), stdin=stdin_file, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-            preexec_fn=_make_preexec(limits, cpu_s, uid),
-        )
+def _execute(plan: isolation.Plan, workdir: str, runner_args: list[str], stdin: bytes, limits: Limits, cpu_s: int,
+             wall_s: float, max_output: int, stall_s: float | None = None) -> _Raw:
+    """Run the runner in ``workdir`` under every layer of ``plan`` and collect at most ``max_output``
+    bytes of output. With ``stall_s`` the run is also ended when stdout has not completed a line for that
+    long (batch progress)."""
+    confinement = isolation.confinement_for(workdir, plan)
+    try:
+        with tempfile.TemporaryFile() as stdin_file:
+            stdin_file.write(stdin)
+            stdin_file.flush()
+            # the child gets a read-only descriptor: no writable file outside its directory is open in it
+            stdin_fd = os.open(f"/proc/self/fd/{stdin_file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                proc = subprocess.Popen(
+                    _interpreter_args(plan.python, *runner_args), cwd=workdir, env=isolation.environment(workdir),
+                    stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    close_fds=True, preexec_fn=isolation.make_preexec(limits.memory_mb, cpu_s, plan, confinement),
+                )
+            finally:
+                os.close(stdin_fd)
+    finally:
+        confinement.close()
     start = time.monotonic()
     deadline = start + wall_s
     last_progress = start + _BATCH_STARTUP_GRACE_S
@@ -614,22 +545,15 @@ def _classify(raw: _Raw, cpu_limit: int) -> SandboxResult:
     return SandboxResult(reason is None, stdout_text, stderr_text, code, reason)
 
 
-def _make_workdir(uid: int | None) -> str:
-    workdir = tempfile.mkdtemp(prefix="soar-sbx-")
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    return workdir
-
-
 def run_python(code: str, stdin: str = "", limits: Limits = Limits()) -> SandboxResult:
     """Run ``code`` as a script in a fresh sandboxed interpreter; ``stdin`` is its standard input."""
-    uid = _sandbox_uid()
-    workdir = _make_workdir(uid)
+    plan = layers().plan
+    workdir = isolation.make_workdir(plan)
     try:
         with open(os.path.join(workdir, "prog.py"), "w", encoding="utf-8", errors="surrogatepass") as handle:
             handle.write(code)
-        raw = _execute(_interpreter_args("single"), workdir, stdin.encode("utf-8", "replace"), limits,
-                       limits.cpu_s, limits.wall_s, limits.output_bytes, uid)
+        raw = _execute(plan, workdir, ["single"], stdin.encode("utf-8", "replace"), limits, limits.cpu_s,
+                       limits.wall_s, limits.output_bytes)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return _classify(raw, limits.cpu_s)
@@ -664,17 +588,16 @@ def run_python_batch(programs: list[str], limits: Limits = Limits(),
 
 def _batch_once(programs: list[str], limits: Limits, per_program_wall_s: float) -> list[SandboxResult | None]:
     """One batch process; None for every program it did not report on."""
-    uid = _sandbox_uid()
-    workdir = _make_workdir(uid)
+    plan = layers().plan
+    workdir = isolation.make_workdir(plan)
     count = len(programs)
     try:
         payload = json.dumps(programs).encode("utf-8", "surrogatepass")
         budget_s = per_program_wall_s * count + _BATCH_STARTUP_GRACE_S + 1.0
         # JSON escaping can grow output up to 6x (\uXXXX); the runner caps each program itself
         max_output = count * (limits.output_bytes * 6 + 4096)
-        raw = _execute(_interpreter_args("batch", str(limits.output_bytes), repr(float(per_program_wall_s))),
-                       workdir, payload, limits, int(budget_s) + 1, budget_s, max_output, uid,
-                       stall_s=per_program_wall_s + 1.0)
+        raw = _execute(plan, workdir, ["batch", str(limits.output_bytes), repr(float(per_program_wall_s))],
+                       payload, limits, int(budget_s) + 1, budget_s, max_output, stall_s=per_program_wall_s + 1.0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results: list[SandboxResult | None] = [None] * count

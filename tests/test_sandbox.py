@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
 import shutil
+import sqlite3
+import stat
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 
 import pytest
 
-from soar_agent import sandbox
+from soar_agent import isolation, sandbox
 from soar_agent.sandbox import Limits, run_python, run_python_batch
 
 
@@ -172,27 +179,202 @@ def test_parent_file_descriptors_do_not_leak():
     assert result.stdout == "closed\n"
 
 
-def test_drops_to_nobody_when_root_and_the_interpreter_allows_it(monkeypatch):
-    """Here the venv interpreter lives under /root (unreachable for nobody), so the probe falls back;
-    the system interpreter exercises the uid-drop path where it exists."""
-    system_python = shutil.which("python3", path="/usr/bin:/bin")
-    if os.geteuid() != 0 or system_python is None:
-        pytest.skip("needs root and a system python3")
-    version = subprocess.run([system_python, "-c", "import sys; print(sys.version_info >= (3, 10))"],
-                             capture_output=True, text=True).stdout.strip()
-    if version != "True":
-        pytest.skip("system python3 older than 3.10")
-    monkeypatch.setattr(sandbox, "_PYTHON", system_python)
-    sandbox._sandbox_uid.cache_clear()
+def test_drops_to_nobody_when_root():
+    """As root the sandbox runs as nobody, with our interpreter or the system's of the same version when
+    nobody cannot reach ours (here: a pyenv interpreter under /root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    found = sandbox.layers()
+    if found.plan.uid is None:
+        assert any(item.startswith("uid drop") for item in found.missing)
+        pytest.skip("no interpreter nobody can execute on this machine (reported as missing)")
+    result = run_python("import os\nopen('mine.txt', 'w').write('ok')\n"
+                        "print(os.getuid(), os.access('/usr/bin', os.W_OK), open('mine.txt').read())")
+    assert result.stdout == "65534 False ok\n", result
+    assert run_python("while True: pass", limits=Limits(cpu_s=1)).reason == "cpu time limit"
+
+
+@pytest.fixture
+def fresh_probe():
+    """Layers are probed once per process; these tests change what the probe finds, then forget it."""
+    isolation.reset()
+    yield
+    isolation.reset()
+
+
+def test_an_interpreter_nobody_cannot_execute_is_not_used(tmp_path, monkeypatch, caplog, fresh_probe):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    (hidden / "python").symlink_to(os.path.realpath(sys.executable))
+    monkeypatch.setattr(isolation, "PYTHON", str(hidden / "python"))
+    monkeypatch.setattr(isolation, "_candidate_interpreters", lambda: [str(hidden / "python")])
+    found = sandbox.layers()
+    assert found.plan.uid is None and found.plan.python == str(hidden / "python")
+    assert any(item.startswith("uid drop") for item in found.missing)
+    assert "uid drop" in caplog.text and "--allow-weak-sandbox" in caplog.text
+    assert run_python("import os; print(os.getuid())").stdout == "0\n"  # says so, and still works
+
+
+def test_a_missing_layer_is_reported_once_loudly(monkeypatch, caplog, fresh_probe):
+    monkeypatch.setattr(isolation.confine, "landlock_abi", lambda: 0)
+    with caplog.at_level(logging.WARNING, logger="soar_agent.sandbox"):
+        first, second = sandbox.layers(), sandbox.layers()
+    assert first is second and not first.plan.landlock
+    assert first.missing[0].startswith("landlock (") and "MISSING: landlock" in first.describe()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "soar_agent.sandbox"]
+    assert len(warnings) == 1 and "SANDBOX IS WEAKER THAN DESIGNED" in warnings[0].getMessage()
+    # the remaining layers keep working
+    assert run_python("print('still runs')").stdout == "still runs\n"
+
+
+def test_report_accounts_for_every_layer():
+    text = sandbox.layers().describe()
+    for layer in ("landlock", "seccomp", "network namespace", "rlimits", "audit hook"):
+        assert layer in text, text
+    if os.geteuid() == 0:
+        assert "uid 65534" in text or "uid drop" in text
+
+
+# ------------------------------------------------------------------------- escape routes (issue)
+# Routes around the audit hook that used to change files outside the sandbox's temp dir. Each runs
+# against a sentinel directory that the sandbox user owns and may write (mode 0777/0666), so only the
+# kernel layers (Landlock for writes and device nodes, seccomp for metadata) can stop it.
+
+ESCAPES = {
+    "mkfifo": "import os; os.mkfifo({d!r} + '/fifo')",
+    "mknod char device": "import os, stat; os.mknod({d!r} + '/null', 0o666 | stat.S_IFCHR, os.makedev(1, 3))",
+    "reopen a read-only fd via /dev/stdout": "import os; os.dup2(os.open({f!r}, os.O_RDONLY), 1); "
+                                             "open('/dev/stdout', 'w').write('evil')",
+    "reopen via /proc/self/fd": "import os; fd = os.open({f!r}, os.O_RDONLY); "
+                                "open('/proc/self/fd/%d' % fd, 'a').write('evil')",
+    "directory fd the hook resolves wrongly": "import os; os.mkdir('sub'); w = os.open('.', os.O_RDONLY); "
+                                              "os.chdir('sub'); up = os.open('..', os.O_RDONLY, dir_fd=w); "
+                                              "os.close(os.open({name!r} + '/new.txt', os.O_WRONLY | os.O_CREAT, dir_fd=up))",
+    "fchmod on a read-only fd": "import os; os.fchmod(os.open({f!r}, os.O_RDONLY), 0o600)",
+    "futimens on a read-only fd": "import os; os.utime(os.open({f!r}, os.O_RDONLY), (1, 1))",
+    "sqlite ATTACH a new file": "import sqlite3; c = sqlite3.connect(':memory:'); "
+                                "c.execute(\"attach database '\" + {d!r} + \"/new.db' as x\"); "
+                                "c.execute('create table x.t (a)'); c.commit()",
+    "sqlite ATTACH an existing file": "import sqlite3; c = sqlite3.connect(':memory:'); "
+                                      "c.execute(\"attach database '\" + {d!r} + \"/victim.db' as x\"); "
+                                      "c.execute('insert into x.t values (666)'); c.commit()",
+    "sqlite URI the hook reads as relative": "import sqlite3; c = sqlite3.connect('file:' + {d!r} + '/uri.db', "
+                                             "uri=True); c.execute('create table t (a)'); c.commit()",
+}
+# Routes the audit hook already blocks; without it, the kernel must.
+HOOKED = {
+    "open for writing": "open({f!r}, 'a').write('evil')",
+    "create a file": "open({d!r} + '/new.txt', 'w').write('evil')",
+    "remove a file": "import os; os.remove({f!r})",
+    "rename into the sandbox": "import os; os.rename({f!r}, 'stolen.txt')",
+    "hard link, then write": "import os; os.link({f!r}, 'link'); open('link', 'a').write('evil')",
+    "symlink, then write": "import os; os.symlink({f!r}, 'link'); open('link', 'a').write('evil')",
+    "chmod by path": "import os; os.chmod({f!r}, 0o600)",
+    "truncate by path": "import os; os.truncate({f!r}, 0)",
+}
+
+
+@pytest.fixture
+def sentinel():
+    """A directory outside every sandbox dir, writable by (and, as root, owned by) the sandbox user."""
+    folder = tempfile.mkdtemp(prefix="soar-sentinel-")
+    victim = os.path.join(folder, "victim.txt")
+    with open(victim, "w") as handle:
+        handle.write("precious")
+    with contextlib.closing(sqlite3.connect(os.path.join(folder, "victim.db"))) as db:
+        db.execute("create table t (a)")
+        db.commit()
+    uid = sandbox.layers().plan.uid
+    for path in (folder, victim, os.path.join(folder, "victim.db")):
+        os.chmod(path, 0o777 if path == folder else 0o666)
+        if uid is not None:
+            os.chown(path, uid, uid)
+    past = time.time() - 1000  # a change to "now" shows up too
+    for path in (victim, os.path.join(folder, "victim.db"), folder):
+        os.utime(path, (past, past))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def snapshot(folder: str) -> dict:
+    """Everything an escape could change: names, types, modes, owners, times, contents."""
+    state = {}
+    for path in [folder] + [os.path.join(folder, name) for name in sorted(os.listdir(folder))]:
+        info = os.lstat(path)
+        content = None
+        if stat.S_ISREG(info.st_mode):
+            with open(path, "rb") as handle:
+                content = handle.read()
+        state[path] = (info.st_mode, info.st_uid, info.st_mtime_ns, info.st_ctime_ns, info.st_size, content)
+    return state
+
+
+def attack(code: str, folder: str) -> str:
+    return code.format(d=folder, f=os.path.join(folder, "victim.txt"), name=os.path.basename(folder))
+
+
+@pytest.mark.parametrize("route", sorted(ESCAPES))
+def test_escape_routes_change_nothing_outside(route, sentinel):
+    before = snapshot(sentinel)
+    result = run_python(attack(ESCAPES[route], sentinel))
+    assert snapshot(sentinel) == before, result
+    assert not result.ok
+
+
+@pytest.mark.parametrize("route", sorted(ESCAPES))
+def test_escape_routes_change_nothing_outside_in_a_batch(route, sentinel):
+    before = snapshot(sentinel)
+    result, after = run_python_batch([attack(ESCAPES[route], sentinel), "print('next')"])
+    assert snapshot(sentinel) == before, result
+    assert not result.ok and after.stdout == "next\n"
+
+
+def test_no_device_nodes_even_inside_the_temp_dir():
+    # as root, a node for /dev/mem or a disk inside the temp dir would be a way out
+    result = run_python("import os, stat\nos.mknod('mem', 0o600 | stat.S_IFCHR, os.makedev(1, 1))\nprint('made')")
+    assert "made" not in result.stdout and not result.ok
+
+
+def run_without_the_hook(code: str, plan: isolation.Plan) -> subprocess.CompletedProcess:
+    """``code`` under the kernel layers of ``plan`` only: no runner, no audit hook."""
+    workdir = isolation.make_workdir(plan)
+    confinement = isolation.confinement_for(workdir, plan)
     try:
-        assert sandbox._sandbox_uid() == 65534
-        result = run_python("import os\nopen('mine.txt', 'w').write('ok')\n"
-                            "print(os.getuid(), os.access('/usr/bin', os.W_OK), open('mine.txt').read())")
-        assert result.stdout == "65534 False ok\n", result
-        assert run_python("while True: pass", limits=Limits(cpu_s=1)).reason == "cpu time limit"
+        return subprocess.run([plan.python, "-I", "-S", "-B", "-c", code], cwd=workdir, capture_output=True,
+                              text=True, env=isolation.environment(workdir), close_fds=True, timeout=30,
+                              preexec_fn=isolation.make_preexec(256, 5, plan, confinement))
     finally:
-        monkeypatch.undo()
-        sandbox._sandbox_uid.cache_clear()
+        confinement.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def kernel_plan() -> isolation.Plan:
+    found = sandbox.layers()
+    if not (found.plan.landlock and found.plan.seccomp):
+        pytest.skip("needs Landlock and seccomp: " + found.describe())
+    return found.plan
+
+
+@pytest.mark.parametrize("route", sorted(ESCAPES) + sorted(HOOKED))
+def test_the_kernel_layers_hold_without_the_audit_hook(route, sentinel):
+    before = snapshot(sentinel)
+    done = run_without_the_hook(attack({**ESCAPES, **HOOKED}[route], sentinel), kernel_plan())
+    assert snapshot(sentinel) == before, done.stderr
+    assert done.returncode != 0
+
+
+@pytest.mark.parametrize("route", sorted(ESCAPES) + sorted(HOOKED))
+def test_the_routes_are_real_escapes_without_any_protection(route, sentinel):
+    """Control: with the kernel layers off and no hook (as root, as before the fix) every route above
+    does change the sentinel, so the tests above cannot pass by testing nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("device nodes need root")
+    plan = dataclasses.replace(kernel_plan(), uid=None, landlock=False, seccomp=False)
+    before = snapshot(sentinel)
+    done = run_without_the_hook(attack({**ESCAPES, **HOOKED}[route], sentinel), plan)
+    assert snapshot(sentinel) != before, done.stderr
 
 
 # -------------------------------------------------------------------------------------- batch
