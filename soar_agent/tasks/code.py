@@ -2,25 +2,26 @@
 
 Owns loading problems from JSONL (``question``, ``tests`` as a list of assert statements or one string
 of test code, optional ``entry_point``), the student prompt, strict extraction of the last ```python
-block, and verification by running solution + tests in :mod:`soar_agent.sandbox`.
-
-A pass needs more than exit code 0: the harness reads a per-run nonce from stdin before the solution
-runs (it is not in the program text) and prints it after the tests, and it must be the last line of
-output. So a solution that calls ``sys.exit(0)`` / ``os._exit(0)`` before the tests does not pass, nor
-one that echoes its stdin. (Code that digs the nonce out of the harness's frames still could: this
-stops the cheap, discoverable hacks, not a determined adversary.)
+block, and verification: the solution runs in :mod:`soar_agent.sandbox`, and the verdict is reached in
+this process by comparing the plain values it returned with the tests' expected values
+(:mod:`soar_agent.tasks.code_checks`). So a returned object with a lying ``__eq__`` does not pass, and
+neither does a solution that prints something and exits: there is no secret in the sandbox to forge.
+Tests that cannot be checked that way (asserts in loops, expected values computed by the test code) are
+refused at load time with the reason.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import re
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from soar_agent import sandbox
+from soar_agent.tasks import code_checks
 from soar_agent.tasks.base import Problem, RejectedItem, jsonl_rows
+
+log = logging.getLogger(__name__)
 
 NAME = "code"
 TOPICS = "python programming: functions over strings, lists, numbers and dictionaries, with unit tests"
@@ -67,6 +68,10 @@ def _problem(row: object, where: str) -> Problem:
         if not isinstance(entry_point, str) or not entry_point.isidentifier():
             raise RejectedItem(f"{where}: field 'entry_point': expected a Python identifier, got {entry_point!r:.60}")
         meta["entry_point"] = entry_point
+    try:
+        code_checks.check_loadable(tests, meta.get("entry_point"))
+    except code_checks.UncheckableTest as error:
+        raise RejectedItem(f"{where}: field 'tests': {error}") from None
     return Problem(question=question, answer="", domain=NAME, meta=meta)
 
 
@@ -113,30 +118,23 @@ def extract_answer(completion: str) -> str | None:
 # ---------------------------------------------------------------------------------------- verification
 
 
-# Read before the solution runs, so the solution cannot simply echo stdin; printed only after the tests.
-_FUTURE_IMPORT = re.compile(r"^from __future__ import [^\n]*$", re.MULTILINE)
-_PRELUDE = "def _soar_finish(nonce=__import__('sys').stdin.read()):\n    print('\\n' + nonce)\n\n"
-
-
-def _harness(problem: Problem, code: str) -> str:
-    tests = "\n".join(problem.meta["tests"])
-    entry_point = problem.meta.get("entry_point")
-    # HumanEval-style test code defines check(candidate) and expects the caller to run it
-    call = f"check({entry_point})\n" if entry_point and "def check(" in tests else ""
-    # `from __future__` must stay the first statement, ahead of the prelude
-    futures = "".join(line + "\n" for line in _FUTURE_IMPORT.findall(code))
-    body = _FUTURE_IMPORT.sub("", code)
-    return f"{futures}{_PRELUDE}{body}\n\n# --- tests ---\n{tests}\n{call}_soar_finish()\n"
-
-
 def verify(problem: Problem, code: str | None) -> bool:
-    """Whether ``code`` passes the problem's tests in the sandbox (default limits)."""
+    """Whether ``code`` passes the problem's tests: it runs in the sandbox, the values it returns for the
+    tests' calls come back as plain data, and the tests' comparisons are evaluated here."""
     if code is None:
         return False
-    nonce = secrets.token_hex(16)
-    result = sandbox.run_python(_harness(problem, code), stdin=nonce)
-    lines = result.stdout.splitlines()
-    return result.ok and bool(lines) and lines[-1] == nonce
+    try:
+        plan = code_checks.plan_tests(problem.meta["tests"], problem.meta.get("entry_point"),
+                                      code_checks.solution_names(code))
+    except code_checks.UncheckableTest as error:  # e.g. a problem stored before tests were checked on load
+        log.warning("code problem %s cannot be checked by value (%s); counted as failed",
+                    problem.meta.get("source", "?"), error)
+        return False
+    if plan.probes == 0:  # the tests call a builtin the solution should have defined (def max) and did not
+        return False
+    result = sandbox.run_python(code_checks.child_program(plan, code))
+    values = code_checks.decode_records(result.stdout, plan.probes) if result.ok else None
+    return values is not None and code_checks.passes(plan, values)
 
 
 def verify_batch(problems: list[Problem], codes: list[str | None]) -> list[bool]:
