@@ -50,6 +50,19 @@ def _load(model_path: str, dtype: str = "float32", engine: str = "hf"):
     return model, tokenizer, make_engine(engine, model, tokenizer, resolve_model_path(model_path), dtype)
 
 
+def _require_strong_sandbox(domain_name: str, allow_weak: bool) -> None:
+    """The code and program domains run model-written code in the sandbox: refuse them while one of its
+    layers is missing on this machine (the sandbox has already warned which), unless the user says so."""
+    if domain_name not in ("code", "program") or allow_weak:
+        return
+    from soar_agent.sandbox import layers
+
+    missing = [item.split(" (")[0] for item in layers().missing]
+    if missing:
+        raise UserError(f"the {domain_name} domain runs untrusted code and this machine's sandbox lacks "
+                        f"{', '.join(missing)}: pass --allow-weak-sandbox to run it anyway")
+
+
 def _problems_from_file(path: str, domain) -> list:
     from soar_agent.mining import read_jsonl
 
@@ -73,6 +86,7 @@ def cmd_eval(args) -> int:
     from soar_agent.tasks.chat import for_model
 
     domain = get_domain(args.domain)
+    _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
     if args.data:
         problems = _problems_from_file(args.data, domain)
     elif hasattr(domain, "generate"):
@@ -142,6 +156,7 @@ def cmd_mine_hard(args) -> int:
     config = load_config(args.config, overrides)
     mining = config.mining
     domain = get_domain(config.domain.name)
+    _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
     model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine)  # fail fast
     domain = for_model(domain, tokenizer, config.model.chat_template)
     if args.data:
@@ -264,7 +279,9 @@ def cmd_run(args) -> int:
     run_dir = Path(args.run_dir or Path("runs") / (config.run.name if config else "default"))
     if (run_dir / "soar.db").is_file():  # hours of training must not be written into a damaged store
         quick_check(run_dir / "soar.db")
+    _require_strong_sandbox((config.domain.name if config else ""), args.allow_weak_sandbox)
     agent = Agent.open(config, run_dir, log=lambda message: console.log(message))
+    _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)  # a resumed run's own config
     done = sum(s["status"] == "complete" for s in agent.store.teacher_steps(agent.run_id))
     limit = args.max_teacher_steps if args.max_teacher_steps is not None else agent.config.budget.max_teacher_steps
     if args.more_steps is not None:
@@ -328,7 +345,9 @@ def cmd_eval_pq(args) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "soar.db").is_file():
         raise UserError(f"{run_dir}: not a run directory (no soar.db)")
-    summary = evaluate_pq(Agent.open(None, run_dir, log=lambda message: None, existing_only=True), steps=args.steps)
+    agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
+    _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)
+    summary = evaluate_pq(agent, steps=args.steps)
     print(json.dumps(summary, indent=2) if args.json else
           " ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("pass@")))
     return 0
@@ -373,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=7)
     ev.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="generation engine (vllm needs a GPU)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--allow-weak-sandbox", action="store_true",
+                    help="run the code/program domains even when a sandbox layer is missing on this machine")
 
     mh = add("mine-hard", cmd_mine_hard)
     mh.add_argument("config", nargs="?", help="run config TOML (its [mining], [model] and [domain] sections)")
@@ -390,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     mh.add_argument("--append", action="store_true", help="add to the JSONL sets in --out-dir instead of replacing them")
     mh.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     mh.add_argument("--json", action="store_true", help="print the report as JSON")
+    mh.add_argument("--allow-weak-sandbox", action="store_true",
+                    help="run the code/program domains even when a sandbox layer is missing on this machine")
 
     pt = add("pretrain-tiny", cmd_pretrain_tiny)
     pt.add_argument("--out", required=True, help="directory to write the HF model to")
@@ -411,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--mode", choices=("soar", "hard-only", "intrinsic", "curated"),
                     help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE)")
     rn.add_argument("--no-export", action="store_true", help="do not export the best checkpoint at the end")
+    rn.add_argument("--allow-weak-sandbox", action="store_true",
+                    help="run the code/program domains even when a sandbox layer is missing on this machine")
 
     st = add("status", cmd_status)
     st.add_argument("run_dir", help="the run's directory (holding soar.db), e.g. runs/default")
@@ -427,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("run_dir", help="the run's directory (holding soar.db)")
     pq.add_argument("--steps", type=int, help="student RL steps (default: 2 x student.steps x promotions, min student.steps)")
     pq.add_argument("--json", action="store_true", help="print JSON instead of one line")
+    pq.add_argument("--allow-weak-sandbox", action="store_true",
+                    help="run the code/program domains even when a sandbox layer is missing on this machine")
 
     tu = add("tui", cmd_tui)
     tu.add_argument("run_dir", nargs="?", help="the run's directory (default: choose among runs/*)")

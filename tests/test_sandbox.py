@@ -431,3 +431,34 @@ def test_batch_recovers_when_the_process_dies_or_hangs_in_c():
 
 def test_empty_batch():
     assert run_python_batch([]) == []
+
+
+# -------------------------------------------------------------------------------------- the CLI gate
+
+
+def test_cli_refuses_code_and_program_domains_while_a_layer_is_missing(monkeypatch, capsys, tmp_path):
+    from soar_agent import cli
+
+    complete = sandbox.layers()
+    monkeypatch.setattr(isolation, "_found", dataclasses.replace(complete, missing=("landlock (pretend)",)))
+    refused = [
+        ["eval", "--domain", "program", "--levels", "1"],
+        ["eval", "--domain", "code", "--data", str(tmp_path / "none.jsonl")],
+        ["mine-hard", "--domain", "program"],
+        ["run", str(cli.REPO_CURRICULA / "program.toml"), "--run-dir", str(tmp_path / "run")],
+    ]
+    for argv in refused:
+        assert cli.main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error == ("soar: error: the %s domain runs untrusted code and this machine's sandbox lacks landlock: "
+                         "pass --allow-weak-sandbox to run it anyway\n" % ("code" if "code" in argv else "program"))
+    assert not (tmp_path / "run").exists()  # refused before anything was created
+    # with the flag the command goes on (here to its own complaint about the missing data file)
+    assert cli.main(refused[1] + ["--allow-weak-sandbox"]) == 2
+    assert "no such data file" in capsys.readouterr().err
+    # domains that run no untrusted code are not gated
+    assert cli.main(["eval", "--domain", "math", "--data", str(tmp_path / "none.jsonl")]) == 2
+    assert "no such data file" in capsys.readouterr().err
+    if not complete.missing:  # on a machine with every layer the flag is not needed
+        monkeypatch.setattr(isolation, "_found", complete)
+        assert cli.main(refused[1]) == 2 and "no such data file" in capsys.readouterr().err
