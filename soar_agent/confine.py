@@ -79,11 +79,15 @@ class _SockFprog(ctypes.Structure):
 
 @functools.lru_cache(maxsize=None)
 def _libc():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    libc.prctl.restype = ctypes.c_int
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    return libc
+    """libc with the two calls we make typed, or None off Linux (no prctl there)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.prctl.restype = ctypes.c_int
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    except (OSError, AttributeError):
+        return None
+    return libc if platform.system() == "Linux" else None
 
 
 def _syscall(number: int, *args) -> int:
@@ -95,17 +99,16 @@ def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 when Landlock is missing or disabled."""
     if platform.system() != "Linux" or platform.machine() not in _METADATA_SYSCALLS:
         return 0
-    try:
-        version = _syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
-    except (OSError, AttributeError):
+    if _libc() is None:
         return 0
+    version = _syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION)
     return max(int(version), 0)
 
 
 @functools.lru_cache(maxsize=None)
 def _seccomp_program():
     """The BPF filter as (struct sock_fprog, backing buffer), or None on an unknown architecture."""
-    spec = _METADATA_SYSCALLS.get(platform.machine()) if platform.system() == "Linux" else None
+    spec = _METADATA_SYSCALLS.get(platform.machine()) if _libc() is not None else None
     if spec is None:
         return None
     arch, numbers = spec
@@ -137,8 +140,11 @@ class Confinement:
 
     def apply(self) -> None:
         """In the forked child. Raises OSError when a layer cannot be applied (the run must not go on)."""
-        libc = _libc()
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # required by both layers, and no setuid gains
+        libc = _libc()  # resolved in the parent by prepare(): no dlopen after fork
+        if libc is None:
+            return  # not Linux: prepare() allowed no layer
+        # required by both layers; without them still worth having (no privileges gained through exec)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 and (self.ruleset_fd is not None or self.seccomp):
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if self.ruleset_fd is not None and _syscall(_SYS_RESTRICT_SELF, self.ruleset_fd, 0) != 0:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self")
@@ -155,6 +161,7 @@ class Confinement:
 
 def prepare(writable_dir: str, landlock: bool, seccomp: bool) -> Confinement:
     """Build the Landlock ruleset for ``writable_dir`` (when ``landlock``) in the parent."""
+    _libc()  # resolve here, before the fork
     if seccomp and not seccomp_available():
         raise OSError(f"seccomp: no filter for {platform.machine()}")
     if not landlock:

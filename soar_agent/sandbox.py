@@ -441,7 +441,11 @@ def _execute(plan: isolation.Plan, workdir: str, runner_args: list[str], stdin: 
             stdin_file.write(stdin)
             stdin_file.flush()
             # the child gets a read-only descriptor: no writable file outside its directory is open in it
-            stdin_fd = os.open(f"/proc/self/fd/{stdin_file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                stdin_fd = os.open(f"/proc/self/fd/{stdin_file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:  # no /proc (not Linux): the unlinked temp file itself, rewound
+                stdin_fd = os.dup(stdin_file.fileno())
+                os.lseek(stdin_fd, 0, os.SEEK_SET)
             try:
                 proc = subprocess.Popen(
                     _interpreter_args(plan.python, *runner_args), cwd=workdir, env=isolation.environment(workdir),
