@@ -183,7 +183,7 @@ def test_full_disk_while_saving_stops_with_a_message_and_keeps_data(tmp_path, ha
     # the random model cannot write items: give the teacher a fixed, well-formed curriculum instead
     import soar_agent.teacher as teacher
 
-    def fixed_items(engine, domain, count, cfg, seed):
+    def fixed_items(engine, domain, count, cfg, seed, progress=None):
         items = [teacher.check_item(domain, f"<question>{i}+1</question><answer>{i + 1}</answer>", "verified")
                  for i in range(count)]
         return items, {"sampled": count, "accepted": count, "rejected": {}}
@@ -212,7 +212,7 @@ def test_teacher_items_repeating_stored_problems_still_update_the_teacher(tmp_pa
     agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
     known = agent.hard_set("train")[0].question  # the teacher "writes" a problem the store already holds
 
-    def items_with_a_duplicate(engine, domain, count, cfg, seed):
+    def items_with_a_duplicate(engine, domain, count, cfg, seed, progress=None):
         texts = [f"<question>{known}</question><answer>1</answer>"] + [
             f"<question>{i}+1</question><answer>{i + 1}</answer>" for i in range(count - 1)]
         return [teacher.check_item(domain, t, "verified") for t in texts], {"sampled": count, "accepted": count,

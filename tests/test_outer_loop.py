@@ -157,7 +157,7 @@ def test_students_train_on_the_teachers_items_as_written_and_never_on_hard_quest
     texts = [[f"<question>{hard.question}</question><answer>1</answer>", "<question>2+3</question><answer>9</answer>"],
              ["<question>2+3</question><answer>5</answer>", "<question>7+1</question><answer>8</answer>"]]
 
-    def items(engine, domain, count, cfg, seed):
+    def items(engine, domain, count, cfg, seed, progress=None):
         return [teacher.check_item(domain, t, cfg.reward_target) for d in texts for t in d], {
             "sampled": count, "accepted": count, "rejected": {}}
 
@@ -175,7 +175,7 @@ def test_students_train_on_the_teachers_items_as_written_and_never_on_hard_quest
 def test_a_garbage_step_is_retried_with_another_seed(tmp_path, hard_files, random_tiny_dir, monkeypatch):
     seeds = []
 
-    def garbage(engine, domain, count, cfg, seed):
+    def garbage(engine, domain, count, cfg, seed, progress=None):
         seeds.append(seed)
         raise teacher.TeacherGarbage("nothing parses")
 
@@ -185,7 +185,7 @@ def test_a_garbage_step_is_retried_with_another_seed(tmp_path, hard_files, rando
     assert len(seeds) == 3 and len(set(seeds)) == 3
 
 
-def fixed_items(engine, domain, count, cfg, seed):
+def fixed_items(engine, domain, count, cfg, seed, progress=None):
     return [teacher.check_item(domain, f"<question>{i}+{i}</question><answer>{2 * i}</answer>", "verified")
             for i in range(count)], {"sampled": count, "accepted": count, "rejected": {}}
 

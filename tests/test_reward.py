@@ -121,7 +121,7 @@ def hard_files(tmp_path):
             f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
 
 
-def fixed_items(engine, domain, count, cfg, seed):
+def fixed_items(engine, domain, count, cfg, seed, progress=None):
     items = [teacher.check_item(domain, f"<question>{i}+{seed % 7}</question><answer>0</answer>", "verified")
              for i in range(count)]
     return items, {"sampled": count, "accepted": count, "rejected": {}}

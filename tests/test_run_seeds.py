@@ -37,7 +37,7 @@ def test_full_teacher_step_for_seeds_with_repeated_questions(tmp_path, random_ti
     write_jsonl(test + test[:1], tmp_path / "test.jsonl")  # a user's file with a repeated line
 
     # a random model writes no usable items: give the teacher well-formed ones from the domain's generator
-    def generated_items(engine, domain_, count, cfg, seed):
+    def generated_items(engine, domain_, count, cfg, seed, progress=None):
         problems = generate_problems(domain_, [1] * count, random.Random(seed))
         items = [teacher.check_item(domain_, f"<question>{p.question}</question><answer>{p.answer}</answer>",
                                     "verified") for p in problems]
