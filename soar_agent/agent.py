@@ -398,6 +398,13 @@ class Agent:
         cfg = self.config
         units = [(index, d, j) for index, d in enumerate(datasets) for j in range(cfg.student.students_per_dataset)]
         done = {(t["dataset_id"], t["student_index"]) for t in self.store.trainings(self.run_id, step)}
+        if cfg.run.workers > 1:
+            self.poll_commands()
+            if self.stop_reason:
+                return
+            self._train_on_workers(step, [(i, d, j) for i, d, j in units if (d["id"], j) not in done],
+                                   reward_questions, before)
+            return self._finish_step(step, datasets, before, started)
         for number, (index, dataset, j) in enumerate(units, 1):
             if (dataset["id"], j) in done:
                 continue
@@ -471,77 +478,107 @@ class Agent:
     def _student_dir(self, step: int, index: int, j: int) -> Path:
         return self.paths.checkpoints / f"step-{step}" / f"student-{index}-{j}"
 
-    def _train_one(self, step: int, index: int, dataset: dict, j: int, reward_questions, before: list[float],
-                   problems: list[Problem] | None = None, steps: int | None = None,
-                   source: str = "hard") -> tuple[object, float, list[float] | None]:
-        """Train one student from the baseline and score it against the baseline's per-question scores
-        `before`: (student, reward, its per-question scores), or (None, nan, None) on a non-finite loss."""
-        from soar_agent.models import save_checkpoint
-        from soar_agent.reward import paired_reward
-        from soar_agent.rl import trainer
-        from soar_agent.rl.train import NonFiniteLoss
+    def _student_job(self, step: int, index: int, dataset: dict | None, j: int, reward_questions,
+                     problems: list[Problem] | None = None, steps: int | None = None, source: str = "hard"):
+        """The unit's job (see student_job), and the ids its rollouts map to; None when nothing is trainable."""
+        from soar_agent.config import config_to_dict
+        from soar_agent.student_job import StudentJob
 
         cfg = self.config
         problems = problems or self._dataset_problems(dataset)
         if not problems:  # every item repeated a hard-set question: nothing a student may train on
-            self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
-                                    student_index=j, reward=None, accuracy_before=fmean(before),
-                                    accuracy_after=None, checkpoint_path=None,
-                                    metrics={"error": "no trainable item (all repeat hard-set questions)"})
-            return None, float("nan"), None
+            return None, {}
         steps = steps or cfg.student.steps + (cfg.student.extra_steps_after_promotion if self._promotions() else 0)
-        seed = _seed(cfg.run.seed, step, index, j)
         row_ids = {content_hash(row["domain"], row["question"]): row["id"]
                    for row in (self.store.dataset_problems(dataset["id"]) if dataset else [])}
         ids = dict(zip((p.question for p in problems),
                        self.store.add_problems(run_id=self.run_id, problems=problems, source=source)
                        if dataset is None else [row_ids.get(content_hash(p.domain, p.question)) for p in problems]))
-        ref = f"step-{step}/student-{index}-{j}"
-        rollouts: list[dict] = []
+        checkpoint = self.latest_checkpoint("baseline")
+        job = StudentJob(key=(index, dataset and dataset["id"], j),
+                         baseline_path=checkpoint["path"] if checkpoint else cfg.model.path,
+                         config=config_to_dict(cfg), problems=problems, reward_questions=list(reward_questions),
+                         steps=steps, seed=_seed(cfg.run.seed, step, index, j),
+                         reward_seed=_seed(cfg.run.seed, step, 55), out_dir=str(self._student_dir(step, index, j)),
+                         ref=f"step-{step}/student-{index}-{j}", add_lora=cfg.model.lora and checkpoint is None)
+        return job, ids
 
-        def keep(batch, scores) -> None:
-            # SRL batches hold StepPrompts: stored as phase "srl", reward = step similarity (-1 = bad format)
-            rollouts.extend({"problem_id": ids.get(getattr(item, "problem", item).question),
-                             "phase": "srl" if hasattr(item, "expert_step") else "student",
-                             "ref": f"{ref}/srl-{item.index}" if hasattr(item, "expert_step") else ref,
-                             "completion": text, "reward": None if score != score else score,
-                             "correct": None if score != score or hasattr(item, "expert_step") else int(score > 0)}
-                            for item, text, score in zip(batch.problems, batch.texts, scores))
+    def _train_one(self, step: int, index: int, dataset: dict, j: int, reward_questions, before: list[float],
+                   problems: list[Problem] | None = None, steps: int | None = None,
+                   source: str = "hard") -> tuple[object, float, list[float] | None]:
+        """Train one student from the baseline in memory and score it against the baseline's per-question
+        scores `before`: (student, reward, its per-question scores), or (None, nan, None) on a failure."""
+        from soar_agent.student_job import train_and_score
 
-        step_done = self._track(f"step {step}: student {index}-{j} ({cfg.student.backend})", steps)
-        try:
-            student, metrics = trainer(cfg.student.backend)(self.model("baseline"), self.tokenizer, problems,
-                                                            self.domain, cfg.student, steps=steps, seed=seed,
-                                                            on_rollout=keep,
-                                                            log=lambda record: step_done(record["step"] + 1))
-        except NonFiniteLoss as error:
-            self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss", message=str(error),
-                                 data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})
+        job, ids = self._student_job(step, index, dataset, j, reward_questions, problems, steps, source)
+        if job is None:
+            self._record_training(step, index, dataset, j, before, None, ids)
+            return None, float("nan"), None
+        step_done = self._track(f"step {step}: student {index}-{j} ({self.config.student.backend})", job.steps)
+        student, result = train_and_score(self.model("baseline"), self.tokenizer, self.domain, self.config, job,
+                                          on_step=step_done)
+        reward = self._record_training(step, index, dataset, j, before, result, ids)
+        return (student, reward, result.after) if result.after is not None else (None, float("nan"), None)
+
+    def _train_on_workers(self, step: int, units: list[tuple[int, dict, int]], reward_questions,
+                          before: list[float]) -> None:
+        """A SOAR step's student units as parallel jobs (run.workers > 1), each recorded when it finishes."""
+        from soar_agent.student_job import run_on_ray
+
+        jobs, ids, datasets = [], {}, {}
+        for index, dataset, j in units:
+            job, unit_ids = self._student_job(step, index, dataset, j, reward_questions)
+            if job is None:
+                self._record_training(step, index, dataset, j, before, None, unit_ids)
+                continue
+            jobs.append(job)
+            ids[job.key], datasets[job.key] = unit_ids, dataset
+        label = f"step {step}: {len(jobs)} students on {self.config.run.workers} workers"
+        finished = self._track(label, len(jobs))
+        for number, result in enumerate(run_on_ray(jobs, self.config.run.workers, self.config.run.ray_address), 1):
+            index, _, j = result.key
+            self._record_training(step, index, datasets[result.key], j, before, result, ids[result.key])
+            finished(number)
+
+    def _record_training(self, step: int, index: int, dataset: dict | None, j: int, before: list[float],
+                         result, ids: dict) -> float:
+        """Store one unit's training (the driver's side of a student job); returns its reward (nan if none)."""
+        from soar_agent.reward import paired_reward
+
+        def failed(message: str) -> float:
             self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
                                     student_index=j, reward=None, accuracy_before=fmean(before),
-                                    accuracy_after=None, checkpoint_path=None, metrics={"error": str(error)})
-            return None, float("nan"), None
-        after = self._reward_scores(student, reward_questions, step)
+                                    accuracy_after=None, checkpoint_path=None, metrics={"error": message})
+            return float("nan")
+
+        if result is None:
+            return failed("no trainable item (all repeat hard-set questions)")
+        if result.after is None:
+            self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss",
+                                 message=result.metrics["error"],
+                                 data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})
+            return failed(result.metrics["error"])
+        metrics, after = dict(result.metrics), result.after
         # accuracy_before/after hold the metric's mean score (nats/token for expert-logprob)
         accuracy_before, accuracy_after = fmean(before), fmean(after)
-        if metrics.completion_length < 1.0:
+        if metrics["completion_length"] < 1.0:
             self.store.log_event(run_id=self.run_id, level="warning", kind="student-collapse",
                                  message=f"step {step}: student {index}-{j} writes empty answers",
                                  data={"step": step})
-        directory = save_checkpoint(student, self.tokenizer, self._student_dir(step, index, j))
         reward, stderr = paired_reward(before, after)
-        summary = {k: v for k, v in vars(metrics).items() if k != "per_step"}
         # the per-question differences let a step pool its students' standard error (reward.pooled_reward)
-        summary.update(reward_metric=self.config.reward.metric, reward_stderr=stderr,
+        metrics.update(reward_metric=self.config.reward.metric, reward_stderr=stderr,
                        reward_differences=[round(a - b, 6) for a, b in zip(after, before)])
+        rollouts = [{**{k: v for k, v in row.items() if k != "question"}, "problem_id": ids.get(row["question"])}
+                    for row in result.rollouts]
         self.store.add_training(run_id=self.run_id, teacher_step=step, dataset_id=dataset and dataset["id"],
                                 student_index=j, reward=reward, accuracy_before=accuracy_before,
-                                accuracy_after=accuracy_after, checkpoint_path=str(directory), metrics=summary,
-                                rollouts=rollouts)
+                                accuracy_after=accuracy_after, checkpoint_path=result.checkpoint_path,
+                                metrics=metrics, rollouts=rollouts)
         self.log(f"[step {step}] student {index}-{j}: reward {reward:+.3f} ± {stderr or 0:.3f} "
                  f"({self.config.reward.metric} {accuracy_before:.3f} -> {accuracy_after:.3f}), "
-                 f"train reward {metrics.reward_mean:.2f}, {metrics.tokens_per_second:.0f} tok/s")
-        return student, reward, after
+                 f"train reward {metrics['reward_mean']:.2f}, {metrics['tokens_per_second']:.0f} tok/s")
+        return reward
 
     def _promotions(self) -> int:
         return len(self.store.datasets(self.run_id, kind="promotion"))

@@ -89,6 +89,9 @@ class RunSection:
         " (the paper's full-curated-train-set ceiling)",
         choices=("soar", "hard-only", "intrinsic", "curated"),
     )
+    workers: int = _opt(1, "student trainings of a SOAR step run at once: 1 = one after another in this process;"
+                           " more = Ray tasks with one CPU and one torch thread each (needs the ray extra)", ge=1, le=1024)
+    ray_address: str = _opt("", 'Ray cluster to join when workers > 1 ("" = RAY_ADDRESS, else a local instance)')
 
 
 @dataclass

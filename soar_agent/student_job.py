@@ -1,0 +1,118 @@
+"""One student training as a pure job, and the executors that run a step's jobs.
+
+`run_student_job(job)`: (the baseline's weights on disk, the problems, the reward questions and the
+baseline's scores on them, the config, a seed) -> the trained checkpoint written to `job.out_dir`, the
+student's per-question scores, its metrics and its rollouts. It reads nothing else and writes nothing but
+`out_dir`, so it runs in the agent's process, in a worker process, or as a Ray task on another machine,
+and the same job gives the same result. Only the driver (`Agent`) writes the store: a unit is recorded
+once, whatever order the jobs finish in, and a job whose worker dies is retried with the same seed.
+
+`run.workers = 1` runs the jobs one after another in the agent's process (no Ray). With more workers the
+jobs are Ray tasks (`pip install 'soar-agent[ray]'`): `ray.init()` starts a local instance with
+`run.workers` CPUs, or joins `run.ray_address` / `RAY_ADDRESS` so a cluster adds machines.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from soar_agent.tasks.base import Problem
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    key: tuple  # the driver's name for the unit, e.g. (dataset index, dataset id, student index)
+    baseline_path: str  # a checkpoint directory, or the config's model path before any promotion
+    config: dict  # config_to_dict(RunConfig)
+    problems: list[Problem]
+    reward_questions: list[Problem]
+    steps: int
+    seed: int
+    reward_seed: int  # the step's sampling seed for reward scores (paired with the baseline's)
+    out_dir: str
+    ref: str  # names the unit's rollouts in the store, e.g. step-3/student-1-0
+    add_lora: bool = False  # the base model, trained with LoRA: wrap it in a fresh adapter first
+
+
+@dataclass
+class StudentResult:
+    key: tuple
+    checkpoint_path: str | None
+    after: list[float] | None  # per-question scores under reward.metric (None: training failed)
+    metrics: dict = field(default_factory=dict)  # StudentMetrics without per_step, or {"error": ...}
+    rollouts: list[dict] = field(default_factory=list)  # with "question" (the driver maps it to a problem id)
+
+
+def rollout_rows(batch, scores, ref: str) -> list[dict]:
+    """Stored rollouts of one sampled batch. SRL batches hold StepPrompts: phase "srl", ref .../srl-K,
+    reward = step similarity (-1 = bad format)."""
+    return [{"question": getattr(item, "problem", item).question,
+             "phase": "srl" if hasattr(item, "expert_step") else "student",
+             "ref": f"{ref}/srl-{item.index}" if hasattr(item, "expert_step") else ref,
+             "completion": text, "reward": None if score != score else score,
+             "correct": None if score != score or hasattr(item, "expert_step") else int(score > 0)}
+            for item, text, score in zip(batch.problems, batch.texts, scores)]
+
+
+def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_step: Callable[[int], None] | None = None):
+    """Train a student from `baseline` (a model in memory) and score it: (student, StudentResult)."""
+    from soar_agent.models import save_checkpoint
+    from soar_agent.reward import question_scores
+    from soar_agent.rl import trainer
+    from soar_agent.rl.train import NonFiniteLoss
+
+    rollouts: list[dict] = []
+    try:
+        student, metrics = trainer(config.student.backend)(
+            baseline, tokenizer, job.problems, domain, config.student, steps=job.steps, seed=job.seed,
+            on_rollout=lambda batch, scores: rollouts.extend(rollout_rows(batch, scores, job.ref)),
+            log=None if on_step is None else (lambda record: on_step(record["step"] + 1)))
+    except NonFiniteLoss as error:
+        return None, StudentResult(job.key, None, None, {"error": str(error), "non_finite": True}, rollouts)
+    after = question_scores(student, tokenizer, domain, job.reward_questions, config.reward.metric,
+                            samples=config.reward.samples, seed=job.reward_seed,
+                            temperature=config.student.temperature, max_new_tokens=config.eval.max_new_tokens)
+    directory = save_checkpoint(student, tokenizer, job.out_dir)
+    summary = {k: v for k, v in vars(metrics).items() if k != "per_step"}
+    return student, StudentResult(job.key, str(directory), after, summary, rollouts)
+
+
+def run_student_job(job: StudentJob, threads: int | None = None) -> StudentResult:
+    """The job from disk to disk (see the module docstring)."""
+    import torch
+
+    from soar_agent.config import config_from_dict
+    from soar_agent.models import add_lora, load_model, load_tokenizer
+    from soar_agent.tasks import get_domain
+    from soar_agent.tasks.chat import for_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = config_from_dict(job.config)
+    tokenizer = load_tokenizer(config.model.path)
+    model = load_model(job.baseline_path, config.model.dtype)
+    if job.add_lora:
+        model = add_lora(model, config.model.lora_rank, config.model.lora_alpha, config.model.lora_dropout)
+    domain = for_model(get_domain(config.domain.name), tokenizer, config.model.chat_template)
+    return train_and_score(model, tokenizer, domain, config, job)[1]
+
+
+def run_on_ray(jobs: list[StudentJob], workers: int, address: str = "") -> Iterator[StudentResult]:
+    """The jobs as Ray tasks (one CPU and one torch thread each), yielded as they finish. A task whose
+    worker dies is retried (same job, same seed, same result); a job that raises is re-raised here."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("run.workers > 1 needs Ray: pip install 'soar-agent[ray]' (or set run.workers = 1)") from None
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS", "")
+        ray.init(**({"address": address} if address else {"num_cpus": workers}), include_dashboard=False,
+                 log_to_driver=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
+    task = ray.remote(num_cpus=1, max_retries=3)(run_student_job)
+    pending = [task.remote(job, 1) for job in jobs]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
