@@ -41,12 +41,12 @@ def _parse_levels(text: str, domain) -> list[int]:
     return levels
 
 
-def _load(model_path: str, dtype: str = "float32", engine: str = "hf"):
+def _load(model_path: str, dtype: str = "auto", engine: str = "hf", device: str = "auto"):
     from soar_agent.engine import make_engine
     from soar_agent.models import load_model, load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, dtype=dtype) if engine == "hf" else None  # vLLM loads its own copy
+    model = load_model(model_path, dtype=dtype, device=device) if engine == "hf" else None  # vLLM loads its own
     return model, tokenizer, make_engine(engine, model, tokenizer, resolve_model_path(model_path), dtype)
 
 
@@ -157,7 +157,8 @@ def cmd_mine_hard(args) -> int:
     mining = config.mining
     domain = get_domain(config.domain.name)
     _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
-    model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine)  # fail fast
+    model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine,
+                                     config.model.device)  # fail fast
     domain = for_model(domain, tokenizer, config.model.chat_template)
     if args.data:
         pool = _problems_from_file(args.data, domain)

@@ -65,7 +65,9 @@ class HFEngine:
         import torch
 
         stop = [s for s in (stop or []) if s]
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # on the model's device: sampling there needs no copy of the (rows x vocabulary) probabilities
+        device = next(self.model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         encoded = [self.tokenizer(prompt, add_special_tokens=True)["input_ids"] for prompt in prompts]
         rows = [(index, ids) for index, ids in enumerate(encoded) for _ in range(n)]
         # Sorting by prompt length keeps padding (wasted compute) small inside a batch.

@@ -25,9 +25,26 @@ class ModelLoadError(RuntimeError):
     """A model directory that cannot be loaded; the message is one line naming the path."""
 
 
-def _torch_dtype(name: str):
+def resolve_device(name: str = "auto"):
+    """model.device as a torch.device: auto = the first CUDA GPU when torch sees one, else the CPU."""
     import torch
 
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device = {name!r}, but torch sees no CUDA GPU (use auto or cpu)")
+    return device
+
+
+def _torch_dtype(name: str, device=None):
+    """model.dtype as a torch dtype: auto = bfloat16 on a GPU that supports it, else float32 (CPU bf16
+    matmuls are slow and the tiny model is trained in float32)."""
+    import torch
+
+    if name == "auto":
+        device = device or resolve_device("auto")
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -104,8 +121,9 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def load_model(path: str | os.PathLike, dtype: str = "float32", lora: bool = False, lora_rank: int = 16,
-               lora_alpha: int = 32, lora_dropout: float = 0.0):
-    """Load a local causal LM (never touching the network); wrap it in a fresh LoRA adapter if asked.
+               lora_alpha: int = 32, lora_dropout: float = 0.0, device: str = "cpu"):
+    """Load a local causal LM (never touching the network) onto `device` (model.device: auto, cpu, cuda,
+    cuda:N); wrap it in a fresh LoRA adapter if asked.
 
     A directory holding a saved peft adapter (adapter_config.json) loads as base + adapter."""
     from transformers import AutoModelForCausalLM
@@ -113,13 +131,16 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", lora: bool = Fal
 
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar on every student/checkpoint load is noise
     directory = resolve_model_path(path)
+    target = resolve_device(device)
     try:
         if (directory / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM
 
             return AutoPeftModelForCausalLM.from_pretrained(
-                directory, torch_dtype=_torch_dtype(dtype), local_files_only=True, is_trainable=True)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=_torch_dtype(dtype), local_files_only=True)
+                directory, torch_dtype=_torch_dtype(dtype, target), local_files_only=True, is_trainable=True
+            ).to(target)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=_torch_dtype(dtype, target),
+                                                     local_files_only=True).to(target)
     except ModelLoadError:
         raise
     except Exception as error:

@@ -21,7 +21,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
             store.to_problem(row) for row in store.dataset_problems(promotion["id"])]
     problems = promotion_questions + agent.hard_set("train")
     steps = steps or max(cfg.student.steps, 2 * cfg.student.steps * len(store.datasets(run_id, kind="promotion")))
-    base = load_model(cfg.model.path, cfg.model.dtype)
+    base = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
     student, metrics = trainer(cfg.student.backend)(base, agent.tokenizer, problems, agent.domain, cfg.student, steps=steps, seed=seed)
     # a hard-test set stored before repeated lines were skipped may still repeat a question
     hard_test = unique_problems(agent.hard_set("test"))[0]

@@ -112,7 +112,7 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
     teacher.eval()  # dropout off, as the students
     logprobs, mask, _ = sequence_logprobs(teacher, [prompt_ids] * len(completion_ids), completion_ids,
                                           tokenizer.pad_token_id)  # (B, T), 0 off the mask
-    advantage = torch.tensor(item_advantages, dtype=torch.float32)  # (B,)
+    advantage = torch.tensor(item_advantages, dtype=torch.float32, device=logprobs.device)  # (B,)
     loss = -(advantage * logprobs.sum(-1)).mean()  # REINFORCE on the item, not a per-token mean
     if not torch.isfinite(loss):
         raise FloatingPointError(f"teacher loss is {loss.item()}")

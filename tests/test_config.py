@@ -41,7 +41,8 @@ def test_defaults_match_the_documented_values():
     cfg = load_config(None)
     assert cfg == RunConfig()
     assert (cfg.run.name, cfg.run.seed, cfg.run.mode) == ("default", 0, "soar")
-    assert (cfg.model.path, cfg.model.dtype, cfg.model.lora, cfg.model.engine) == ("default", "float32", False, "hf")
+    assert (cfg.model.path, cfg.model.dtype, cfg.model.device, cfg.model.lora, cfg.model.engine) == (
+        "default", "auto", "auto", False, "hf")
     assert (cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_dropout) == (16, 32, 0.0)
     assert (cfg.domain.name, cfg.domain.hard_train, cfg.domain.hard_test, cfg.domain.transfer) == ("arith", "", "", "")
     t = cfg.teacher
