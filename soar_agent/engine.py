@@ -14,9 +14,8 @@ vLLM reports by default: what the RL importance ratios need.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass
@@ -160,6 +159,17 @@ class HFEngine:
             completions.append(Completion(tokens[index], text, logprobs[index], finish[index], matched[index]))
         return completions
 
+    def load_weights(self, model) -> None:
+        """Sample from `model`'s current weights from now on. An engine built on the trained model itself
+        (the default inside a student) sees every update already; one that holds its own copy (another
+        device or dtype, as vLLM does) gets the merged weights copied in."""
+        if model is self.model:
+            return
+        import torch
+
+        with torch.no_grad():
+            self.model.load_state_dict(dict(merged_weights(model)), strict=True)
+
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
@@ -215,10 +225,36 @@ class VLLMEngine:
         return results
 
     def load_weights(self, model) -> None:
-        state = model.state_dict().items()
+        """Push `model`'s weights (LoRA merged in) into the engine's model and drop the prefix cache, whose
+        entries were computed with the old weights (the pattern TRL's vLLM colocate mode uses)."""
         worker = self._llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        worker.load_weights(state)
+        worker.load_weights(merged_weights(model))
         self._llm.reset_prefix_cache()
+
+
+def merged_weights(model) -> list[tuple[str, object]]:
+    """The full weights of `model` as (Hugging Face parameter name, tensor) pairs, what an inference engine
+    loads. For a peft LoRA model each adapted weight is W + its adapter's delta (peft's get_delta_weight),
+    computed aside: merging in place and unmerging after, as TRL does, leaves W off by rounding on every
+    push, which adds up over a night. Names lose peft's wrapping (base_model.model., .base_layer) and the
+    adapter tensors are left out."""
+    def plain(name: str) -> str:
+        return name.removeprefix("base_model.model.").replace(".base_layer", "")
+
+    if not hasattr(model, "peft_config"):
+        return list(model.state_dict().items())
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    state = {plain(name): tensor for name, tensor in model.state_dict().items() if "lora_" not in name}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer):
+                key = plain(name) + ".weight"
+                for adapter in module.active_adapters:
+                    if adapter in module.lora_A:
+                        state[key] = state[key] + module.get_delta_weight(adapter)
+    return list(state.items())
 
 
 def make_engine(kind: str, model, tokenizer, model_path: str | None = None, dtype: str = "float32"):

@@ -96,3 +96,74 @@ def test_models_and_sampling_run_on_the_gpu(random_tiny):
     model = copy.deepcopy(model).to("cuda")
     out = HFEngine(model, tokenizer).generate(["ab"], n=2, temperature=1.0, max_new_tokens=4, seed=1)
     assert len(out[0]) == 2
+
+
+def test_an_engine_with_its_own_weights_samples_from_the_trained_student(random_tiny):
+    """The vLLM pattern on CPU: the rollout engine holds a separate copy of the model; train_student pushes
+    the student's weights into it before the first rollout and after every update."""
+    from soar_agent.rl.train import train_student
+    from soar_agent.tasks import arith, generate_problems
+
+    model, tokenizer = random_tiny
+    engine_copy = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in engine_copy.parameters():
+            parameter.add_(1.0)  # stale weights: sampling from them would differ
+    engine = HFEngine(engine_copy, tokenizer)
+    pushes = []
+    real_load = engine.load_weights
+    engine.load_weights = lambda m: (pushes.append(1), real_load(m))
+    problems = generate_problems(arith, [1] * 4, random.Random(0))
+
+    def varied_reward(problems, completions):  # a signal on every group, so every step updates
+        return [float(i % 2) for i in range(len(completions))]
+
+    cfg = StudentSection(batch_prompts=2, group_size=2, max_new_tokens=8, lr=1e-2)
+    student, metrics = train_student(model, tokenizer, problems, arith, cfg, steps=2, reward_fn=varied_reward,
+                                     seed=1, engine=engine)
+    assert metrics.updates == 2 and len(pushes) == 1 + 2  # before the first rollout, after each update
+    for a, b in zip(student.state_dict().values(), engine_copy.state_dict().values()):
+        assert torch.equal(a, b)
+    own = HFEngine(student, tokenizer).generate(["1+1"], n=2, temperature=1.0, max_new_tokens=6, seed=3)
+    pushed = engine.generate(["1+1"], n=2, temperature=1.0, max_new_tokens=6, seed=3)
+    assert [c.token_ids for c in own[0]] == [c.token_ids for c in pushed[0]]
+
+
+def test_lora_weights_are_pushed_merged_and_the_adapter_survives(random_tiny):
+    from soar_agent.engine import merged_weights
+    from soar_agent.models import add_lora
+
+    model, tokenizer = random_tiny
+    plain = copy.deepcopy(model)
+    lora = add_lora(copy.deepcopy(model), rank=2, alpha=4)
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # a trained adapter (B starts at zero)
+    before = {k: v.clone() for k, v in lora.state_dict().items()}
+    engine = HFEngine(plain, tokenizer)
+    engine.load_weights(lora)  # strict load: every name must be a plain Hugging Face parameter name
+    after = lora.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the adapter model is not touched
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, lora(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    assert [name for name, _ in merged_weights(model)] == list(model.state_dict())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM needs a CUDA GPU")
+def test_vllm_samples_from_pushed_weights(random_tiny_dir, random_tiny):
+    pytest.importorskip("vllm")
+    from soar_agent.engine import VLLMEngine
+
+    model, tokenizer = random_tiny
+    engine = VLLMEngine(str(random_tiny_dir), dtype="float32", gpu_memory_utilization=0.2)
+    before = engine.generate(["1+1"], n=1, temperature=0.0, max_new_tokens=8)[0][0].token_ids
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.lm_head.weight.normal_(0, 5.0)
+    engine.load_weights(changed)
+    after = engine.generate(["1+1"], n=1, temperature=0.0, max_new_tokens=8)[0][0].token_ids
+    expected = HFEngine(changed.to("cuda"), tokenizer).generate(["1+1"], n=1, temperature=0.0,
+                                                                 max_new_tokens=8)[0][0].token_ids
+    assert after == expected != before
