@@ -482,6 +482,7 @@ class Agent:
                      problems: list[Problem] | None = None, steps: int | None = None, source: str = "hard"):
         """The unit's job (see student_job), and the ids its rollouts map to; None when nothing is trainable."""
         from soar_agent.config import config_to_dict
+        from soar_agent.rl.srpo import stored_history
         from soar_agent.student_job import StudentJob
 
         cfg = self.config
@@ -500,7 +501,9 @@ class Agent:
                          config=config_to_dict(cfg), problems=problems, reward_questions=list(reward_questions),
                          steps=steps, seed=_seed(cfg.run.seed, step, index, j),
                          reward_seed=_seed(cfg.run.seed, step, 55), out_dir=str(self._student_dir(step, index, j)),
-                         ref=f"step-{step}/student-{index}-{j}", add_lora=cfg.model.lora and checkpoint is None)
+                         ref=f"step-{step}/student-{index}-{j}", add_lora=cfg.model.lora and checkpoint is None,
+                         history=stored_history(self.store, self.run_id, ids, step)
+                         if cfg.student.backend == "srpo" else {})
         return job, ids
 
     def _train_one(self, step: int, index: int, dataset: dict, j: int, reward_questions, before: list[float],

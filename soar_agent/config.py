@@ -161,7 +161,8 @@ class StudentSection:
 
     backend: str = _opt("rloo", "student RL: rloo / grpo = outcome reward (RLVR); srl = step-wise similarity to"
                                 " expert steps (SRL, needs expert steps); srl-rlvr = SRL for srl_share of the steps,"
-                                " then rloo from the SRL weights", choices=("rloo", "grpo", "srl", "srl-rlvr"))
+                                " then rloo from the SRL weights; srpo = GRPO with history resampling and two stages"
+                                " (SRPO, the srpo_ settings)", choices=("rloo", "grpo", "srl", "srl-rlvr", "srpo"))
     students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1)
     steps: int = _opt(8, "student training steps from the current baseline", ge=1)
     extra_steps_after_promotion: int = _opt(
@@ -191,6 +192,23 @@ class StudentSection:
                                     " reimplementation)", ge=0.0)
     srl_think: bool = _opt(False, "SRL: the student writes <think>...</think> before each step (the shipped tiny"
                                   " model writes none)")
+    srpo_resample_every: int = _opt(0, "SRPO history resampling boundary, where problems whose rollouts were all"
+                                       " correct are dropped: 0 = after each pass over the stage's problems (the"
+                                       " paper's epoch), N = every N steps (a student's training is often about one"
+                                       " pass)", ge=0)
+    srpo_stage1: str = _opt("harder-half", "SRPO stage-1 problems: harder-half = those at or above the median level"
+                                           " (all when levels are unknown or equal), all = the problems as given",
+                            choices=("harder-half", "all"))
+    srpo_stage2: str = _opt("all", "SRPO stage-2 problems, trained from the stage-1 weights",
+                            choices=("all", "harder-half"))
+    srpo_switch_step: int = _opt(0, "SRPO: stage 2 starts before this step (0 = halfway through the training; the"
+                                    " paper publishes no switch rule)", ge=0)
+    srpo_plateau_window: int = _opt(0, "SRPO: with W > 0, stage 2 starts earlier once stage 1's mean train reward"
+                                       " over its last W steps is no higher than over the W before (0 = off)", ge=0)
+    srpo_kl_coef: float = _opt(0.0, "SRPO's KL penalty to the baseline (the paper uses none; srpo ignores kl_coef)",
+                               ge=0.0)
+    srpo_mask_overlong: bool = _opt(True, "SRPO: completions that run into max_new_tokens without finishing get"
+                                          " advantage 0 (the paper's setting)")
 
 
 # Chosen by bench/reward_noise.py (see curricula/default.toml for the figures).

@@ -34,6 +34,9 @@ class StudentJob:
     out_dir: str
     ref: str  # names the unit's rollouts in the store, e.g. step-3/student-1-0
     add_lora: bool = False  # the base model, trained with LoRA: wrap it in a fresh adapter first
+    # srpo: question -> correctness of earlier trainings' rollouts (rl.srpo.stored_history), so History
+    # Resampling survives a resume; empty for the other backends
+    history: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,7 +71,8 @@ def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_ste
         student, metrics = trainer(config.student.backend)(
             baseline, tokenizer, job.problems, domain, config.student, steps=job.steps, seed=job.seed,
             on_rollout=lambda batch, scores: rollouts.extend(rollout_rows(batch, scores, job.ref)),
-            log=None if on_step is None else (lambda record: on_step(record["step"] + 1)))
+            log=None if on_step is None else (lambda record: on_step(record["step"] + 1)),
+            **({"history": job.history} if config.student.backend == "srpo" else {}))
     except NonFiniteLoss as error:
         return None, StudentResult(job.key, None, None, {"error": str(error), "non_finite": True}, rollouts)
     after = question_scores(student, tokenizer, domain, job.reward_questions, config.reward.metric,
