@@ -60,6 +60,9 @@ def _opt(default: Any, help: str, **constraints: Any) -> Any:
     Constraints: ``ge``/``gt``/``le``/``lt`` (numeric bounds, also applied to list items), ``choices``
     (allowed values), ``pattern`` (regex a string must fully match), ``distinct`` (list without repeats),
     ``expect`` (human wording of the expectation, replacing the generated one)."""
+    if "le" in constraints:  # every size has a documented maximum (issue 8 §4)
+        help += f" (at most {constraints['le']:g})" if isinstance(constraints["le"], float) else \
+            f" (at most {constraints['le']})"
     metadata = {"help": help, **constraints}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -79,7 +82,7 @@ class RunSection:
         pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*",
         expect="a run name of letters, digits, '.', '_' or '-' (not starting with '.', '_' or '-')",
     )
-    seed: int = _opt(0, "global random seed (python, numpy, torch)", ge=0)
+    seed: int = _opt(0, "global random seed (python, numpy, torch)", ge=0, le=2**31 - 1)
     mode: str = _opt(
         "soar",
         "soar = teacher-student meta-RL; hard-only = train students on the hard set directly (baseline);"
@@ -106,8 +109,8 @@ class ModelSection:
     )
     dtype: str = _opt("float32", "weights/compute dtype", choices=("float32", "bfloat16", "float16"))
     lora: bool = _opt(False, "train LoRA adapters instead of full weights")
-    lora_rank: int = _opt(16, "LoRA rank r (only with lora = true)", ge=1)
-    lora_alpha: int = _opt(32, "LoRA scaling alpha (only with lora = true)", ge=1)
+    lora_rank: int = _opt(16, "LoRA rank r (only with lora = true)", ge=1, le=1024)
+    lora_alpha: int = _opt(32, "LoRA scaling alpha (only with lora = true)", ge=1, le=4096)
     lora_dropout: float = _opt(0.0, "LoRA dropout probability (only with lora = true)", ge=0.0, lt=1.0)
     engine: str = _opt("hf", "generation engine: hf = transformers generate, vllm = vLLM", choices=("hf", "vllm"))
     chat_template: bool = _opt(True, "render student and teacher prompts with the tokenizer's chat template when it"
@@ -139,12 +142,12 @@ class DomainSection:
 class TeacherSection:
     """[teacher]: the copy of the model that writes stepping-stone datasets."""
 
-    datasets_per_step: int = _opt(4, "g: datasets the teacher writes per teacher step", ge=1)
-    items_per_dataset: int = _opt(16, "n: problems per dataset", ge=1)
-    temperature: float = _opt(1.0, "sampling temperature for writing problems (0 = greedy)", ge=0.0)
-    max_new_tokens: int = _opt(128, "token budget for one generated problem", ge=1)
+    datasets_per_step: int = _opt(4, "g: datasets the teacher writes per teacher step", ge=1, le=64)
+    items_per_dataset: int = _opt(16, "n: problems per dataset", ge=1, le=4096)
+    temperature: float = _opt(1.0, "sampling temperature for writing problems (0 = greedy)", ge=0.0, le=10.0)
+    max_new_tokens: int = _opt(128, "token budget for one generated problem", ge=1, le=32768)
     max_sampling_rounds: int = _opt(
-        8, "rejection-sampling rounds to fill the datasets before the step is declared garbage", ge=1
+        8, "rejection-sampling rounds to fill the datasets before the step is declared garbage", ge=1, le=100
     )
     reward_target: str = _opt(
         "verified",
@@ -152,7 +155,7 @@ class TeacherSection:
         " from the domain's exact solver where it has one (arith, program), else the teacher's; drop-unverified = teacher answers, dropping items the verifier does not confirm",
         choices=("teacher", "verified", "drop-unverified"),
     )
-    lr: float = _opt(1e-4, "teacher learning rate (RLOO over its datasets' rewards)", gt=0.0)
+    lr: float = _opt(1e-4, "teacher learning rate (RLOO over its datasets' rewards)", gt=0.0, le=1.0)
 
 
 @dataclass
@@ -163,48 +166,48 @@ class StudentSection:
                                 " expert steps (SRL, needs expert steps); srl-rlvr = SRL for srl_share of the steps,"
                                 " then rloo from the SRL weights; srpo = GRPO with history resampling and two stages"
                                 " (SRPO, the srpo_ settings)", choices=("rloo", "grpo", "srl", "srl-rlvr", "srpo"))
-    students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1)
-    steps: int = _opt(8, "student training steps from the current baseline", ge=1)
+    students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1, le=64)
+    steps: int = _opt(8, "student training steps from the current baseline", ge=1, le=100_000)
     extra_steps_after_promotion: int = _opt(
         5, "additional training steps for every student once the baseline has been promoted at least once (the"
         " paper's 10 steps, +5 after a promotion: a promoted baseline needs more steps to show a dataset's"
-        " value; 0 = none)", ge=0
+        " value; 0 = none)", ge=0, le=100_000
     )
-    batch_prompts: int = _opt(8, "prompts per student training step", ge=1)
-    group_size: int = _opt(8, "completions sampled per prompt (RLOO/GRPO group; needs >= 2 for a baseline)", ge=2)
-    temperature: float = _opt(1.0, "sampling temperature for student rollouts (0 = greedy)", ge=0.0)
-    max_new_tokens: int = _opt(384, "token budget for one student completion (the longest built-in solutions are ~360 tokens)", ge=1)
+    batch_prompts: int = _opt(8, "prompts per student training step", ge=1, le=1024)
+    group_size: int = _opt(8, "completions sampled per prompt (RLOO/GRPO group; needs >= 2 for a baseline)", ge=2, le=256)
+    temperature: float = _opt(1.0, "sampling temperature for student rollouts (0 = greedy)", ge=0.0, le=10.0)
+    max_new_tokens: int = _opt(384, "token budget for one student completion (the longest built-in solutions are ~360 tokens)", ge=1, le=32768)
     lr: float = _opt(3e-5, "student learning rate (measured on the shipped model, bench/README.md: 1e-4 lowers"
                            " level 3-4 greedy accuracy by 6-15 points within 60 steps, 1e-5 to 5e-5 leave it within"
-                           " noise; the paper used 1e-5 on 3B models)", gt=0.0)
-    kl_coef: float = _opt(0.001, "KL penalty to the baseline policy (0 = none)", ge=0.0)
-    eps_low: float = _opt(0.2, "PPO-style ratio clip below 1 (ratio >= 1 - eps_low)", ge=0.0)
-    eps_high: float = _opt(0.2, "PPO-style ratio clip above 1 (ratio <= 1 + eps_high)", ge=0.0)
+                           " noise; the paper used 1e-5 on 3B models)", gt=0.0, le=1.0)
+    kl_coef: float = _opt(0.001, "KL penalty to the baseline policy (0 = none)", ge=0.0, le=100.0)
+    eps_low: float = _opt(0.2, "PPO-style ratio clip below 1 (ratio >= 1 - eps_low)", ge=0.0, le=1.0)
+    eps_high: float = _opt(0.2, "PPO-style ratio clip above 1 (ratio <= 1 + eps_high)", ge=0.0, le=10.0)
     loss_aggregation: str = _opt(
         "token", "token = average over all tokens in the batch; sequence = average per sequence, then over sequences",
         choices=("token", "sequence"),
     )
-    grad_clip: float = _opt(1.0, "gradient norm clip", gt=0.0)
+    grad_clip: float = _opt(1.0, "gradient norm clip", gt=0.0, le=1e6)
     srl_share: float = _opt(0.5, "srl-rlvr: share of the student's steps spent on SRL before RLVR (the SRL paper"
                                  " publishes no schedule)", ge=0.0, le=1.0)
     srl_epsilon: float = _opt(0.01, "SRL dynamic sampling: keep a step prompt only when its rollout rewards' std"
                                     " exceeds this (not published in the paper; 0.01 as a community"
-                                    " reimplementation)", ge=0.0)
+                                    " reimplementation)", ge=0.0, le=1.0)
     srl_think: bool = _opt(False, "SRL: the student writes <think>...</think> before each step (the shipped tiny"
                                   " model writes none)")
     srpo_resample_every: int = _opt(0, "SRPO history resampling boundary, where problems whose rollouts were all"
                                        " correct are dropped: 0 = after each pass over the stage's problems (the"
                                        " paper's epoch), N = every N steps (a student's training is often about one"
-                                       " pass)", ge=0)
+                                       " pass)", ge=0, le=100_000)
     srpo_stage1: str = _opt("harder-half", "SRPO stage-1 problems: harder-half = those at or above the median level"
                                            " (all when levels are unknown or equal), all = the problems as given",
                             choices=("harder-half", "all"))
     srpo_stage2: str = _opt("all", "SRPO stage-2 problems, trained from the stage-1 weights",
                             choices=("all", "harder-half"))
     srpo_switch_step: int = _opt(0, "SRPO: stage 2 starts before this step (0 = halfway through the training; the"
-                                    " paper publishes no switch rule)", ge=0)
+                                    " paper publishes no switch rule)", ge=0, le=100_000)
     srpo_plateau_window: int = _opt(0, "SRPO: with W > 0, stage 2 starts earlier once stage 1's mean train reward"
-                                       " over its last W steps is no higher than over the W before (0 = off)", ge=0)
+                                       " over its last W steps is no higher than over the W before (0 = off)", ge=0, le=1000)
     srpo_kl_coef: float = _opt(0.0, "SRPO's KL penalty to the baseline (the paper uses none; srpo ignores kl_coef)",
                                ge=0.0)
     srpo_mask_overlong: bool = _opt(True, "SRPO: completions that run into max_new_tokens without finishing get"
@@ -222,7 +225,7 @@ METRIC_MEASUREMENT = ("default by bench/reward_noise.py on the shipped model, |Q
 class RewardSection:
     """[reward]: the grounded teacher reward (student improvement on hard training questions)."""
 
-    questions: int = _opt(64, "|Q_R|: hard-train questions sampled per teacher step to score students", ge=1)
+    questions: int = _opt(64, "|Q_R|: hard-train questions sampled per teacher step to score students", ge=1, le=100_000)
     metric: str = _opt(
         METRIC_DEFAULT,
         "student improvement on Q_R: greedy = greedy accuracy delta (the paper's); sampled = mean accuracy of"
@@ -231,7 +234,7 @@ class RewardSection:
         + (f" ({METRIC_MEASUREMENT})" if METRIC_MEASUREMENT else ""),
         choices=("greedy", "sampled", "expert-logprob"),
     )
-    samples: int = _opt(8, "k: sampled completions per reward question (reward.metric = sampled)", ge=1)
+    samples: int = _opt(8, "k: sampled completions per reward question (reward.metric = sampled)", ge=1, le=1024)
 
 
 @dataclass
@@ -244,38 +247,38 @@ class PromotionSection:
         " [-1, 1] for greedy and sampled, nats per token for expert-logprob (its students' measured moves are"
         " about 0.01 nats, so the same 0.01 is a comparable bar)",
         ge=-1.0, le=1.0)
-    window: int = _opt(3, "teacher steps in the reward moving average", ge=1)
+    window: int = _opt(3, "teacher steps in the reward moving average", ge=1, le=1000)
 
 
 @dataclass
 class EvalSection:
     """[eval]: periodic evaluation on the held-out hard test set."""
 
-    every_teacher_steps: int = _opt(5, "evaluate every this many teacher steps", ge=1)
-    samples: int = _opt(32, "completions sampled per test question (pass@k / mean accuracy)", ge=1)
-    max_new_tokens: int = _opt(384, "token budget for one evaluation completion", ge=1)
+    every_teacher_steps: int = _opt(5, "evaluate every this many teacher steps", ge=1, le=100_000)
+    samples: int = _opt(32, "completions sampled per test question (pass@k / mean accuracy)", ge=1, le=1024)
+    max_new_tokens: int = _opt(384, "token budget for one evaluation completion", ge=1, le=32768)
 
 
 @dataclass
 class BudgetSection:
     """[budget]: when to stop and how much to keep."""
 
-    hours: float = _opt(0.0, "wall-clock limit in hours (0 = no limit)", ge=0.0)
-    max_teacher_steps: int = _opt(0, "teacher steps before stopping (0 = no limit)", ge=0)
-    keep_checkpoints: int = _opt(3, "most recent checkpoints kept on disk", ge=1)
+    hours: float = _opt(0.0, "wall-clock limit in hours (0 = no limit)", ge=0.0, le=8760.0)
+    max_teacher_steps: int = _opt(0, "teacher steps before stopping (0 = no limit)", ge=0, le=1_000_000)
+    keep_checkpoints: int = _opt(3, "most recent checkpoints kept on disk", ge=1, le=1000)
 
 
 @dataclass
 class MiningSection:
     """[mining]: building the hard train/test sets (questions the base model fails at pass@k)."""
 
-    k: int = _opt(128, "samples per question; a question is hard when none of the k is correct", ge=1)
-    pool_per_level: int = _opt(150, "candidate questions generated per difficulty level", ge=1)
-    levels: list[int] = _opt([], "difficulty levels to mine (empty = domain default)", ge=1, distinct=True)
+    k: int = _opt(128, "samples per question; a question is hard when none of the k is correct", ge=1, le=4096)
+    pool_per_level: int = _opt(150, "candidate questions generated per difficulty level", ge=1, le=100_000)
+    levels: list[int] = _opt([], "difficulty levels to mine (empty = domain default)", ge=1, distinct=True, le=1000)
     test_fraction: float = _opt(0.5, "share of the mined hard questions held out as the hard test set", gt=0.0, lt=1.0)
-    temperature: float = _opt(1.0, "sampling temperature while mining", ge=0.0)
-    max_new_tokens: int = _opt(384, "token budget for one mining completion", ge=1)
-    seed: int = _opt(1234, "seed for question generation and the train/test split", ge=0)
+    temperature: float = _opt(1.0, "sampling temperature while mining", ge=0.0, le=10.0)
+    max_new_tokens: int = _opt(384, "token budget for one mining completion", ge=1, le=32768)
+    seed: int = _opt(1234, "seed for question generation and the train/test split", ge=0, le=2**31 - 1)
 
 
 @dataclass
@@ -311,7 +314,7 @@ def _fields(section_cls: type) -> dict[str, tuple[Any, dict]]:
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _expectation(tp: Any, meta: dict) -> str:

@@ -210,7 +210,7 @@ def test_override_unknown_key_and_section():
 def test_override_error_after_valid_file(tmp_path):
     path = write(tmp_path, "[student]\nsteps = 3\n")
     message = error_of(path, ["student.kl_coef=-1"])
-    assert message.startswith("--set student.kl_coef: expected a number >= 0, got -1")
+    assert message.startswith("--set student.kl_coef: expected a number in [0, 100], got -1")
 
 
 # ---------------------------------------------------------------------------------------------- file errors
@@ -218,19 +218,19 @@ def test_override_error_after_valid_file(tmp_path):
 
 def test_error_message_format_example(tmp_path):
     path = write(tmp_path, '[student]\ngroup_size = "eight"\n')
-    assert error_of(path) == f"{path}: student.group_size: expected an integer >= 2, got 'eight'"
+    assert error_of(path) == f"{path}: student.group_size: expected an integer in [2, 256], got 'eight'"
 
 
 def test_relative_path_is_named_as_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "curricula").mkdir()
     write(tmp_path / "curricula", "[student]\ngroup_size = 'eight'\n")
-    assert error_of("curricula/x.toml") == "curricula/x.toml: student.group_size: expected an integer >= 2, got 'eight'"
+    assert error_of("curricula/x.toml") == "curricula/x.toml: student.group_size: expected an integer in [2, 256], got 'eight'"
 
 
 BAD_VALUES = [
     # (section, key, TOML value, what the message should say)
-    ("run", "seed", "-1", "integer >= 0"),
+    ("run", "seed", "-1", "integer in [0, 2147483647]"),
     ("run", "seed", "true", "integer"),
     ("run", "mode", '"hard"', "one of 'soar', 'hard-only', 'intrinsic'"),
     ("run", "name", '""', "run name"),
@@ -240,66 +240,79 @@ BAD_VALUES = [
     ("model", "dtype", '"fp8"', "one of"),
     ("model", "lora", '"true"', "boolean"),
     ("model", "lora", "1", "boolean"),
-    ("model", "lora_rank", "0", "integer >= 1"),
+    ("model", "lora_rank", "0", "integer in [1, 1024]"),
     ("model", "lora_alpha", "16.0", "integer"),
     ("model", "lora_dropout", "1.5", "number in [0, 1)"),
     ("model", "lora_dropout", "-0.1", "number in [0, 1)"),
     ("model", "engine", '"tgi"', "one of 'hf', 'vllm'"),
     ("domain", "name", '"chess"', "arith, program, math, code or gym:<reasoning-gym dataset name>"),
     ("domain", "hard_train", "5", "string"),
-    ("teacher", "datasets_per_step", "0", "integer >= 1"),
-    ("teacher", "items_per_dataset", "-4", "integer >= 1"),
-    ("teacher", "items_per_dataset", '"16"', "integer >= 1"),
-    ("teacher", "temperature", "-0.5", "number >= 0"),
-    ("teacher", "temperature", "nan", "number >= 0"),
-    ("teacher", "max_new_tokens", "0", "integer >= 1"),
-    ("teacher", "max_sampling_rounds", "0", "integer >= 1"),
+    ("teacher", "datasets_per_step", "0", "integer in [1, 64]"),
+    ("teacher", "items_per_dataset", "-4", "integer in [1, 4096]"),
+    ("teacher", "items_per_dataset", '"16"', "integer in [1, 4096]"),
+    ("teacher", "temperature", "-0.5", "number in [0, 10]"),
+    ("teacher", "temperature", "nan", "number in [0, 10]"),
+    ("teacher", "max_new_tokens", "0", "integer in [1, 32768]"),
+    ("teacher", "max_sampling_rounds", "0", "integer in [1, 100]"),
     ("teacher", "reward_target", '"oracle"', "one of 'teacher', 'verified', 'drop-unverified'"),
-    ("teacher", "lr", "0", "number > 0"),
-    ("teacher", "lr", "-1e-5", "number > 0"),
-    ("teacher", "lr", "true", "number > 0"),
-    ("teacher", "lr", '"1e-5"', "number > 0"),
+    ("teacher", "lr", "0", "number in (0, 1]"),
+    ("teacher", "lr", "-1e-5", "number in (0, 1]"),
+    ("teacher", "lr", "true", "number in (0, 1]"),
+    ("teacher", "lr", '"1e-5"', "number in (0, 1]"),
     ("student", "backend", '"ppo"', "one of 'rloo', 'grpo'"),
-    ("student", "students_per_dataset", "0", "integer >= 1"),
-    ("student", "steps", "0", "integer >= 1"),
-    ("student", "steps", "false", "integer >= 1"),
-    ("student", "extra_steps_after_promotion", "-1", "integer >= 0"),
-    ("student", "batch_prompts", "0", "integer >= 1"),
-    ("student", "group_size", "1", "integer >= 2"),
-    ("student", "group_size", "8.0", "integer >= 2"),
-    ("student", "temperature", "-1", "number >= 0"),
-    ("student", "max_new_tokens", "0", "integer >= 1"),
-    ("student", "lr", "0.0", "number > 0"),
-    ("student", "kl_coef", "-0.001", "number >= 0"),
-    ("student", "eps_low", "-0.2", "number >= 0"),
-    ("student", "eps_high", "-0.2", "number >= 0"),
+    ("student", "students_per_dataset", "0", "integer in [1, 64]"),
+    ("student", "steps", "0", "integer in [1, 100000]"),
+    ("student", "steps", "false", "integer in [1, 100000]"),
+    ("student", "extra_steps_after_promotion", "-1", "integer in [0, 100000]"),
+    ("student", "batch_prompts", "0", "integer in [1, 1024]"),
+    ("student", "group_size", "1", "integer in [2, 256]"),
+    ("student", "group_size", "8.0", "integer in [2, 256]"),
+    ("student", "temperature", "-1", "number in [0, 10]"),
+    ("student", "max_new_tokens", "0", "integer in [1, 32768]"),
+    ("student", "lr", "0.0", "number in (0, 1]"),
+    ("student", "kl_coef", "-0.001", "number in [0, 100]"),
+    ("student", "eps_low", "-0.2", "number in [0, 1]"),
+    ("student", "eps_high", "-0.2", "number in [0, 10]"),
     ("student", "loss_aggregation", '"mean"', "one of 'token', 'sequence'"),
-    ("student", "grad_clip", "0", "number > 0"),
-    ("student", "grad_clip", "inf", "number > 0"),
-    ("reward", "questions", "0", "integer >= 1"),
+    ("student", "grad_clip", "0", "number in (0, 1e+06]"),
+    ("student", "grad_clip", "inf", "number in (0, 1e+06]"),
+    ("reward", "questions", "0", "integer in [1, 100000]"),
     ("promotion", "tau", "1.5", "number in [-1, 1]"),
     ("promotion", "tau", "-1.5", "number in [-1, 1]"),
-    ("promotion", "window", "0", "integer >= 1"),
-    ("eval", "every_teacher_steps", "0", "integer >= 1"),
-    ("eval", "samples", "0", "integer >= 1"),
-    ("eval", "max_new_tokens", "0", "integer >= 1"),
-    ("budget", "hours", "-1", "number >= 0"),
-    ("budget", "max_teacher_steps", "-1", "integer >= 0"),
-    ("budget", "keep_checkpoints", "0", "integer >= 1"),
-    ("mining", "k", "0", "integer >= 1"),
-    ("mining", "pool_per_level", "0", "integer >= 1"),
-    ("mining", "levels", "[0]", "list of distinct integers >= 1"),
-    ("mining", "levels", "[1, 1]", "list of distinct integers >= 1"),
-    ("mining", "levels", "[1.0]", "list of distinct integers >= 1"),
-    ("mining", "levels", "[true]", "list of distinct integers >= 1"),
-    ("mining", "levels", "3", "list of distinct integers >= 1"),
+    ("promotion", "window", "0", "integer in [1, 1000]"),
+    ("eval", "every_teacher_steps", "0", "integer in [1, 100000]"),
+    ("eval", "samples", "0", "integer in [1, 1024]"),
+    ("eval", "max_new_tokens", "0", "integer in [1, 32768]"),
+    ("budget", "hours", "-1", "number in [0, 8760]"),
+    ("budget", "max_teacher_steps", "-1", "integer in [0, 1000000]"),
+    ("budget", "keep_checkpoints", "0", "integer in [1, 1000]"),
+    ("mining", "k", "0", "integer in [1, 4096]"),
+    ("mining", "pool_per_level", "0", "integer in [1, 100000]"),
+    ("mining", "levels", "[0]", "list of distinct integers in [1, 1000]"),
+    ("mining", "levels", "[1, 1]", "list of distinct integers in [1, 1000]"),
+    ("mining", "levels", "[1.0]", "list of distinct integers in [1, 1000]"),
+    ("mining", "levels", "[true]", "list of distinct integers in [1, 1000]"),
+    ("mining", "levels", "3", "list of distinct integers in [1, 1000]"),
     ("mining", "test_fraction", "0", "number in (0, 1)"),
     ("mining", "test_fraction", "1", "number in (0, 1)"),
     ("mining", "test_fraction", "1.2", "number in (0, 1)"),
-    ("mining", "temperature", "-1", "number >= 0"),
-    ("mining", "max_new_tokens", "0", "integer >= 1"),
-    ("mining", "seed", "-5", "integer >= 0"),
-    ("mining", "seed", "1234.5", "integer >= 0"),
+    ("mining", "temperature", "-1", "number in [0, 10]"),
+    ("mining", "max_new_tokens", "0", "integer in [1, 32768]"),
+    ("mining", "seed", "-5", "integer in [0, 2147483647]"),
+    ("mining", "seed", "1234.5", "integer in [0, 2147483647]"),
+    # every size has a maximum (issue 8 §4): 1e9 items, k or samples cannot be set
+    ("teacher", "items_per_dataset", "1000000000", "integer in [1, 4096]"),
+    ("teacher", "datasets_per_step", "1000000000", "integer in [1, 64]"),
+    ("student", "batch_prompts", "1000000000", "integer in [1, 1024]"),
+    ("student", "steps", "1000000000", "integer in [1, 100000]"),
+    ("reward", "questions", "1000000000", "integer in [1, 100000]"),
+    ("reward", "samples", "1000000000", "integer in [1, 1024]"),
+    ("eval", "samples", "1000000000", "integer in [1, 1024]"),
+    ("eval", "max_new_tokens", "1000000000", "integer in [1, 32768]"),
+    ("mining", "k", "1000000000", "integer in [1, 4096]"),
+    ("mining", "pool_per_level", "1000000000", "integer in [1, 100000]"),
+    ("budget", "hours", "1e305", "number in [0, 8760]"),
+    ("run", "seed", "100000000000000000000000000000", "integer in [0, 2147483647]"),
 ]
 
 
