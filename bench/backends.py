@@ -1,6 +1,6 @@
 """Student backends head to head on the shipped model: the same problems, the same wall-clock budget.
 
-Each backend (`student.backend`: rloo, srl, srl-rlvr, srpo) trains one student from the shipped model on the
+Each backend (`student.backend`: rloo, srl, srl-rlvr, nested, srpo) trains one student from the shipped model on the
 same problems (default: the shipped arith hard-train set, fail@128 for the base model, where outcome
 rewards carry almost no signal and SRL's expert steps do) for the same wall-clock budget: two probe steps
 measure its seconds per step, then it gets budget / (seconds per step) steps. Every student, and the base
@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-BACKENDS = ("rloo", "srl", "srl-rlvr", "srpo")
+BACKENDS = ("rloo", "srl", "srl-rlvr", "nested", "srpo")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,7 +88,8 @@ def train_and_evaluate(job: tuple) -> dict:
         model, metrics = train_fn(model, tokenizer, train, domain, student_cfg, steps=steps, seed=seed, log=measure)
         figures["curve"] = curve
         figures.update(steps=steps, train_seconds=time.time() - started, updates=metrics.updates,
-                       train_reward_first=_window(metrics.per_step[:10]), train_reward_last=_window(metrics.per_step[-10:]))
+                       train_reward_first=_window(metrics.per_step[:10]), train_reward_last=_window(metrics.per_step[-10:]),
+                       rollout_tokens_per_second=metrics.tokens_per_second)
     engine = HFEngine(model, tokenizer)
     hard = summarize(evaluate_problems(engine, domain, test, samples=k, greedy=True,
                                        max_new_tokens=cfg.eval.max_new_tokens, seed=seed + 7), [1, k])
@@ -170,12 +171,12 @@ def main() -> None:
           f"{f'{args.steps} steps' if args.steps else f'{args.minutes:g} min'} per backend on {base['train_problems']}"
           f" problems ({'levels ' + args.train_levels if args.train_levels else 'hard-train'})")
     print(f"{'backend':10s} {'steps':>5s} {'train reward first->last 10':>28s} {'pass@1':>8s} {f'pass@{args.k}':>8s} "
-          f"{'greedy L3 / L4 / L5 / L6':>26s}")
+          f"{'greedy L3 / L4 / L5 / L6':>26s} {'rollout tok/s':>13s}")
     for row in rows:
         train = (f"{row['train_reward_first']:.3f} -> {row['train_reward_last']:.3f}" if "steps" in row else "")
         levels = " / ".join(f"{v:.2f}" for v in row["greedy_by_level"].values())
         print(f"{row['backend']:10s} {row.get('steps', ''):>5} {train:>28s} {row['hard_pass@1']:8.4f} {row[key]:8.4f} "
-              f"{levels:>26s}")
+              f"{levels:>26s} {row.get('rollout_tokens_per_second', 0):13.0f}")
     for row in rows[1:]:
         print(f"{row['backend']} vs base: pass@{args.k} {row[key] - base[key]:+.4f}, greedy mean "
               f"{sum(row['greedy_by_level'].values()) / 4 - sum(base['greedy_by_level'].values()) / 4:+.3f}")

@@ -165,7 +165,9 @@ class StudentSection:
     backend: str = _opt("rloo", "student RL: rloo / grpo = outcome reward (RLVR); srl = step-wise similarity to"
                                 " expert steps (SRL, needs expert steps); srl-rlvr = SRL for srl_share of the steps,"
                                 " then rloo from the SRL weights; srpo = GRPO with history resampling and two stages"
-                                " (SRPO, the srpo_ settings)", choices=("rloo", "grpo", "srl", "srl-rlvr", "srpo"))
+                                " (SRPO, the srpo_ settings); nested = rloo with rollouts from the student with some middle"
+                                " layers skipped, importance-weighted (Nested-ReFT, the nested_ settings)",
+                        choices=("rloo", "grpo", "srl", "srl-rlvr", "srpo", "nested"))
     students_per_dataset: int = _opt(2, "r: independent students trained per dataset (reward is their mean)", ge=1, le=64)
     steps: int = _opt(8, "student training steps from the current baseline", ge=1, le=100_000)
     extra_steps_after_promotion: int = _opt(
@@ -195,6 +197,21 @@ class StudentSection:
                                     " reimplementation)", ge=0.0, le=1.0)
     srl_think: bool = _opt(False, "SRL: the student writes <think>...</think> before each step (the shipped tiny"
                                   " model writes none)")
+    nested_skip_ratio: float = _opt(0.25, "Nested-ReFT: share of the decoder layers skipped by the rollout model,"
+                                          " drawn per batch from the middle layers (never the first or last; 0 ="
+                                          " plain rloo)", ge=0.0, lt=1.0)
+    nested_correction: str = _opt("truncated", "Nested-ReFT bias correction of the off-policy update (our formulas;"
+                                               " the paper's are not public): truncated = per-token IS weight"
+                                               " min(rho, nested_is_cap); retrace = cumulative product of"
+                                               " nested_trace_lambda * min(1, rho) along the completion; masked ="
+                                               " drop completions whose mean log rho leaves +-nested_mask_band",
+                                  choices=("truncated", "retrace", "masked"))
+    nested_is_cap: float = _opt(2.0, "Nested-ReFT truncated: cap C on the per-token importance weight", ge=1.0,
+                                le=100.0)
+    nested_trace_lambda: float = _opt(1.0, "Nested-ReFT retrace: trace decay lambda per token", gt=0.0, le=1.0)
+    nested_mask_band: float = _opt(0.5, "Nested-ReFT masked: a completion trains only while its mean per-token log"
+                                        " ratio (full student over rollout model) lies within +-this (nats)",
+                                   gt=0.0, le=10.0)
     srpo_resample_every: int = _opt(0, "SRPO history resampling boundary, where problems whose rollouts were all"
                                        " correct are dropped: 0 = after each pass over the stage's problems (the"
                                        " paper's epoch), N = every N steps (a student's training is often about one"

@@ -166,10 +166,12 @@ def _padded(values: list[list[float]], T: int, device) -> torch.Tensor:
 
 
 def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cfg, pad_id: int,
-                reference=None) -> dict:
+                reference=None, surrogate=None) -> dict:
     """The loss and one optimizer step: clipped surrogate (+ kl_coef * k3 KL to `reference`) with grad-norm
     clipping. `advantages` is (B,). No step (and no graph) when every advantage is zero. Raises
-    NonFiniteLoss, without stepping, when the loss or the gradient norm is not finite."""
+    NonFiniteLoss, without stepping, when the loss or the gradient norm is not finite. `surrogate(rows)` (the
+    loss seam for off-policy backends; default: clipped_surrogate for every row) returns the loss function
+    for the batch rows `rows` (a range), with clipped_surrogate's signature and stats."""
     has_signal = bool((advantages != 0).any())
     with torch.set_grad_enabled(has_signal):
         temperature = cfg.temperature if cfg.temperature > 0 else 1.0
@@ -179,8 +181,9 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
         if temperature != 1.0:  # the engine's log-probs are temperature-1 ones: see the module docstring
             old = new.detach()
         old = torch.where(torch.isnan(old), new.detach(), old)  # unrecorded (EOS): on-policy, ratio 1
-        loss, stats = clipped_surrogate(new, old, advantages.to(new.device), mask, cfg.eps_low, cfg.eps_high,
-                                        cfg.loss_aggregation)
+        loss_fn = clipped_surrogate if surrogate is None else surrogate(range(len(batch.completion_ids)))
+        loss, stats = loss_fn(new, old, advantages.to(new.device), mask, cfg.eps_low, cfg.eps_high,
+                              cfg.loss_aggregation)
         kl = torch.zeros(())
         if cfg.kl_coef > 0:
             kl = aggregate(k3_kl(new, _reference_logprobs(reference, batch, pad_id, temperature), mask), mask,
