@@ -59,6 +59,24 @@ def rollout_rows(batch, scores, ref: str) -> list[dict]:
             for item, text, score in zip(batch.problems, batch.texts, scores)]
 
 
+_ENGINES: dict = {}  # one vLLM engine per process: it reserves its share of GPU memory once
+
+
+def student_engine(config):
+    """The engine students sample from when it is not the student itself: vLLM with model.engine = vllm
+    for the outcome-reward backends (rloo, grpo; the others sample with their own HF loops), built once
+    per process from the base model and given each student's weights as it trains. None = HF sampling."""
+    if config.model.engine != "vllm" or config.student.backend not in ("rloo", "grpo"):
+        return None
+    key = (config.model.path, config.model.dtype)
+    if key not in _ENGINES:
+        from soar_agent.engine import make_engine
+        from soar_agent.models import resolve_model_path
+
+        _ENGINES[key] = make_engine("vllm", None, None, resolve_model_path(config.model.path), config.model.dtype)
+    return _ENGINES[key]
+
+
 def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_step: Callable[[int], None] | None = None):
     """Train a student from `baseline` (a model in memory) and score it: (student, StudentResult)."""
     from soar_agent.models import save_checkpoint
@@ -67,12 +85,15 @@ def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_ste
     from soar_agent.rl.train import NonFiniteLoss
 
     rollouts: list[dict] = []
+    extra = {"history": job.history} if config.student.backend == "srpo" else {}
+    engine = student_engine(config)
+    if engine is not None:
+        extra["engine"] = engine
     try:
         student, metrics = trainer(config.student.backend)(
             baseline, tokenizer, job.problems, domain, config.student, steps=job.steps, seed=job.seed,
             on_rollout=lambda batch, scores: rollouts.extend(rollout_rows(batch, scores, job.ref)),
-            log=None if on_step is None else (lambda record: on_step(record["step"] + 1)),
-            **({"history": job.history} if config.student.backend == "srpo" else {}))
+            log=None if on_step is None else (lambda record: on_step(record["step"] + 1)), **extra)
     except NonFiniteLoss as error:
         return None, StudentResult(job.key, None, None, {"error": str(error), "non_finite": True}, rollouts)
     after = question_scores(student, tokenizer, domain, job.reward_questions, config.reward.metric,
@@ -96,7 +117,7 @@ def run_student_job(job: StudentJob, threads: int | None = None) -> StudentResul
         torch.set_num_threads(threads)
     config = config_from_dict(job.config)
     tokenizer = load_tokenizer(config.model.path)
-    model = load_model(job.baseline_path, config.model.dtype)
+    model = load_model(job.baseline_path, config.model.dtype, device=config.model.device)
     if job.add_lora:
         model = add_lora(model, config.model.lora_rank, config.model.lora_alpha, config.model.lora_dropout)
     domain = for_model(get_domain(config.domain.name), tokenizer, config.model.chat_template)
@@ -115,7 +136,9 @@ def run_on_ray(jobs: list[StudentJob], workers: int, address: str = "") -> Itera
         ray.init(**({"address": address} if address else {"num_cpus": workers}), include_dashboard=False,
                  log_to_driver=False, ignore_reinit_error=True,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
-    task = ray.remote(num_cpus=1, max_retries=3)(run_student_job)
+    # on GPUs the workers share them: each task takes its fraction (vLLM's memory share is not split: untested)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    task = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / workers) if gpus else 0, max_retries=3)(run_student_job)
     pending = [task.remote(job, 1) for job in jobs]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)

@@ -10,8 +10,8 @@ Simplifications versus the textbook algorithms (and the SOAR paper):
   weights just updated, so the ratio is 1 up to numerics and the clip only matters for off-policy
   rollouts (a layer-skipping behaviour model, stale weights). The loss still implements it exactly.
 * Constant learning rate, AdamW with weight decay 0 (the paper uses a cosine schedule).
-* No micro-batching or gradient accumulation: the whole batch is one forward pass (fine for the tiny
-  default; big-vocabulary models on a GPU need it).
+* Micro-batching (student.micro_batch rows per forward/backward pass, gradients accumulated) gives the
+  same loss and gradient as one pass over the batch; 0 = the whole batch at once (the tiny default).
 * Dropout is off (eval mode) while sampling and while computing the loss, so on-policy ratios are 1.
 * The loss uses log-probs of the *sampling* distribution, logits / temperature (as TRL does), so the
   update is the policy gradient of the policy that wrote the rollouts. The engine records temperature-1
@@ -171,39 +171,72 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     clipping. `advantages` is (B,). No step (and no graph) when every advantage is zero. Raises
     NonFiniteLoss, without stepping, when the loss or the gradient norm is not finite. `surrogate(rows)` (the
     loss seam for off-policy backends; default: clipped_surrogate for every row) returns the loss function
-    for the batch rows `rows` (a range), with clipped_surrogate's signature and stats."""
+    for the batch rows `rows` (a range), with clipped_surrogate's signature and stats.
+
+    With cfg.micro_batch = m > 0 the rows go through the model m at a time and their gradients accumulate:
+    each micro-batch's loss is scaled by its share of the batch's tokens (token aggregation) or rows
+    (sequence aggregation), so the summed loss and gradient equal one pass over the whole batch, while the
+    logits (B x T x vocabulary) are never all in memory at once."""
     has_signal = bool((advantages != 0).any())
-    with torch.set_grad_enabled(has_signal):
-        temperature = cfg.temperature if cfg.temperature > 0 else 1.0
-        new, mask, entropy = sequence_logprobs(student, batch.prompt_ids, batch.completion_ids, pad_id,
-                                               temperature)  # (B, T)
-        old = _padded(batch.old_logprobs, new.shape[1], new.device)
-        if temperature != 1.0:  # the engine's log-probs are temperature-1 ones: see the module docstring
-            old = new.detach()
-        old = torch.where(torch.isnan(old), new.detach(), old)  # unrecorded (EOS): on-policy, ratio 1
-        loss_fn = clipped_surrogate if surrogate is None else surrogate(range(len(batch.completion_ids)))
-        loss, stats = loss_fn(new, old, advantages.to(new.device), mask, cfg.eps_low, cfg.eps_high,
-                              cfg.loss_aggregation)
-        kl = torch.zeros(())
-        if cfg.kl_coef > 0:
-            kl = aggregate(k3_kl(new, _reference_logprobs(reference, batch, pad_id, temperature), mask), mask,
-                           cfg.loss_aggregation)
-            loss = loss + cfg.kl_coef * kl
-    stats.update(loss=loss.item(), kl=kl.item(), entropy=aggregate(entropy, mask).item(), grad_norm=0.0,
-                 updated=False)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"student loss is {loss.item()} (advantages: {advantages.tolist()[:8]}...)")
+    rows = len(batch.completion_ids)
+    size = cfg.micro_batch or rows
+    total_tokens = max(1, sum(len(c) for c in batch.completion_ids))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     if has_signal:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
+    for begin in range(0, rows, size):
+        part = _rows(batch, range(begin, min(begin + size, rows)))
+        tokens = sum(len(c) for c in part.completion_ids) / total_tokens  # this micro-batch's share of tokens
+        share = tokens if cfg.loss_aggregation == "token" else len(part.completion_ids) / rows
+        loss_fn = clipped_surrogate if surrogate is None else surrogate(range(begin, begin + len(part.completion_ids)))
+        with torch.set_grad_enabled(has_signal):
+            loss, kl, entropy, stats = _micro_batch_loss(student, part, advantages[begin:begin + size], cfg,
+                                                         pad_id, reference, loss_fn)
+        if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"student loss is {loss.item()} (advantages: {advantages.tolist()[:8]}...)")
+        if has_signal:
+            (loss * share).backward()
+        totals["loss"] += loss.item() * share
+        totals["kl"] += kl.item() * share
+        for key, value in (("entropy", entropy), *stats.items()):
+            totals[key] += value * tokens
+    stats = dict(totals, grad_norm=0.0, updated=False)
+    if has_signal:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         if not torch.isfinite(grad_norm):
             optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f"student gradient norm is {grad_norm.item()} (loss {loss.item()})")
+            raise NonFiniteLoss(f"student gradient norm is {grad_norm.item()} (loss {stats['loss']})")
         optimizer.step()
         stats.update(grad_norm=grad_norm.item(), updated=True)
     return stats
+
+
+def _rows(batch: Rollout, rows: range) -> Rollout:
+    """The rows of a batch as a batch of their own (a micro-batch)."""
+    return Rollout([batch.problems[i] for i in rows], [batch.prompt_ids[i] for i in rows],
+                   [batch.completion_ids[i] for i in rows], [batch.old_logprobs[i] for i in rows],
+                   [batch.texts[i] for i in rows], batch.group_size, 0, 0.0)
+
+
+def _micro_batch_loss(student, batch: Rollout, advantages: torch.Tensor, cfg, pad_id: int, reference,
+                      loss_fn=clipped_surrogate):
+    """(loss, kl, entropy, clip stats) of some rows, each aggregated over those rows only."""
+    temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+    new, mask, entropy = sequence_logprobs(student, batch.prompt_ids, batch.completion_ids, pad_id,
+                                           temperature)  # (b, T)
+    old = _padded(batch.old_logprobs, new.shape[1], new.device)
+    if temperature != 1.0:  # the engine's log-probs are temperature-1 ones: see the module docstring
+        old = new.detach()
+    old = torch.where(torch.isnan(old), new.detach(), old)  # unrecorded (EOS): on-policy, ratio 1
+    loss, stats = loss_fn(new, old, advantages.to(new.device), mask, cfg.eps_low, cfg.eps_high, cfg.loss_aggregation)
+    kl = torch.zeros((), device=new.device)
+    if cfg.kl_coef > 0:
+        kl = aggregate(k3_kl(new, _reference_logprobs(reference, batch, pad_id, temperature), mask), mask,
+                       cfg.loss_aggregation)
+        loss = loss + cfg.kl_coef * kl
+    return loss, kl, aggregate(entropy, mask).item(), stats
 
 
 def _reference_logprobs(reference, batch: Rollout, pad_id: int, temperature: float = 1.0) -> torch.Tensor:
@@ -231,12 +264,14 @@ def _reward_stats(rewards: torch.Tensor) -> dict:
 def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int | None = None,
                   reward_fn: RewardFn | None = None, seed: int = 0, reference=None,
                   log: Callable[[dict], None] | None = None,
-                  on_rollout: Callable[[Rollout, list[float]], None] | None = None):
+                  on_rollout: Callable[[Rollout, list[float]], None] | None = None, engine=None):
     """Train a copy of `baseline` (never mutated) for `steps` (default cfg.steps) RL steps on `problems`.
 
     cfg is a StudentSection. `reward_fn(problems, completions) -> list[float | None]` defaults to
     `reward_correct(domain)`. `reference` (default: the baseline) is the frozen policy of the KL penalty.
     `log` receives each step's record and `on_rollout` each step's batch with its rewards (for storage).
+    `engine` (default: an HFEngine on the student itself) samples the rollouts; one holding its own copy of
+    the weights (vLLM) gets the student's weights before the first rollout and after every optimizer step.
     Returns (student, StudentMetrics). Raises NonFiniteLoss."""
     student = clone_model(baseline)
     student.eval()  # dropout off: see the module docstring
@@ -244,7 +279,8 @@ def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, ste
     if not params:
         raise ValueError("the student has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    engine = HFEngine(student, tokenizer)  # holds the student itself: rollouts see every update
+    engine = engine or HFEngine(student, tokenizer)  # on the student itself, rollouts see every update
+    engine.load_weights(student)
     reward_fn = reward_fn or reward_correct(domain)
     reference = reference if reference is not None else baseline
     advantage_fn = grpo_advantages if cfg.backend == "grpo" else rloo_advantages  # srl-rlvr's RLVR half: RLOO
@@ -266,6 +302,8 @@ def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, ste
             stats = policy_step(student, optimizer, batch, advantages, cfg, pad_id, reference)
         except NonFiniteLoss as error:
             raise NonFiniteLoss(f"step {step}: {error}") from None
+        if stats["updated"]:
+            engine.load_weights(student)
         record = {"step": step, **_reward_stats(rewards), **stats,
                   "completion_length": batch.sampled_tokens / len(batch.texts),
                   "tokens_per_second": batch.sampled_tokens / batch.seconds if batch.seconds else 0.0,
