@@ -107,7 +107,11 @@ class ModelSection:
         pattern=r"(?s).*\S.*",
         expect="a non-empty model path",
     )
-    dtype: str = _opt("float32", "weights/compute dtype", choices=("float32", "bfloat16", "float16"))
+    dtype: str = _opt("auto", "weights/compute dtype: auto = bfloat16 on a GPU that supports it, else float32",
+                      choices=("auto", "float32", "bfloat16", "float16"))
+    device: str = _opt("auto", "where models train and sample: auto = the first CUDA GPU when there is one, else cpu;"
+                               " or cpu, cuda, cuda:N", pattern=r"auto|cpu|cuda(:[0-9]{1,2})?",
+                       expect="auto, cpu, cuda or cuda:N")
     lora: bool = _opt(False, "train LoRA adapters instead of full weights")
     lora_rank: int = _opt(16, "LoRA rank r (only with lora = true)", ge=1, le=1024)
     lora_alpha: int = _opt(32, "LoRA scaling alpha (only with lora = true)", ge=1, le=4096)
@@ -190,6 +194,9 @@ class StudentSection:
         choices=("token", "sequence"),
     )
     grad_clip: float = _opt(1.0, "gradient norm clip", gt=0.0, le=1e6)
+    micro_batch: int = _opt(0, "rows (completions) per forward/backward pass of the student loss, gradients"
+                               " accumulated to the same update; 0 = the whole batch at once (big-vocabulary models"
+                               " on a GPU need a few rows: the logits are rows x tokens x vocabulary)", ge=0, le=4096)
     srl_share: float = _opt(0.5, "srl-rlvr: share of the student's steps spent on SRL before RLVR (the SRL paper"
                                  " publishes no schedule)", ge=0.0, le=1.0)
     srl_epsilon: float = _opt(0.01, "SRL dynamic sampling: keep a step prompt only when its rollout rewards' std"
@@ -226,7 +233,7 @@ class StudentSection:
     srpo_plateau_window: int = _opt(0, "SRPO: with W > 0, stage 2 starts earlier once stage 1's mean train reward"
                                        " over its last W steps is no higher than over the W before (0 = off)", ge=0, le=1000)
     srpo_kl_coef: float = _opt(0.0, "SRPO's KL penalty to the baseline (the paper uses none; srpo ignores kl_coef)",
-                               ge=0.0)
+                               ge=0.0, le=100.0)
     srpo_mask_overlong: bool = _opt(True, "SRPO: completions that run into max_new_tokens without finishing get"
                                           " advantage 0 (the paper's setting)")
 
@@ -457,7 +464,7 @@ def _parse_override(raw: str) -> tuple[str, str, Any, str]:
     try:
         parsed = tomllib.loads(f"v = {text}")
         value = parsed["v"] if list(parsed) == ["v"] else text
-    except ValueError:  # TOMLDecodeError is a ValueError
+    except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError; RecursionError: nested too deeply
         value = text
     return section, key, value, text
 
@@ -502,6 +509,8 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> RunCo
         except tomllib.TOMLDecodeError as exc:
             message = " ".join(str(exc).split())
             raise ConfigError(f"{source}: invalid TOML: {message}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{source}: invalid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except OSError as exc:
