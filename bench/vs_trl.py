@@ -10,7 +10,7 @@ arm finished within the fastest arm's total time (equal wall time). Then the rat
 steps/s and tokens/s.
 
     pip install -c constraints-cpu.txt '.[bench]'     # trl
-    python bench/vs_trl.py                             # 12 steps per arm, the [student] defaults
+    python bench/vs_trl.py                             # 12 steps per arm, 2 runs each, the [student] defaults
     python bench/vs_trl.py --steps 30 --set student.batch_prompts=4
 
 Figures rest on `--steps` steps x batch_prompts x group_size completions per arm, one seed: a reward
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=256, help="problems, spread over levels 3-5")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", default="ours-rloo,trl-rloo,ours-grpo,trl-grpo")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per arm, in alternating order")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="[student] override")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -123,17 +124,21 @@ def main() -> None:
     problems = generate_problems(domain, [LEVELS[i % len(LEVELS)] for i in range(args.pool)], random.Random(args.seed))
     print(f"{args.steps} steps x {cfg.batch_prompts} prompts x {cfg.group_size} completions, max {cfg.max_new_tokens}"
           f" tokens, lr {cfg.lr}, kl {cfg.kl_coef}, temperature {cfg.temperature}, torch threads 1", flush=True)
-    runs = {}
-    for arm in args.arms.split(","):
-        side, kind = arm.split("-")
-        run = ours if side == "ours" else trl_arm
-        runs[arm] = run(kind, problems, domain, cfg, args.steps, args.seed)
-        print(f"  {arm}: {runs[arm][-1]['t']:.0f}s for {len(runs[arm])} steps", flush=True)
-    horizon = min(records[-1]["t"] for records in runs.values())
+    arms = args.arms.split(",")
+    runs: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
+    for repeat in range(args.repeats):  # A B C D, then D C B A: drift in the machine's load hits every arm
+        for arm in (arms if repeat % 2 == 0 else arms[::-1]):
+            side, kind = arm.split("-")
+            run = ours if side == "ours" else trl_arm
+            runs[arm].append(run(kind, problems, domain, cfg, args.steps, args.seed))
+            print(f"  {arm}: {runs[arm][-1][-1]['t']:.0f}s for {len(runs[arm][-1])} steps", flush=True)
+    horizon = min(records[-1]["t"] for repeats in runs.values() for records in repeats)
     window = max(1, args.steps // 4)
-    rows = {arm: summary(records, horizon, window) for arm, records in runs.items()}
+    rows = {arm: {key: statistics.fmean(summary(records, horizon, window)[key] for records in repeats)
+                  for key in ("s/step", "steps/s", "tokens/s", "first", "last", "at equal time")}
+            for arm, repeats in runs.items()}
     print(f"\n{'arm':<10} {'s/step':>7} {'tokens/s':>9} {'reward first':>13} {'last':>6} "
-          f"{'at ' + format(horizon, '.0f') + 's':>9}")
+          f"{'at ' + format(horizon, '.0f') + 's':>9}   (means over {args.repeats} runs per arm)")
     for arm, row in rows.items():
         print(f"{arm:<10} {row['s/step']:7.1f} {row['tokens/s']:9.0f} {row['first']:13.3f} {row['last']:6.3f} "
               f"{row['at equal time']:9.3f}")
