@@ -80,27 +80,69 @@ def shipped_hard_set(domain_name: str, split: str) -> Path:
 
 
 def load_problem_file(path: Path, domain) -> list[Problem]:
-    from soar_agent.mining import read_jsonl
+    """A data file's problems (tasks.load_problem_file: one-line errors naming the file and line)."""
+    from soar_agent.tasks import load_problem_file as load
 
-    if hasattr(domain, "load_problems"):
-        return domain.load_problems(path)
-    return read_jsonl(path, domain.NAME)
+    return load(path, domain)
 
 
 def check_run_config(config: RunConfig) -> None:
-    """Config errors that need the domain or its data files, raised before a run is created."""
+    """Config errors that need the domain or its data files, raised before a run is created (so a bad file
+    never leaves a run without its hard sets): every data file the run reads must load, hold problems, and
+    hold at least one problem whose prompt fits the model's context with its completion budget
+    (evaluation.prompt_room; the others are skipped with a counted note when the run stores them). Errors
+    are one line naming the file, the line and the config field."""
     from soar_agent.reward import check_metric
+    from soar_agent.tasks.base import RejectedItem
 
     domain, cfg = get_domain(config.domain.name), config.domain
-    if config.reward.metric == "expert-logprob":
-        path = Path(cfg.hard_train) if cfg.hard_train else shipped_hard_set(domain.NAME, "train")
-        if path.is_file():  # a missing file is reported when the hard sets are stored
-            check_metric(config.reward.metric, domain, load_problem_file(path, domain))
     if cfg.curated and not Path(cfg.curated).is_file():
         raise ConfigError(f"domain.curated: {cfg.curated}: no such file")
     if config.run.mode == "curated" and not cfg.curated and not hasattr(domain, "generate"):
         raise ConfigError(f"domain.curated: run.mode = curated on the {domain.NAME} domain needs a JSONL of"
                           " curated training problems (the domain has no generator)")
+    s, e = config.student.max_new_tokens, config.eval.max_new_tokens
+    files = {  # field -> (file, the completion budget its problems are sampled with)
+        "hard_train": (Path(cfg.hard_train) if cfg.hard_train else shipped_hard_set(domain.NAME, "train"),
+                       (s, "student.max_new_tokens") if s > e else (e, "eval.max_new_tokens")),
+        "hard_test": (Path(cfg.hard_test) if cfg.hard_test else shipped_hard_set(domain.NAME, "test"),
+                      (e, "eval.max_new_tokens"))}
+    if cfg.curated and config.run.mode == "curated":
+        files["curated"] = (Path(cfg.curated), (s, "student.max_new_tokens"))
+    loaded = {}
+    for name, (path, budget) in files.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: {name.replace('_', '-')} set not found (domain.{name})")
+        try:
+            loaded[name] = load_problem_file(path, domain)
+        except RejectedItem as error:
+            raise RejectedItem(f"{error} (domain.{name})") from None
+    if config.reward.metric == "expert-logprob":
+        check_metric(config.reward.metric, domain, loaded["hard_train"])
+    _check_prompt_room(config, domain, {name: (files[name][0], files[name][1], loaded[name]) for name in loaded})
+
+
+def _check_prompt_room(config: RunConfig, domain, files: dict) -> None:
+    """A data file none of whose prompts fits the model's context with its completion budget is a
+    RejectedItem naming its first line, the reason and the field (the model's tokenizer and chat template,
+    as the loop sees them)."""
+    from soar_agent.evaluation import refuse_long_prompts, too_long
+    from soar_agent.models import context_length, load_tokenizer
+    from soar_agent.tasks.base import RejectedItem
+    from soar_agent.tasks.chat import for_model
+
+    tokenizer = load_tokenizer(config.model.path)
+    context = context_length(config.model.path, tokenizer)
+    if context is None:
+        return
+    seen = for_model(domain, tokenizer, config.model.chat_template)
+    for name, (path, (budget, budget_name), problems) in files.items():
+        if len(too_long(seen, tokenizer, problems, context, budget)) < len(problems):
+            continue
+        try:
+            refuse_long_prompts(path, problems, seen, tokenizer, context, budget, budget_name)
+        except RejectedItem as error:
+            raise RejectedItem(f"{error}; no problem of the file fits (domain.{name})") from None
 
 
 def promotion_decision(history: list[float], mean_reward: float, tau: float, window: int,
@@ -206,6 +248,8 @@ class Agent:
         paths = RunPaths(Path(run_dir))
         if not existing_only:
             paths.root.mkdir(parents=True, exist_ok=True)
+            if not paths.db.exists():  # a new run: a config or data file it cannot use leaves no store behind
+                check_run_config(config or RunConfig())
         try:
             # A store file without a run lost it (e.g. its WAL): a new run there would write over the old
             # run's checkpoints, so it must be moved away by hand.
@@ -222,8 +266,7 @@ class Agent:
             if not existing_only:  # export and eval-pq read the run, they do not resume it
                 store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")
             return agent
-        config = config or RunConfig()
-        check_run_config(config)
+        config = config or RunConfig()  # checked above, before the store file was created
         run_id = store.create_run(name=config.run.name, mode=config.run.mode, config=config_to_dict(config),
                                   model_path=config.model.path)
         agent = cls(config, paths, log, store, run_id)
@@ -251,7 +294,12 @@ class Agent:
                 raise FileNotFoundError(f"{path}: hard-{split} set not found (domain.hard_{split})")
             from soar_agent.evaluation import unique_problems
 
-            problems, repeats = unique_problems(load_problem_file(path, domain))
+            s, e = self.config.student.max_new_tokens, self.config.eval.max_new_tokens
+            budget = ((s, "student.max_new_tokens") if s > e else (e, "eval.max_new_tokens")) if split == "train" \
+                else (e, "eval.max_new_tokens")
+            problems, repeats = unique_problems(self._without_long_prompts(path, load_problem_file(path, domain),
+                                                                           budget[0], f"domain.hard_{split}",
+                                                                           budget[1]))
             if repeats:
                 note = f"{path}: {repeats} repeated question(s) skipped (domain.hard_{split})"
                 self.log(f"note: {note}")
@@ -314,6 +362,15 @@ class Agent:
         self.store.log_event(run_id=self.run_id, level="info", kind="session",
                              message="session started", data={"deadline": budget.deadline,
                                                               "max_teacher_steps": budget.max_teacher_steps})
+        try:
+            return self._run(budget)
+        except KeyboardInterrupt:  # a second signal: stopped at once, whatever the unit
+            self.store.set_run_status(self.run_id, "stopped")
+            self.store.log_event(run_id=self.run_id, level="warning", kind="stopped",
+                                 message="interrupted: stopped at once; the unit in progress is redone on resume")
+            raise
+
+    def _run(self, budget: Budget) -> str:
         if not self.store.evaluations(self.run_id, set_name="hard-test"):
             self.report_evaluation(step=0)
         garbage_in_a_row = self._garbage_attempt = 0
@@ -350,11 +407,21 @@ class Agent:
         return reason or self.stop_reason
 
     def _install_signal_handlers(self) -> None:
+        """SIGINT / SIGTERM: the first stops the run after the current unit; the second stops it at once
+        (KeyboardInterrupt at the main thread's next Python instruction, whatever the unit: `run` then marks
+        the run stopped, and as every store write is one transaction nothing is half-written; the unit in
+        progress is redone on resume); a third gets the default action, which ends the process even inside
+        native code that has not returned to Python."""
+        received: list[int] = []
+
         def request_stop(signum, frame):
-            if self.stop_reason:  # second signal: stop now
+            received.append(signum)
+            if len(received) > 1:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
                 raise KeyboardInterrupt
             self.stop_reason = f"{signal.Signals(signum).name} received: stopping after the current unit"
-            self.log(self.stop_reason)
+            self.log(self.stop_reason + " (again: stop at once)")
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, request_stop)
@@ -431,7 +498,8 @@ class Agent:
             items, stats = sample_items(HFEngine(teacher, self.tokenizer), self.domain, count, t,
                                         seed=_seed(self.config.run.seed, step, *([self._garbage_attempt]
                                                                                   if self._garbage_attempt else [])),
-                                        progress=self._track(f"step {step}: teacher writing problems", count))
+                                        progress=self._track(f"step {step}: teacher writing problems", count),
+                                        **({"fits": fits} if (fits := self._fits_students()) else {}))
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
         datasets = []
@@ -455,6 +523,46 @@ class Agent:
         self.log(f"[step {step}] teacher: {count} items, {answers}; "
                  f"{sum(stats['rejected'].values())} samples rejected")
         return [d for d in self.store.datasets(self.run_id, kind="curriculum") if d["teacher_step"] == step]
+
+    def _prompt_room(self, max_new_tokens: int) -> int | None:
+        """The most prompt tokens that leave `max_new_tokens` in the model's context (evaluation.prompt_room);
+        None when the context is unknown."""
+        from soar_agent.evaluation import prompt_room
+        from soar_agent.models import context_length, load_tokenizer
+
+        tokenizer = self._models.get("tokenizer") or load_tokenizer(self.config.model.path)
+        return prompt_room(context_length(self.config.model.path, tokenizer), max_new_tokens)
+
+    def _fits_students(self):
+        """problem -> whether its student prompt leaves student.max_new_tokens in the model's context, for
+        the teacher's items; None when every item fits anyway (the teacher writes at most
+        teacher.max_new_tokens) or the context is unknown."""
+        room = self._prompt_room(self.config.student.max_new_tokens)
+        size = lambda problem: len(self.tokenizer(self.domain.student_prompt(problem.question))["input_ids"])
+        if room is None or size(Problem("", "", self.domain.NAME)) + self.config.teacher.max_new_tokens <= room:
+            return None
+        return lambda problem: size(problem) <= room
+
+    def _without_long_prompts(self, path: Path, problems: list[Problem], max_new_tokens: int, field: str,
+                              budget_name: str) -> list[Problem]:
+        """The problems whose prompt leaves `max_new_tokens` in the model's context; the others are skipped
+        with a note (log and event) naming the file, the first one's line and the reason."""
+        from soar_agent.evaluation import problem_line, too_long, too_long_reason
+        from soar_agent.models import context_length, load_tokenizer
+
+        tokenizer = self._models.get("tokenizer") or load_tokenizer(self.config.model.path)
+        context = context_length(self.config.model.path, tokenizer)
+        refused = too_long(self.domain, tokenizer, problems, context, max_new_tokens)
+        if not refused:
+            return problems
+        index, tokens = refused[0]
+        note = (f"{path}: {len(refused)} of {len(problems)} question(s) skipped ({field}), too long for the model;"
+                f" the first, {problem_line(path, problems, index)}: "
+                f"{too_long_reason(tokens, context, max_new_tokens, budget_name)}")
+        self.log(f"note: {note}")
+        self.store.log_event(run_id=self.run_id, level="warning", kind="hard-set-too-long", message=note)
+        skipped = {i for i, _ in refused}
+        return [problem for i, problem in enumerate(problems) if i not in skipped]
 
     def _reward_questions(self, step: int) -> list[Problem]:
         hard_train = self.hard_set("train")
@@ -739,6 +847,12 @@ class Agent:
         cfg = self.config
         if cfg.domain.curated:
             problems = load_problem_file(Path(cfg.domain.curated), self.domain)
+            room = self._prompt_room(cfg.student.max_new_tokens)
+            if room is not None:  # problems too long for the students' context are left out
+                from soar_agent.evaluation import prompt_lengths
+
+                problems = [p for p, n in zip(problems, prompt_lengths(self.domain, self.tokenizer, problems))
+                            if n <= room]
         else:
             rng = random.Random(_seed(cfg.run.seed, step, unit, 31))
             count = cfg.student.steps * cfg.student.batch_prompts

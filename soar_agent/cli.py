@@ -10,8 +10,11 @@ import argparse
 import contextlib
 import inspect
 import json
+import math
+import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 from soar_agent import __version__
@@ -22,6 +25,137 @@ HARD_SET_DIR = REPO_CURRICULA / "hard"
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
+
+
+# Bounds of the command-line sizes that are not config fields (those take the config's own bounds):
+# generous for a GPU box, and never large enough to exhaust memory before the first problem is sampled.
+MAX_SAMPLES = 1024  # eval --samples
+MAX_PER_LEVEL = 100_000  # eval --per-level
+MAX_NEW_TOKENS = 32_768  # eval --max-new-tokens
+MAX_TEMPERATURE = 10.0
+MAX_SEED = 2**31 - 1
+MAX_PQ_STEPS = 100_000  # eval-pq --steps
+MAX_PRETRAIN_STEPS = 1_000_000
+MAX_PRETRAIN_EXAMPLES = 10_000_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line `soar: error: ...`, exit status 2 (no usage block)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"soar: error: {_one_line(message)} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: an error is always one line."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in str(text))
+
+
+def _whole(text: str) -> int:
+    text = text.strip()
+    if not text.lstrip("+-").isascii() or not text.lstrip("+-").isdigit() or len(text) > 30:
+        raise ValueError(text)
+    return int(text)
+
+
+def _integer(lo: int, hi: int):
+    """argparse type: an integer in [lo, hi] (ASCII digits)."""
+    def parse(text: str) -> int:
+        try:
+            value = _whole(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def _number(lo: float, hi: float, low_open: bool = False, high_open: bool = False):
+    """argparse type: a finite number in [lo, hi] (or with an open end); nan and inf are refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text) if len(text) <= 40 else math.nan
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (value > lo if low_open else value >= lo) and (
+            value < hi if high_open else value <= hi)
+        if not ok:
+            interval = f"{'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text[:40]!r}")
+        return value
+
+    return parse
+
+
+def _config_meta(dotted: str) -> dict:
+    """A config field's metadata (help and bounds) plus its type under "type"."""
+    import dataclasses
+    import typing
+
+    from soar_agent.config import RunConfig
+
+    section, key = dotted.split(".")
+    section_cls = typing.get_type_hints(RunConfig)[section]
+    field = next(f for f in dataclasses.fields(section_cls) if f.name == key)
+    return {**field.metadata, "type": typing.get_type_hints(section_cls)[key]}
+
+
+def _config_bound(dotted: str):
+    """argparse type for an option that sets a config field: the field's own type and bounds."""
+    meta = _config_meta(dotted)
+    tp = meta["type"]
+    if tp is int:
+        return _integer(meta.get("ge", meta.get("gt", -MAX_SEED)), meta.get("le", MAX_SEED))
+    return _number(meta.get("ge", meta.get("gt", 0.0)), meta.get("le", meta.get("lt", 1e6)),
+                   low_open="gt" in meta, high_open="lt" in meta)
+
+
+def _clock_time(text: str) -> tuple[int, int]:
+    """argparse type for --until: HH:MM, a local time of day."""
+    try:
+        hour, minute = (_whole(part) for part in text.split(":"))
+    except ValueError:
+        hour = minute = -1
+    if not (0 <= hour <= 23 and 0 <= minute <= 59):
+        raise argparse.ArgumentTypeError(f"expected a local time HH:MM (00:00 to 23:59), got {text[:40]!r}")
+    return hour, minute
+
+
+def _writable_directory(path: Path, what: str) -> None:
+    """Create `path` (and its parents) as a directory, or UserError naming it: a file in the way, a parent
+    that is not writable. Checked before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: {what} is a file, not a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{path}: {what} cannot be created: {parent} is a file, not a directory")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # root passes os.access checks that the filesystem refuses
+            pass
+    except OSError as error:
+        raise UserError(f"{path}: {what} is not writable ({error.strerror or error})") from None
+
+
+def _check_store_target(db: Path) -> None:
+    """`mine-hard --db`: a store file that can be written (an existing one must be a soar store), checked
+    before the model is loaded; its directory is created now, the store itself only when results exist."""
+    from soar_agent.store import Store
+
+    if db.is_dir():
+        raise UserError(f"{db}: --db is a directory, not a store file")
+    try:
+        _writable_directory(db.parent, "directory")
+    except UserError as error:
+        raise UserError(f"{db}: --db cannot be written: {error}") from None
+    if db.exists():
+        with Store(db, readonly=True):  # StoreError (one line) when it is not a soar store
+            pass
 
 
 def shipped_hard_set(domain_name: str, split: str) -> Path:
@@ -35,17 +169,18 @@ def _parse_levels(text: str, domain) -> list[int]:
         levels = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UserError(f"--levels: expected 'all' or comma-separated integers, got {text!r}") from None
+    levels = list(dict.fromkeys(levels))  # `1,1,1,...` is level 1 once: sizes stay bounded by --per-level
     bad = [level for level in levels if level not in domain.LEVELS]
     if bad or not levels:
         raise UserError(f"--levels: {bad or text!r} outside the domain's levels {list(domain.LEVELS)}")
     return levels
 
 
-def _load(model_path: str, dtype: str = "auto", engine: str = "hf", device: str = "auto"):
+def _load(model_path: str, dtype: str = "auto", engine: str = "hf", device: str = "auto", tokenizer=None):
     from soar_agent.engine import make_engine
     from soar_agent.models import load_model, load_tokenizer, resolve_model_path
 
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = tokenizer or load_tokenizer(model_path)
     model = load_model(model_path, dtype=dtype, device=device) if engine == "hf" else None  # vLLM loads its own
     return model, tokenizer, make_engine(engine, model, tokenizer, resolve_model_path(model_path), dtype)
 
@@ -64,13 +199,34 @@ def _require_strong_sandbox(domain_name: str, allow_weak: bool) -> None:
 
 
 def _problems_from_file(path: str, domain) -> list:
-    from soar_agent.mining import read_jsonl
+    from soar_agent.tasks import load_problem_file
 
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such data file")
-    if hasattr(domain, "load_problems"):
-        return domain.load_problems(path)
-    return read_jsonl(Path(path), domain.NAME)
+    return load_problem_file(path, domain)
+
+
+def _fitting(problems: list, domain, tokenizer, model_path, max_new_tokens: int, option: str,
+             data: str | None) -> list:
+    """The problems whose prompt fits the model's context with `max_new_tokens` for the completion
+    (evaluation.prompt_room). A user's data file with one that does not is an error naming its line;
+    generated problems that do not fit are skipped with a counted note (all skipped: an error)."""
+    from soar_agent.evaluation import refuse_long_prompts, too_long, too_long_reason
+    from soar_agent.models import context_length
+
+    context = context_length(model_path, tokenizer)
+    if data:
+        refuse_long_prompts(data, problems, domain, tokenizer, context, max_new_tokens, option)
+        return problems
+    refused = too_long(domain, tokenizer, problems, context, max_new_tokens)
+    if not refused:
+        return problems
+    index, tokens = max(refused, key=lambda item: item[1])
+    reason = too_long_reason(tokens, context, max_new_tokens, option)
+    if len(refused) == len(problems):
+        raise UserError(f"every generated problem is too long: {reason}")
+    print(f"note: {len(refused)} of {len(problems)} generated problems skipped (the longest: {reason})",
+          file=sys.stderr)
+    skipped = {index for index, _ in refused}
+    return [problem for index, problem in enumerate(problems) if index not in skipped]
 
 
 # ---------------------------------------------------------------- soar eval
@@ -82,6 +238,7 @@ def cmd_eval(args) -> int:
     Example: soar eval --model default --domain arith --levels 1,2,3 --samples 8 --json
     """
     from soar_agent.evaluation import default_ks, evaluate_problems, summarize
+    from soar_agent.models import load_tokenizer
     from soar_agent.tasks import generate_problems, get_domain
     from soar_agent.tasks.chat import for_model
 
@@ -95,8 +252,10 @@ def cmd_eval(args) -> int:
         problems = generate_problems(domain, [lv for lv in levels for _ in range(args.per_level)], rng)
     else:
         raise UserError(f"--domain {args.domain}: a dataset domain needs --data FILE.jsonl")
-    model, tokenizer, engine = _load(args.model, engine=args.engine)
+    tokenizer = load_tokenizer(args.model)
     domain = for_model(domain, tokenizer)  # an instruct model's chat template, when it has one
+    problems = _fitting(problems, domain, tokenizer, args.model, args.max_new_tokens, "--max-new-tokens", args.data)
+    model, tokenizer, engine = _load(args.model, engine=args.engine, tokenizer=tokenizer)
     results = evaluate_problems(engine, domain, problems, samples=args.samples, greedy=True,
                                 temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     summary = summarize(results, default_ks(args.samples) if args.samples else [])
@@ -141,6 +300,7 @@ def cmd_mine_hard(args) -> int:
     """
     from soar_agent.config import load_config
     from soar_agent.mining import merge_into_jsonl, mine_hard, write_jsonl
+    from soar_agent.models import load_tokenizer
     from soar_agent.store import Store
     from soar_agent.tasks import generate_problems, get_domain
     from soar_agent.tasks.chat import for_model
@@ -157,17 +317,28 @@ def cmd_mine_hard(args) -> int:
     mining = config.mining
     domain = get_domain(config.domain.name)
     _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
-    model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine,
-                                     config.model.device)  # fail fast
-    domain = for_model(domain, tokenizer, config.model.chat_template)
+    # everything the user named is checked before the model is loaded and sampled for minutes
+    db_path = Path(args.db or f"runs/mine-{domain.NAME}/soar.db")
+    _check_store_target(db_path)
+    out_dir = Path(args.out_dir)
+    _writable_directory(out_dir, "--out-dir")
     if args.data:
         pool = _problems_from_file(args.data, domain)
     elif hasattr(domain, "generate"):
         levels = _parse_levels(args.levels, domain) if args.levels else list(mining.levels or domain.EDGE_LEVELS)
+        if [level for level in levels if level not in domain.LEVELS]:  # a generator past its levels may not end
+            raise UserError(f"mining.levels: {[lv for lv in levels if lv not in domain.LEVELS]} outside the"
+                            f" {domain.NAME} domain's levels {list(domain.LEVELS)}")
         rng = random.Random(mining.seed)
         pool = generate_problems(domain, [lv for lv in levels for _ in range(mining.pool_per_level)], rng)
     else:
         raise UserError(f"--domain {domain.NAME}: a dataset domain needs --data FILE.jsonl")
+    tokenizer = load_tokenizer(config.model.path)
+    domain = for_model(domain, tokenizer, config.model.chat_template)
+    pool = _fitting(pool, domain, tokenizer, config.model.path, mining.max_new_tokens, "mining.max_new_tokens",
+                    args.data)
+    model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine,
+                                     config.model.device, tokenizer)
     from rich.console import Console
 
     with _progress_bars(Console(stderr=True)) as progress:
@@ -177,8 +348,6 @@ def cmd_mine_hard(args) -> int:
                 f"mining fail@{mining.k} ({len(pool)} problems)", min(done[0], total), total)
         report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.seed, mining.temperature,
                            mining.max_new_tokens, log=lambda message: print(message, file=sys.stderr, flush=True))
-    db_path = Path(args.db or f"runs/mine-{domain.NAME}/soar.db")
-    db_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db_path)
     run_id = store.create_run(name=f"mine-{domain.NAME}", mode="mine-hard",
                               config={"mining": vars(mining), "model": config.model.path, "domain": domain.NAME},
@@ -191,7 +360,6 @@ def cmd_mine_hard(args) -> int:
                     message=f"{len(report.train)} train + {len(report.test)} test fail@{mining.k} problems",
                     data={"pool": report.pool, "kept": report.kept})
     store.set_run_status(run_id, "complete")
-    out_dir = Path(args.out_dir)
     for split, problems in (("train", report.train), ("test", report.test)):
         path = out_dir / f"{domain.NAME}-hard-{split}.jsonl"
         merge_into_jsonl(problems, path) if args.append else write_jsonl(problems, path)
@@ -211,8 +379,15 @@ def cmd_pretrain_tiny(args) -> int:
 
     Example: soar pretrain-tiny --out /tmp/tiny --seed 0
     """
+    from soar_agent.models import resolve_model_path
     from soar_agent.pretrain import PretrainArgs, pretrain
 
+    out = Path(args.out)  # checked before the corpus is built and minutes of training start
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out is a file, not a directory")
+    _writable_directory(out.parent, "--out's directory")
+    if args.init:
+        resolve_model_path(args.init)  # ModelLoadError naming it
     pretrain(PretrainArgs(out=Path(args.out), seed=args.seed, steps=args.steps, lr=args.lr,
                           examples_per_domain=args.examples_per_domain, init=Path(args.init) if args.init else None),
              log=lambda message: print(message, flush=True))
@@ -223,18 +398,15 @@ def cmd_pretrain_tiny(args) -> int:
 
 
 def _deadline(args) -> float | None:
+    """Epoch seconds of --hours / --until (both parsed and bounded by argparse), else None."""
     import datetime as dt
     import time
 
-    if args.hours:
+    if args.hours is not None:
         return time.time() + args.hours * 3600
-    if args.until:
-        try:
-            hour, minute = (int(part) for part in args.until.split(":"))
-            now = dt.datetime.now()
-            target = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        except ValueError:
-            raise UserError(f"--until: expected HH:MM, got {args.until!r}") from None
+    if args.until is not None:
+        now = dt.datetime.now()
+        target = now.replace(hour=args.until[0], minute=args.until[1], second=0, microsecond=0)
         if target <= now:
             target += dt.timedelta(days=1)
         return target.timestamp()
@@ -278,21 +450,21 @@ def cmd_run(args) -> int:
     overrides = (args.set or []) + ([f"run.mode={args.mode}"] if args.mode else [])  # --mode = --set run.mode
     config = load_config(args.config, overrides) if (args.config or overrides) else None
     run_dir = Path(args.run_dir or Path("runs") / (config.run.name if config else "default"))
+    _writable_directory(run_dir, "run directory")  # a file in the way or a read-only parent: before any work
     if (run_dir / "soar.db").is_file():  # hours of training must not be written into a damaged store
         quick_check(run_dir / "soar.db")
     _require_strong_sandbox((config.domain.name if config else ""), args.allow_weak_sandbox)
+    deadline = _deadline(args)  # counted from the command's start
     agent = Agent.open(config, run_dir, log=lambda message: console.log(message))
     _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)  # a resumed run's own config
     done = sum(s["status"] == "complete" for s in agent.store.teacher_steps(agent.run_id))
     limit = args.max_teacher_steps if args.max_teacher_steps is not None else agent.config.budget.max_teacher_steps
-    if args.more_steps is not None:
-        if args.more_steps < 1:
-            raise UserError(f"--more-steps: expected a positive number of teacher steps, got {args.more_steps}")
+    if args.more_steps is not None:  # argparse: at least 1
         limit = done + args.more_steps
     elif limit and done >= limit:
         raise UserError(f"{run_dir}: the run already has {done} teacher steps and --max-teacher-steps counts the"
                         f" run's total ({limit}): use --more-steps N to add N steps")
-    budget = Budget(_deadline(args), limit)
+    budget = Budget(deadline, limit)
     if budget.deadline is None and agent.config.budget.hours:
         import time
 
@@ -359,9 +531,14 @@ def cmd_tui(args) -> int:
 
     Example: soar tui runs/default          # without a run: choose one of runs/*/soar.db
     """
+    from soar_agent.store import Store
     from tui.app import SoarApp, resolve_db  # Textual is imported only for this command (and never torch)
 
-    SoarApp(resolve_db(args.run_dir) if args.run_dir else None).run()
+    db = resolve_db(args.run_dir) if args.run_dir else None
+    if db is not None:  # a file that is not a run's store is a one-line error, not a screen that cannot draw
+        with Store(db, readonly=True) as store:
+            store.require_run()
+    SoarApp(db).run()
     return 0
 
 
@@ -369,7 +546,7 @@ def cmd_tui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="soar", description="Self-improvement agent for language models (SOAR).")
+    parser = _Parser(prog="soar", description="Self-improvement agent for language models (SOAR).")
     parser.add_argument("--version", action="version", version=f"soar-agent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -386,11 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--domain", default="arith", help="arith | program | math | code | gym:<dataset>")
     ev.add_argument("--levels", default="all", help="'all' or comma-separated levels (built-in domains)")
     ev.add_argument("--data", help="evaluate on the problems of a JSONL file instead of generated ones")
-    ev.add_argument("--samples", type=int, default=4, help="sampled completions per problem for pass@k (0 = greedy only)")
-    ev.add_argument("--per-level", type=int, default=50, help="generated problems per level")
-    ev.add_argument("--temperature", type=float, default=1.0)
-    ev.add_argument("--max-new-tokens", type=int, default=400)
-    ev.add_argument("--seed", type=int, default=7)
+    ev.add_argument("--samples", type=_integer(0, MAX_SAMPLES), default=4,
+                    help=f"sampled completions per problem for pass@k (0 = greedy only; at most {MAX_SAMPLES})")
+    ev.add_argument("--per-level", type=_integer(1, MAX_PER_LEVEL), default=50,
+                    help=f"generated problems per level (at most {MAX_PER_LEVEL})")
+    ev.add_argument("--temperature", type=_number(0.0, MAX_TEMPERATURE), default=1.0,
+                    help=f"sampling temperature of the pass@k samples (0 to {MAX_TEMPERATURE:g})")
+    ev.add_argument("--max-new-tokens", type=_integer(1, MAX_NEW_TOKENS), default=400,
+                    help=f"token budget per completion (at most {MAX_NEW_TOKENS}); a prompt that does not fit the"
+                         " model's context with it is refused")
+    ev.add_argument("--seed", type=_integer(0, MAX_SEED), default=7, help="seed of the generated problems and samples")
     ev.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="generation engine (vllm needs a GPU)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--allow-weak-sandbox", action="store_true",
@@ -402,11 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     mh.add_argument("--model", help="'default' (embedded) or a local HF model directory (default: the config's)")
     mh.add_argument("--levels", help="comma-separated levels to draw the pool from (built-in domains)")
     mh.add_argument("--data", help="pool of problems as JSONL (dataset domains)")
-    mh.add_argument("--k", type=int, help="samples per problem; a problem is kept when all k are wrong")
-    mh.add_argument("--pool-per-level", type=int, help="generated problems per level to mine from")
-    mh.add_argument("--test-fraction", type=float, help="share of the kept problems held out as hard-test")
-    mh.add_argument("--seed", type=int, help="seed of the pool and the samples")
-    mh.add_argument("--max-new-tokens", type=int, help="token budget per sampled completion")
+    mh.add_argument("--k", type=_config_bound("mining.k"),
+                    help="samples per problem; a problem is kept when all k are wrong (mining.k)")
+    mh.add_argument("--pool-per-level", type=_config_bound("mining.pool_per_level"),
+                    help="generated problems per level to mine from (mining.pool_per_level)")
+    mh.add_argument("--test-fraction", type=_config_bound("mining.test_fraction"),
+                    help="share of the kept problems held out as hard-test (mining.test_fraction)")
+    mh.add_argument("--seed", type=_config_bound("mining.seed"), help="seed of the pool and the samples (mining.seed)")
+    mh.add_argument("--max-new-tokens", type=_config_bound("mining.max_new_tokens"),
+                    help="token budget per sampled completion (mining.max_new_tokens)")
     mh.add_argument("--db", help="store to write (default runs/mine-<domain>/soar.db)")
     mh.add_argument("--out-dir", default=str(HARD_SET_DIR), help="where to write <domain>-hard-{train,test}.jsonl")
     mh.add_argument("--append", action="store_true", help="add to the JSONL sets in --out-dir instead of replacing them")
@@ -417,20 +603,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = add("pretrain-tiny", cmd_pretrain_tiny)
     pt.add_argument("--out", required=True, help="directory to write the HF model to")
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--steps", type=int, default=2400)
-    pt.add_argument("--examples-per-domain", type=int, default=60000)
-    pt.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule)")
+    pt.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of the data and the weights")
+    pt.add_argument("--steps", type=_integer(1, MAX_PRETRAIN_STEPS), default=2400,
+                    help=f"optimizer steps (at most {MAX_PRETRAIN_STEPS})")
+    pt.add_argument("--examples-per-domain", type=_integer(1, MAX_PRETRAIN_EXAMPLES), default=60000,
+                    help=f"generated training examples per domain (at most {MAX_PRETRAIN_EXAMPLES})")
+    pt.add_argument("--lr", type=_number(0.0, 1.0, low_open=True), default=2e-3,
+                    help="peak learning rate (cosine schedule; in (0, 1])")
     pt.add_argument("--init", help="continue training this model directory (second stage)")
 
     rn = add("run", cmd_run)
     rn.add_argument("config", nargs="?", help="run config TOML (default: the embedded default)")
     rn.add_argument("--run-dir", help="run directory (default runs/<run.name>); an existing run resumes")
     limit = rn.add_mutually_exclusive_group()
-    limit.add_argument("--hours", type=float, help="stop after this many hours")
-    limit.add_argument("--until", help="stop at this local time (HH:MM)")
-    limit.add_argument("--max-teacher-steps", type=int, help="stop once the run has this many teacher steps")
-    limit.add_argument("--more-steps", type=int, metavar="N", help="stop after N more teacher steps (on a resumed run)")
+    max_hours, max_steps = _config_meta("budget.hours")["le"], _config_meta("budget.max_teacher_steps")["le"]
+    limit.add_argument("--hours", type=_number(0.0, max_hours, low_open=True),
+                       help=f"stop after this many hours (more than 0, at most {max_hours:g})")
+    limit.add_argument("--until", type=_clock_time, help="stop at this local time (HH:MM)")
+    limit.add_argument("--max-teacher-steps", type=_config_bound("budget.max_teacher_steps"),
+                       help=f"stop once the run has this many teacher steps (0 = no limit; at most {max_steps})")
+    limit.add_argument("--more-steps", type=_integer(1, max_steps), metavar="N",
+                       help=f"stop after N more teacher steps (on a resumed run; at most {max_steps})")
     rn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     rn.add_argument("--mode", choices=("soar", "hard-only", "intrinsic", "curated"),
                     help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE)")
@@ -451,7 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pq = add("eval-pq", cmd_eval_pq)
     pq.add_argument("run_dir", help="the run's directory (holding soar.db)")
-    pq.add_argument("--steps", type=int, help="student RL steps (default: 2 x student.steps x promotions, min student.steps)")
+    pq.add_argument("--steps", type=_integer(1, MAX_PQ_STEPS),
+                    help=f"student RL steps (default: 2 x student.steps x promotions, min student.steps; at most"
+                         f" {MAX_PQ_STEPS})")
     pq.add_argument("--json", action="store_true", help="print JSON instead of one line")
     pq.add_argument("--allow-weak-sandbox", action="store_true",
                     help="run the code/program domains even when a sandbox layer is missing on this machine")
@@ -468,11 +663,18 @@ def main(argv: list[str] | None = None) -> int:
     from soar_agent.tasks.base import RejectedItem
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help / --version (0), or a bad argument (2, its one line already printed)
+        return exit_.code
     try:
         return args.handler(args)
     except (UserError, ConfigError, ModelLoadError, RejectedItem, ValueError, FileNotFoundError, StoreError) as error:
-        print(f"soar: error: {error}", file=sys.stderr)
+        print(f"soar: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the machine refused (permissions, a full disk): name the file, not a traceback
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"soar: error: {_one_line(where + (error.strerror or str(error)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("soar: interrupted", file=sys.stderr)

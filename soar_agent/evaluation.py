@@ -59,6 +59,88 @@ def unique_problems(problems: list[Problem]) -> tuple[list[Problem], int]:
     return unique, len(problems) - len(unique)
 
 
+def prompt_room(context: int | None, max_new_tokens: int) -> int | None:
+    """The most prompt tokens a problem may have: the model's context minus the completion budget, so that
+    prompt and completion fit together. A budget that alone fills the context cannot be honoured for any
+    prompt; then the prompt only has to be shorter than the context. None when the context is unknown."""
+    if context is None:
+        return None
+    return context - max_new_tokens if max_new_tokens < context else context - 1
+
+
+_TOKENIZE_CHARS = 1 << 18  # characters tokenized per call: memory stays bounded whatever the file holds
+
+
+def prompt_lengths(domain, tokenizer, problems: list[Problem]) -> list[int]:
+    """Tokens of each problem's student prompt, as the engines tokenize it (with special tokens), counted in
+    batches of at most _TOKENIZE_CHARS characters (or one prompt), never the whole set at once."""
+    lengths: list[int] = []
+    batch: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if batch:
+            lengths.extend(len(ids) for ids in tokenizer(batch, add_special_tokens=True)["input_ids"])
+            batch.clear()
+            size = 0
+
+    for problem in problems:
+        prompt = domain.student_prompt(problem.question)
+        if size + len(prompt) > _TOKENIZE_CHARS:
+            flush()
+        batch.append(prompt)
+        size += len(prompt)
+    flush()
+    return lengths
+
+
+def too_long(domain, tokenizer, problems: list[Problem], context: int | None, max_new_tokens: int) -> list[tuple[int, int]]:
+    """(index, prompt tokens) of the problems whose prompt leaves no room for the completion budget in the
+    model's context (prompt_room); a question of a million characters is never sampled, it is refused."""
+    room = prompt_room(context, max_new_tokens)
+    if room is None:
+        return []
+    return [(index, length) for index, length in enumerate(prompt_lengths(domain, tokenizer, problems))
+            if length > room]
+
+
+def too_long_reason(tokens: int, context: int, max_new_tokens: int, budget_name: str) -> str:
+    """Why a prompt was refused, in one line."""
+    if max_new_tokens < context:
+        return (f"question too long for the model: its prompt is {tokens} tokens, and the model's context of"
+                f" {context} tokens keeps {max_new_tokens} for the completion ({budget_name}), leaving"
+                f" {context - max_new_tokens}")
+    return f"question too long for the model: its prompt is {tokens} tokens, the model's context {context}"
+
+
+def problem_line(path, problems: list[Problem], index: int) -> str:
+    """`<file>:<line>` of the index-th problem loaded from `path` (its meta source when the loader keeps
+    one; the built-in and gym loaders keep every non-blank row in order, so the index-th row's line)."""
+    from soar_agent.tasks.base import jsonl_rows
+
+    where = (problems[index].meta or {}).get("source")
+    if where:
+        return where
+    return next((f"{path}:{number}" for position, (number, _) in enumerate(jsonl_rows(path)) if position == index),
+                str(path))
+
+
+def refuse_long_prompts(path, problems: list[Problem], domain, tokenizer, context: int | None, max_new_tokens: int,
+                        budget_name: str) -> None:
+    """User data: the first problem of `path` whose prompt does not fit (too_long) is a RejectedItem naming
+    the file and line, before any model work starts."""
+    from soar_agent.tasks.base import RejectedItem
+
+    refused = too_long(domain, tokenizer, problems, context, max_new_tokens)
+    if not refused:
+        return
+    index, tokens = refused[0]
+    more = f" ({len(refused) - 1} more in the file)" if len(refused) > 1 else ""
+    raise RejectedItem(f"{problem_line(path, problems, index)}: "
+                       f"{too_long_reason(tokens, context, max_new_tokens, budget_name)}{more}")
+
+
 def score(domain, problems: list[Problem], completions: list[str]) -> list[bool]:
     """Correctness of one completion per problem, batched where the domain verifies in a pool."""
     predictions = [domain.extract_answer(text) for text in completions]
@@ -69,10 +151,26 @@ def score(domain, problems: list[Problem], completions: list[str]) -> list[bool]
     return [domain.verify(problem, prediction) for problem, prediction in zip(problems, predictions)]
 
 
+# Completions generated (and held) per engine call: evaluations larger than this run in chunks of problems,
+# so memory does not grow with --per-level x --samples (smaller ones are one call, as they always were).
+MAX_ROWS_PER_CALL = 65_536
+
+
 def evaluate_problems(engine, domain, problems: list[Problem], samples: int = 0, greedy: bool = True,
                       temperature: float = 1.0, max_new_tokens: int = 160, seed: int | None = None,
                       keep_completions: bool = False) -> list[ProblemResult]:
-    """Greedy accuracy (one temperature-0 completion) and/or `samples` sampled completions per problem."""
+    """Greedy accuracy (one temperature-0 completion) and/or `samples` sampled completions per problem.
+    Chunks of at most MAX_ROWS_PER_CALL completions; chunk i samples with seed + i."""
+    chunk = max(1, MAX_ROWS_PER_CALL // max(1, samples))
+    results = []
+    for number, begin in enumerate(range(0, len(problems), chunk)):
+        results += _evaluate_chunk(engine, domain, problems[begin:begin + chunk], samples, greedy, temperature,
+                                   max_new_tokens, None if seed is None else seed + number, keep_completions)
+    return results
+
+
+def _evaluate_chunk(engine, domain, problems: list[Problem], samples: int, greedy: bool, temperature: float,
+                    max_new_tokens: int, seed: int | None, keep_completions: bool) -> list[ProblemResult]:
     prompts = [domain.student_prompt(problem.question) for problem in problems]
     results = [ProblemResult(problem, samples, 0) for problem in problems]
     if greedy:

@@ -64,7 +64,7 @@ def resolve_checkpoint(store, run_id: int, which: str, best: dict | None) -> dic
         return best or (alive[-1] if alive else None)
     if which == "latest":
         return alive[-1] if alive else None
-    if not (which.isascii() and which.isdigit()):
+    if not (which.isascii() and which.isdigit() and len(which) <= 18):
         raise ValueError(f"--checkpoint: expected best, latest or a checkpoint id, got {which!r}")
     found = [c for c in store.checkpoints(run_id) if c["id"] == int(which)]
     if not found or found[0]["status"] != "complete":

@@ -87,20 +87,24 @@ def merge_into_jsonl(problems: list[Problem], path: Path) -> int:
 
 def read_jsonl(path: Path, domain_name: str) -> list[Problem]:
     """Problems of a built-in domain from JSONL; one-line errors name the file, line and field."""
-    from soar_agent.tasks.base import RejectedItem, jsonl_rows
+    from soar_agent.tasks.base import RejectedItem, check_level, jsonl_rows
 
     problems = []
     for number, row in jsonl_rows(path):
+        where = f"{path}:{number}"
         if not isinstance(row, dict):
-            raise RejectedItem(f"{path}:{number}: expected a JSON object")
+            raise RejectedItem(f"{where}: expected a JSON object")
         for key in ("question", "answer"):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                raise RejectedItem(f"{path}:{number}: field {key!r}: missing or not a non-empty string")
-        level = row.get("level")
-        if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
-            raise RejectedItem(f"{path}:{number}: field 'level': expected an integer")
-        problems.append(Problem(row["question"], row["answer"], row.get("domain", domain_name), level,
-                                tuple(row.get("steps") or ())))
+                raise RejectedItem(f"{where}: field {key!r}: missing or not a non-empty string")
+        level = check_level(row.get("level"), where)
+        steps = row.get("steps")
+        if steps is not None and not (isinstance(steps, list) and all(isinstance(step, str) for step in steps)):
+            raise RejectedItem(f"{where}: field 'steps': expected a list of strings")
+        domain = row.get("domain", domain_name)
+        if domain_name and domain != domain_name:
+            raise RejectedItem(f"{where}: field 'domain': expected {domain_name!r}, got {str(domain)[:40]!r}")
+        problems.append(Problem(row["question"], row["answer"], domain_name or str(domain), level, tuple(steps or ())))
     return problems
 
 

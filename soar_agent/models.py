@@ -60,6 +60,39 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return resolved
 
 
+# config.json keys that hold a causal LM's context in tokens, by model family (Llama/Qwen/Mistral, GPT-2, ...)
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(path: str | os.PathLike, tokenizer=None) -> int | None:
+    """The model's context in tokens (prompt plus completion): the position limit in its config.json (the
+    base model's for a saved adapter), else the tokenizer's model_max_length when that is a real limit;
+    None when neither says."""
+    import json
+
+    directory = resolve_model_path(path)
+    limits = []
+    for _ in range(2):  # an adapter directory names its base model
+        try:
+            config = json.loads((directory / "config.json").read_text())
+        except (OSError, ValueError):
+            config = None
+        if isinstance(config, dict):
+            for section in (config, config.get("text_config")):
+                if isinstance(section, dict):
+                    limits += [section[key] for key in _CONTEXT_KEYS if type(section.get(key)) is int and section[key] > 0]
+            break
+        try:
+            adapter = json.loads((directory / "adapter_config.json").read_text())
+            directory = Path(adapter["base_model_name_or_path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            break
+    declared = getattr(tokenizer, "model_max_length", None)
+    if not limits and type(declared) is int and 0 < declared < 10**7:  # 1e30 means "no limit"
+        limits.append(declared)
+    return min(limits) if limits else None
+
+
 def build_char_tokenizer():
     """The embedded default's tokenizer: one token per printable ASCII character plus tag tokens.
 

@@ -43,6 +43,9 @@ def run_status(run_dir: Path) -> dict:
                       for s in complete],
         }
         deadline = sessions[-1]["data"].get("deadline") if sessions else None
+        # a deadline stored before --hours was bounded may be huge or inf (stored as Infinity): no deadline
+        if isinstance(deadline, (int, float)) and not 0 < deadline < 1e12:
+            deadline = None
         if deadline and run["status"] == "running":
             status["remaining_s"] = max(0, round(deadline - time.time()))
         return status

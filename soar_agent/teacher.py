@@ -47,9 +47,11 @@ def check_item(domain, text: str, reward_target: str) -> TeacherItem:
     return TeacherItem(text, Problem(question, answer, domain.NAME), answer, None)
 
 
-def sample_items(engine, domain, count: int, cfg, seed: int, progress=None) -> tuple[list[TeacherItem], dict]:
+def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits=None) -> tuple[list[TeacherItem], dict]:
     """Rejection sampling until `count` items parse (RLOO's advantages sum to zero over datasets, so
-    dropping malformed items leaves the teacher gradient unbiased). Raises TeacherGarbage."""
+    dropping malformed items leaves the teacher gradient unbiased). `fits(problem)`, when given, rejects an
+    item whose student prompt does not fit the students' context (counted with the other rejections).
+    Raises TeacherGarbage."""
     prompt = teacher_prompt(domain)
     items: list[TeacherItem] = []
     reasons: dict[str, int] = {}
@@ -69,6 +71,8 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None) -> t
                 # is added for parsing only, never trained on (token_ids)
                 item = check_item(domain, text + ("</answer>" if eos and "</answer>" not in text else ""),
                                   cfg.reward_target)
+                if fits is not None and not fits(item.problem):
+                    raise RejectedItem("question too long for the students' context")
                 item.token_ids = list(completion.token_ids) + (
                     [engine.tokenizer.eos_token_id] if eos and hasattr(engine, "tokenizer") and
                     completion.token_ids[-1:] != [engine.tokenizer.eos_token_id] else [])

@@ -48,7 +48,7 @@ def test_load_jsonl_with_aliases_levels_and_numeric_answers(tmp_path):
         ('{"question": "   ", "answer": "1"}', "data.jsonl:2: field 'question': empty"),
         ('{"question": "q", "answer": ["1"]}', "data.jsonl:2: field 'answer': expected a string, got list"),
         ('{"question": "q", "answer": true}', "data.jsonl:2: field 'answer': expected a string, got bool"),
-        ('{"question": "q", "answer": "1", "level": "hard"}', "data.jsonl:2: field 'level': expected an int, got str"),
+        ('{"question": "q", "answer": "1", "level": "hard"}', "data.jsonl:2: field 'level': expected an integer in [0, 1000000], got hard"),
         ('{"question": "q", "solution": "so 1"}', "data.jsonl:2: field 'answer': missing ('solution' is"),
         ('[1, 2]', "data.jsonl:2: expected a JSON object, got list"),
     ],

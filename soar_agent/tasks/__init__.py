@@ -10,8 +10,10 @@ Dataset domains (`math`, `code`) load problems from files instead of generating 
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import re
+from pathlib import Path
 
 from soar_agent.tasks.base import Problem, RejectedItem
 
@@ -36,6 +38,23 @@ def generate_problems(domain, levels: list[int], rng: random.Random) -> list[Pro
     if hasattr(domain, "generate_many"):
         return domain.generate_many(levels, rng)
     return [domain.generate(level, rng) for level in levels]
+
+
+def load_problem_file(path: str | os.PathLike, domain) -> list[Problem]:
+    """The problems of a user's data file (JSONL, or Parquet for `math`), through the domain's own loader.
+    RejectedItem naming the file when it does not exist, is not a regular file (a directory, a FIFO that
+    would block), or holds no problems; the loaders name the line of a bad row (tasks.base limits)."""
+    from soar_agent.mining import read_jsonl
+
+    path = Path(path)
+    if not path.exists():
+        raise RejectedItem(f"{path}: no such data file")
+    if not path.is_file():
+        raise RejectedItem(f"{path}: not a regular file")
+    problems = domain.load_problems(path) if hasattr(domain, "load_problems") else read_jsonl(path, domain.NAME)
+    if not problems:
+        raise RejectedItem(f"{path}: holds no problems" + ("" if path.stat().st_size else " (the file is empty)"))
+    return problems
 
 
 # ---------------------------------------------------------------- teacher item format
@@ -68,5 +87,5 @@ def parse_item(text: str) -> tuple[str, str]:
     return question, answer
 
 
-__all__ = ["Problem", "RejectedItem", "get_domain", "generate_problems", "teacher_prompt", "teacher_item",
+__all__ = ["Problem", "RejectedItem", "get_domain", "generate_problems", "load_problem_file", "teacher_prompt", "teacher_item",
            "parse_item", "BUILTIN_DOMAINS", "DATASET_DOMAINS"]

@@ -86,14 +86,59 @@ def verify_exact(problem: Problem, prediction: str | None) -> bool:
     return prediction is not None and prediction == problem.answer
 
 
+# Limits on data files (JSONL and Parquet), so no file can make a loader read an unbounded line or row into
+# memory: a line (or a Parquet text field) longer than MAX_LINE_BYTES, a file of more than MAX_FILE_ROWS rows
+# and a level outside [0, MAX_LEVEL] are refused with a one-line error naming the file and line.
+MAX_LINE_BYTES = 1 << 20  # 1 MiB
+MAX_FILE_ROWS = 1_000_000
+MAX_LEVEL = 1_000_000
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def check_level(level, where: str, levels=None) -> int | None:
+    """A row's optional `level`: an integer in [0, MAX_LEVEL] (or in `levels` when given); RejectedItem
+    naming `where` otherwise."""
+    if level is None:
+        return None
+    if type(level) is not int or not 0 <= level <= MAX_LEVEL or (levels is not None and level not in levels):
+        allowed = f"one of {list(levels)}" if levels is not None else f"an integer in [0, {MAX_LEVEL}]"
+        raise RejectedItem(f"{where}: field 'level': expected {allowed}, got {str(level)[:40]}")
+    return level
+
+
 def jsonl_rows(path):
-    """(line number, decoded row) of a JSONL file, skipping blank lines; a corrupt line raises
-    RejectedItem("<file>:<line>: invalid JSON (...)")."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    """(line number, decoded row) of a JSONL file, skipping blank lines. The file is read one bounded line
+    at a time (never more than MAX_LINE_BYTES + 1 bytes at once); a line that is too long, not UTF-8, not
+    JSON (NaN and Infinity are not JSON) or nested too deeply, and a file of more than MAX_FILE_ROWS rows,
+    raise RejectedItem("<file>:<line>: <reason>")."""
+    rows = 0
+    with open(path, "rb") as handle:
+        number = 0
+        while True:
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise RejectedItem(f"{path}:{number}: line longer than {MAX_LINE_BYTES} bytes (the limit for one"
+                                   " problem)")
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise RejectedItem(f"{path}:{number}: not UTF-8 text (byte {exc.start + 1} of the line);"
+                                   " expected JSON Lines") from None
             if not line.strip():
                 continue
+            rows += 1
+            if rows > MAX_FILE_ROWS:
+                raise RejectedItem(f"{path}:{number}: more than {MAX_FILE_ROWS} rows (the limit for one file)")
             try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RejectedItem(f"{path}:{number}: invalid JSON ({exc})") from None
+                row = json.loads(line, parse_constant=_not_json)
+            except RecursionError:
+                raise RejectedItem(f"{path}:{number}: invalid JSON (nested too deeply)") from None
+            except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an integer of thousands of digits
+                raise RejectedItem(f"{path}:{number}: invalid JSON ({' '.join(str(exc).split())})") from None
+            yield number, row

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from soar_agent.tasks.base import Problem, RejectedItem, jsonl_rows, split_solution
+from soar_agent.tasks.base import MAX_LINE_BYTES, Problem, RejectedItem, check_level, jsonl_rows, split_solution
 
 NAME = "math"
 TOPICS = "competition mathematics: algebra, number theory, counting and probability, geometry, precalculus"
@@ -84,17 +84,34 @@ def _expert_steps(row: dict, where: str) -> tuple[str, ...]:
 
 
 def _parquet_rows(path: Path):
+    """(row number, row) of a Parquet file, read in batches of rows (not the whole table at once); a text
+    field longer than MAX_LINE_BYTES characters or a file of more than MAX_FILE_ROWS rows is refused like a JSONL line."""
+    from soar_agent.tasks.base import MAX_FILE_ROWS
+
     try:
         import pyarrow.parquet as parquet
     except ImportError:
         raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install 'soar-agent[parquet]')") from None
+    number = 0
     try:
-        rows = parquet.read_table(path).to_pylist()
+        source = parquet.ParquetFile(path)
+        if source.metadata.num_rows > MAX_FILE_ROWS:
+            raise RejectedItem(f"{path}: {source.metadata.num_rows} rows, more than {MAX_FILE_ROWS} (the limit for"
+                               " one file)")
+        for batch in source.iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                number += 1
+                for key, value in row.items():
+                    if isinstance(value, (str, bytes)) and len(value) > MAX_LINE_BYTES:
+                        raise RejectedItem(f"{path}:{number}: field {key!r} longer than {MAX_LINE_BYTES} characters"
+                                           " (the limit for one problem)")
+                yield number, row
     except OSError as exc:  # pyarrow's ArrowInvalid / ArrowIOError are OSError/ValueError subclasses
         raise RejectedItem(f"{path}: unreadable Parquet ({_first_line(exc)})") from None
     except ValueError as exc:
+        if isinstance(exc, RejectedItem):
+            raise
         raise RejectedItem(f"{path}: unreadable Parquet ({_first_line(exc)})") from None
-    yield from enumerate(rows, 1)
 
 
 def _first_line(exc: Exception) -> str:
@@ -110,9 +127,7 @@ def _problem(row: object, where: str) -> Problem:
     if "answer" not in row and "solution" in row:
         raise RejectedItem(f"{where}: field 'answer': missing ('solution' is a worked solution, not an answer)")
     answer = _text_field(row, "answer", where, numbers_ok=True)
-    level = row.get("level")
-    if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
-        raise RejectedItem(f"{where}: field 'level': expected an int, got {type(level).__name__}")
+    level = check_level(row.get("level"), where)
     return Problem(question=question, answer=answer, domain=NAME, level=level, steps=_expert_steps(row, where),
                    meta={"source": where})
 
