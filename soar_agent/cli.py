@@ -125,18 +125,16 @@ def _clock_time(text: str) -> tuple[int, int]:
 
 
 def _writable_directory(path: Path, what: str) -> None:
-    """Create `path` (and its parents) as a directory, or UserError naming it: a file in the way, a parent
-    that is not writable. Checked before any work starts."""
+    """UserError naming `path` unless it is a directory that can be written, or one that can be created
+    (a file in the way, a parent that is not writable). Checked before any work starts; nothing is created:
+    a command that fails later leaves no empty directory behind."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: {what} is a file, not a directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"{path}: {what} cannot be created: {parent} is a file, not a directory")
-            break
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"{path}: {what} cannot be created: {existing} is a file, not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):  # root passes os.access checks that the filesystem refuses
+        with tempfile.TemporaryFile(dir=existing):  # root passes os.access checks that the filesystem refuses
             pass
     except OSError as error:
         raise UserError(f"{path}: {what} is not writable ({error.strerror or error})") from None
@@ -144,7 +142,7 @@ def _writable_directory(path: Path, what: str) -> None:
 
 def _check_store_target(db: Path) -> None:
     """`mine-hard --db`: a store file that can be written (an existing one must be a soar store), checked
-    before the model is loaded; its directory is created now, the store itself only when results exist."""
+    before the model is loaded; the store (and its directory) is created only when there are results."""
     from soar_agent.store import Store
 
     if db.is_dir():
