@@ -331,9 +331,9 @@ class Agent:
         checkpoint = self.latest_checkpoint(role)
         m = self.config.model
         if checkpoint is not None:
-            model = load_model(checkpoint["path"], m.dtype)
+            model = load_model(checkpoint["path"], m.dtype, device=m.device)
         else:
-            model = load_model(m.path, m.dtype)
+            model = load_model(m.path, m.dtype, device=m.device)
             if m.lora:
                 model = add_lora(model, m.lora_rank, m.lora_alpha, m.lora_dropout)
         if role == "teacher":
@@ -798,7 +798,8 @@ class Agent:
         if done and done[-1]["checkpoint_path"]:
             from soar_agent.models import load_model
 
-            self._models["baseline"] = load_model(done[-1]["checkpoint_path"], cfg.model.dtype)
+            self._models["baseline"] = load_model(done[-1]["checkpoint_path"], cfg.model.dtype,
+                                                  device=cfg.model.device)
         scores = self._reward_scores(self.model("baseline"), reward_questions, step)
         for unit in range(len(done), units):
             self.poll_commands()

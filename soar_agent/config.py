@@ -194,9 +194,12 @@ class StudentSection:
         choices=("token", "sequence"),
     )
     grad_clip: float = _opt(1.0, "gradient norm clip", gt=0.0, le=1e6)
-    micro_batch: int = _opt(0, "rows (completions) per forward/backward pass of the student loss, gradients"
-                               " accumulated to the same update; 0 = the whole batch at once (big-vocabulary models"
-                               " on a GPU need a few rows: the logits are rows x tokens x vocabulary)", ge=0, le=4096)
+    micro_batch: int = _opt(8, "rows (completions) per forward/backward pass of the student loss, gradients"
+                               " accumulated to the same update, rows of similar length together; 0 = the whole"
+                               " batch at once. 8 measured on the shipped model (8 x 8 completions, 1 thread): policy"
+                               " step 2.9 s against 3.6-4.9 s for the whole batch (less padding); big-vocabulary"
+                               " models on a GPU need a few rows (the logits are rows x tokens x vocabulary)",
+                            ge=0, le=4096)
     srl_share: float = _opt(0.5, "srl-rlvr: share of the student's steps spent on SRL before RLVR (the SRL paper"
                                  " publishes no schedule)", ge=0.0, le=1.0)
     srl_epsilon: float = _opt(0.01, "SRL dynamic sampling: keep a step prompt only when its rollout rewards' std"

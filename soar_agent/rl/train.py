@@ -171,12 +171,13 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     clipping. `advantages` is (B,). No step (and no graph) when every advantage is zero. Raises
     NonFiniteLoss, without stepping, when the loss or the gradient norm is not finite. `surrogate(rows)` (the
     loss seam for off-policy backends; default: clipped_surrogate for every row) returns the loss function
-    for the batch rows `rows` (a range), with clipped_surrogate's signature and stats.
+    for the batch rows `rows` (a list of row indices), with clipped_surrogate's signature and stats.
 
     With cfg.micro_batch = m > 0 the rows go through the model m at a time and their gradients accumulate:
     each micro-batch's loss is scaled by its share of the batch's tokens (token aggregation) or rows
     (sequence aggregation), so the summed loss and gradient equal one pass over the whole batch, while the
-    logits (B x T x vocabulary) are never all in memory at once."""
+    logits (B x T x vocabulary) are never all in memory at once. Rows are grouped by length, so a
+    micro-batch pads only to its own longest row (less padding: faster even where memory is no concern)."""
     has_signal = bool((advantages != 0).any())
     rows = len(batch.completion_ids)
     size = cfg.micro_batch or rows
@@ -185,14 +186,18 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     if has_signal:
         optimizer.zero_grad(set_to_none=True)
     totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0}
+    order = list(range(rows))
+    if size < rows:  # rows of similar length share a micro-batch: each pads only to its own longest row
+        order.sort(key=lambda i: len(batch.prompt_ids[i]) + len(batch.completion_ids[i]))
     for begin in range(0, rows, size):
-        part = _rows(batch, range(begin, min(begin + size, rows)))
+        chunk = order[begin:begin + size]
+        part = _rows(batch, chunk)
         tokens = sum(len(c) for c in part.completion_ids) / total_tokens  # this micro-batch's share of tokens
-        share = tokens if cfg.loss_aggregation == "token" else len(part.completion_ids) / rows
-        loss_fn = clipped_surrogate if surrogate is None else surrogate(range(begin, begin + len(part.completion_ids)))
+        share = tokens if cfg.loss_aggregation == "token" else len(chunk) / rows
+        loss_fn = clipped_surrogate if surrogate is None else surrogate(chunk)
         with torch.set_grad_enabled(has_signal):
-            loss, kl, entropy, stats = _micro_batch_loss(student, part, advantages[begin:begin + size], cfg,
-                                                         pad_id, reference, loss_fn)
+            loss, kl, entropy, stats = _micro_batch_loss(student, part, advantages[chunk], cfg, pad_id,
+                                                         reference, loss_fn)
         if not torch.isfinite(loss):
             optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"student loss is {loss.item()} (advantages: {advantages.tolist()[:8]}...)")
@@ -213,7 +218,7 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     return stats
 
 
-def _rows(batch: Rollout, rows: range) -> Rollout:
+def _rows(batch: Rollout, rows: list[int]) -> Rollout:
     """The rows of a batch as a batch of their own (a micro-batch)."""
     return Rollout([batch.problems[i] for i in rows], [batch.prompt_ids[i] for i in rows],
                    [batch.completion_ids[i] for i in rows], [batch.old_logprobs[i] for i in rows],
