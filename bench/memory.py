@@ -80,11 +80,21 @@ def main() -> None:
     if len(settled) < 2:
         print("fewer than two samples after the first teacher step: run longer")
         return
+    # RSS swings by hundreds of MB inside a step (sampling batches, evaluation); a leak shows in the
+    # troughs: compare each finished step's lowest and highest sample, not two arbitrary samples
+    by_step: dict[int, list[float]] = {}
+    for _, mb, steps in settled:
+        by_step.setdefault(steps, []).append(mb)
+    print("teacher step: lowest / highest RSS (MB) while it ran")
+    for steps, values in sorted(by_step.items()):
+        print(f"  {steps + 1:3d}: {min(values):8.1f} / {max(values):8.1f}")
     (t0, m0, _), (t1, m1, _) = settled[0], settled[-1]
-    per_hour = (m1 - m0) / ((t1 - t0) / 60)
-    print(f"after the first step: {m0:.0f} MB -> {m1:.0f} MB over {t1 - t0:.0f} min; growth {per_hour:+.1f} MB/hour"
-          f" = {100 * per_hour * 8 / m0:+.1f}% per 8 hours (goal < 5%); peak {max(s[1] for s in samples):.0f} MB")
-
+    lows = [min(values) for _, values in sorted(by_step.items())]
+    hours = (t1 - t0) / 60
+    trough_per_hour = (lows[-1] - lows[0]) / hours if len(lows) > 1 and hours else 0.0
+    print(f"after the first step: troughs {lows[0]:.0f} MB -> {lows[-1]:.0f} MB over {t1 - t0:.0f} min; growth"
+          f" {trough_per_hour:+.1f} MB/hour = {100 * trough_per_hour * 8 / lows[0]:+.1f}% per 8 hours (goal < 5%);"
+          f" first/last sample {m0:.0f} -> {m1:.0f} MB; peak {max(s[1] for s in samples):.0f} MB")
 
 if __name__ == "__main__":
     main()
