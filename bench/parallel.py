@@ -28,7 +28,7 @@ from soar_agent.store import Store
 
 # a smaller step than the default (same shape: g datasets x r students), so a run takes minutes
 SMALL_STEP = ["teacher.datasets_per_step=2", "student.students_per_dataset=2", "student.steps=4",
-              "reward.questions=16", "eval.every_teacher_steps=1000", "promotion.tau=-1.0"]
+              "reward.questions=16", "eval.every_teacher_steps=1000", "eval.samples=1", "promotion.tau=-1.0"]
 
 
 def step_seconds(db: Path) -> list[float]:
