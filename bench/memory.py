@@ -90,9 +90,12 @@ def main() -> None:
         print(f"  {steps + 1:3d}: {min(values):8.1f} / {max(values):8.1f}")
     (t0, m0, _), (t1, m1, _) = settled[0], settled[-1]
     lows = [min(values) for _, values in sorted(by_step.items())]
-    hours = (t1 - t0) / 60
-    trough_per_hour = (lows[-1] - lows[0]) / hours if len(lows) > 1 and hours else 0.0
-    print(f"after the first step: troughs {lows[0]:.0f} MB -> {lows[-1]:.0f} MB over {t1 - t0:.0f} min; growth"
+    starts = [min(t for t, _, steps in settled if steps == done) / 60 for done in sorted(by_step)]  # hours
+    # least-squares slope over every step's trough: two endpoints alone follow the noise between steps
+    mean_t, mean_m = sum(starts) / len(starts), sum(lows) / len(lows)
+    spread = sum((t - mean_t) ** 2 for t in starts)
+    trough_per_hour = (sum((t - mean_t) * (m - mean_m) for t, m in zip(starts, lows)) / spread) if spread else 0.0
+    print(f"after the first step: troughs {lows[0]:.0f} MB -> {lows[-1]:.0f} MB over {t1 - t0:.0f} min; fitted growth"
           f" {trough_per_hour:+.1f} MB/hour = {100 * trough_per_hour * 8 / lows[0]:+.1f}% per 8 hours (goal < 5%);"
           f" first/last sample {m0:.0f} -> {m1:.0f} MB; peak {max(s[1] for s in samples):.0f} MB")
 
