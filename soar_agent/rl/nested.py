@@ -70,11 +70,11 @@ from typing import Iterator
 import torch
 
 from soar_agent.engine import HFEngine
-from soar_agent.models import clone_model
 from soar_agent.rl.advantages import rloo_advantages
 from soar_agent.rl.loss import aggregate
-from soar_agent.rl.train import (NonFiniteLoss, Rollout, _padded, _reward_stats, policy_step, problem_stream,
-                                 reward_correct, rollout, sequence_logprobs, summarize_steps)
+from soar_agent.rl.train import (NonFiniteLoss, Rollout, _padded, _reward_stats, new_student, pad_token_id,
+                                 policy_step, problem_stream, reward_correct, rollout, score_rollout,
+                                 sequence_logprobs, summarize_steps)
 
 CORRECTIONS = ("truncated", "retrace", "masked")
 IS_STATS = ("is_ess", "is_ess_raw", "is_weight_mean", "log_ratio_mean", "masked_fraction")
@@ -237,19 +237,14 @@ def train_nested(baseline, tokenizer, problems, domain, cfg, steps: int | None =
     """Nested-ReFT on `problems`. Same contract as `train_student`: returns (student, StudentMetrics);
     every per-step record also holds `skipped_layers` and the `is_*` figures (module docstring).
     `on_rollout(batch, rewards)` gets each batch with the behaviour model's engine-recorded log-probs."""
-    student = clone_model(baseline)
-    student.eval()  # dropout off, as in the core
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the student has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    student, optimizer = new_student(baseline, cfg)
     engine = HFEngine(student, tokenizer)
     reward_fn = reward_fn or reward_correct(domain)
     reference = reference if reference is not None else baseline
     stream = problem_stream(problems, random.Random(seed))  # the same stream as train_student's
     layer_rng = random.Random(f"nested-layers-{seed}")  # its own generator: the problem stream stays RLOO's
     num_layers = len(decoder_layers(student)[1])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0  # as policy_step scores
     per_step = []
     for step in range(cfg.steps if steps is None else steps):
@@ -258,12 +253,7 @@ def train_nested(baseline, tokenizer, problems, domain, cfg, steps: int | None =
         with skipping(student, skipped):
             batch = rollout(engine, tokenizer, domain, list(itertools.islice(stream, cfg.batch_prompts)),
                             cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=seed * 1_000_003 + step)
-        scores = [math.nan if s is None else float(s) for s in reward_fn(batch.problems, batch.texts)]
-        if len(scores) != len(batch.texts):
-            raise ValueError(f"reward_fn returned {len(scores)} rewards for {len(batch.texts)} completions")
-        if on_rollout is not None:
-            on_rollout(batch, scores)
-        rewards = torch.tensor(scores, dtype=torch.float32).view(-1, cfg.group_size)  # (G, n)
+        _, rewards = score_rollout(batch, reward_fn, on_rollout)  # (G, n)
         advantages = rloo_advantages(rewards).flatten()  # (B,)
         behaviour, step_batch = None, batch
         if skipped:

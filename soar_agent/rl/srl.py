@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import torch
 
 from soar_agent.engine import HFEngine
-from soar_agent.models import clone_model
 from soar_agent.rl.advantages import grpo_advantages
-from soar_agent.rl.train import NonFiniteLoss, Rollout, _reward_stats, policy_step, summarize_steps, train_student
+from soar_agent.rl.train import (NonFiniteLoss, Rollout, _reward_stats, new_student, pad_token_id, policy_step,
+                                 summarize_steps, train_student)
 from soar_agent.tasks.base import Problem, render_steps, split_solution  # noqa: F401 (re-exported)
 
 MAX_REFILL_ROUNDS = 4  # extra sampling rounds per step to replace prompts dynamic sampling dropped
@@ -135,14 +135,12 @@ def train_srl(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
     if not examples:
         raise ValueError("SRL needs problems with expert steps that fit student.max_new_tokens "
                          f"(none of the given problems has any; {too_long} steps too long)")
-    student = clone_model(baseline)
-    student.eval()  # dropout off, as in the core
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    student, optimizer = new_student(baseline, cfg)
     engine = HFEngine(student, tokenizer)
     reference = reference if reference is not None else baseline
     rng = random.Random(seed)
     stream = itertools.chain.from_iterable(rng.sample(examples, len(examples)) for _ in itertools.count())
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     per_step = []
     for step in range(cfg.steps if steps is None else steps):
         started = time.perf_counter()

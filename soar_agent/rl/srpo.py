@@ -54,10 +54,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from soar_agent.engine import HFEngine
-from soar_agent.models import clone_model
 from soar_agent.rl.advantages import grpo_advantages
-from soar_agent.rl.train import (NonFiniteLoss, _reward_stats, policy_step, reward_correct, rollout,
-                                 summarize_steps)
+from soar_agent.rl.train import (NonFiniteLoss, _reward_stats, new_student, pad_token_id, policy_step, reward_correct,
+                                 rollout, score_rollout, summarize_steps)
 from soar_agent.tasks.base import Problem
 
 _STEP_REF = re.compile(r"^step-(\d+)/")  # a student rollout's ref: step-N/student-I-J (agent._student_job)
@@ -197,17 +196,12 @@ def train_srpo(baseline, tokenizer, problems: list[Problem], domain, cfg, steps:
     (question -> correctness of earlier rollouts, e.g. `stored_history`) seeds History Resampling.
     Each step's record adds stage, pool (active problems), dropped (so far) and overlong_fraction."""
     total = cfg.steps if steps is None else steps
-    student = clone_model(baseline)
-    student.eval()  # dropout off, as in the core
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the student has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    student, optimizer = new_student(baseline, cfg)
     engine = _FinishRecordingEngine(student, tokenizer)
     reward_fn = reward_fn or reward_correct(domain)
     reference = reference if reference is not None else baseline
     step_cfg = replace(cfg, kl_coef=cfg.srpo_kl_coef)  # policy_step reads kl_coef: SRPO's own, 0 by default
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     if not problems:
         raise ValueError("train_srpo needs at least one problem")
     known = {p.question for p in problems}
@@ -225,13 +219,8 @@ def train_srpo(baseline, tokenizer, problems: list[Problem], domain, cfg, steps:
         batch = rollout(engine, tokenizer, domain, stream.draw(cfg.batch_prompts), cfg.group_size,
                         cfg.temperature, cfg.max_new_tokens, seed=seed * 1_000_003 + step)
         overlong = torch.tensor([reason == "length" for reason in engine.finish_reasons]).view(-1, cfg.group_size)
-        scores = [math.nan if s is None else float(s) for s in reward_fn(batch.problems, batch.texts)]
-        if len(scores) != len(batch.texts):
-            raise ValueError(f"reward_fn returned {len(scores)} rewards for {len(batch.texts)} completions")
-        if on_rollout is not None:
-            on_rollout(batch, scores)
+        scores, rewards = score_rollout(batch, reward_fn, on_rollout)  # rewards (G, n)
         stream.record(batch.problems, scores)
-        rewards = torch.tensor(scores, dtype=torch.float32).view(-1, cfg.group_size)  # (G, n)
         advantages = srpo_advantages(rewards, overlong, cfg.srpo_mask_overlong).flatten()  # (B,)
         try:
             stats = policy_step(student, optimizer, batch, advantages, step_cfg, pad_id, reference)

@@ -266,6 +266,31 @@ def _reward_stats(rewards: torch.Tensor) -> dict:
             "zero_std_fraction": (std == 0).float().mean().item()}
 
 
+def new_student(baseline, cfg):
+    """A trainable copy of `baseline` (never mutated; dropout off: see the module docstring) and its AdamW
+    optimizer: the start of every backend's training."""
+    student = clone_model(baseline)
+    student.eval()
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the student has no trainable parameters")
+    return student, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def score_rollout(batch: Rollout, reward_fn: RewardFn, on_rollout=None) -> tuple[list[float], torch.Tensor]:
+    """The batch's rewards (NaN = unscorable), handed to `on_rollout` with the batch: (scores, (G, n) tensor)."""
+    scores = [math.nan if s is None else float(s) for s in reward_fn(batch.problems, batch.texts)]
+    if len(scores) != len(batch.texts):
+        raise ValueError(f"reward_fn returned {len(scores)} rewards for {len(batch.texts)} completions")
+    if on_rollout is not None:
+        on_rollout(batch, scores)
+    return scores, torch.tensor(scores, dtype=torch.float32).view(-1, batch.group_size)
+
+
 def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int | None = None,
                   reward_fn: RewardFn | None = None, seed: int = 0, reference=None,
                   log: Callable[[dict], None] | None = None,
@@ -278,30 +303,20 @@ def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, ste
     `engine` (default: an HFEngine on the student itself) samples the rollouts; one holding its own copy of
     the weights (vLLM) gets the student's weights before the first rollout and after every optimizer step.
     Returns (student, StudentMetrics). Raises NonFiniteLoss."""
-    student = clone_model(baseline)
-    student.eval()  # dropout off: see the module docstring
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the student has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    student, optimizer = new_student(baseline, cfg)
     engine = engine or HFEngine(student, tokenizer)  # on the student itself, rollouts see every update
     engine.load_weights(student)
     reward_fn = reward_fn or reward_correct(domain)
     reference = reference if reference is not None else baseline
     advantage_fn = grpo_advantages if cfg.backend == "grpo" else rloo_advantages  # srl-rlvr's RLVR half: RLOO
     stream = problem_stream(problems, random.Random(seed))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     per_step = []
     for step in range(cfg.steps if steps is None else steps):
         started = time.perf_counter()
         batch = rollout(engine, tokenizer, domain, list(itertools.islice(stream, cfg.batch_prompts)),
                         cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=seed * 1_000_003 + step)
-        scores = [math.nan if s is None else float(s) for s in reward_fn(batch.problems, batch.texts)]
-        if len(scores) != len(batch.texts):
-            raise ValueError(f"reward_fn returned {len(scores)} rewards for {len(batch.texts)} completions")
-        if on_rollout is not None:
-            on_rollout(batch, scores)
-        rewards = torch.tensor(scores, dtype=torch.float32).view(-1, cfg.group_size)  # (G, n)
+        _, rewards = score_rollout(batch, reward_fn, on_rollout)  # (G, n)
         advantages = advantage_fn(rewards).flatten()  # (B,)
         try:
             stats = policy_step(student, optimizer, batch, advantages, cfg, pad_id, reference)
