@@ -14,6 +14,7 @@ from soar_agent.engine import HFEngine
 from soar_agent.models import TinyShape, add_lora, build_tiny_model
 from soar_agent.rl import nested, sequence_logprobs, train_student, trainer
 from soar_agent.tasks import arith
+from tests.test_rl import _problems, even_character_share
 
 
 @pytest.fixture(scope="module")
@@ -208,15 +209,6 @@ def _cfg(**overrides):
     base = dict(batch_prompts=2, group_size=4, max_new_tokens=8, lr=1e-2, kl_coef=0.05, steps=2,
                 backend="nested", nested_skip_ratio=0.5)
     return StudentSection(**{**base, **overrides})
-
-
-def _problems():
-    rng = random.Random(0)
-    return [arith.generate(level, rng) for level in (1, 2, 3)]
-
-
-def even_character_share(problems, completions):
-    return [sum(ord(ch) % 2 == 0 for ch in text) / max(1, len(text)) for text in completions]
 
 
 @pytest.mark.parametrize("correction, aggregation, temperature", [
