@@ -19,14 +19,13 @@ of measured improvement). The grounded reward's metric is `reward.metric` (see s
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean, median
+from statistics import fmean
 
 from soar_agent.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from soar_agent.store import Store, StoreError, content_hash
@@ -572,12 +571,12 @@ class Agent:
     def _reward_scores(self, model, problems: list[Problem], step: int) -> list[float]:
         """Per-question scores under reward.metric; one sampling seed per step, so a student and its
         baseline are scored on paired samples."""
-        from soar_agent.reward import question_scores
+        from soar_agent.student_job import reward_scores
 
-        cfg = self.config
-        return question_scores(model, self.tokenizer, self.domain, problems, cfg.reward.metric,
-                               samples=cfg.reward.samples, seed=_seed(cfg.run.seed, step, 55),
-                               temperature=cfg.student.temperature, max_new_tokens=cfg.eval.max_new_tokens)
+        return reward_scores(model, self.tokenizer, self.domain, self.config, problems, self._reward_seed(step))
+
+    def _reward_seed(self, step: int) -> int:
+        return _seed(self.config.run.seed, step, 55)
 
     def _dataset_problems(self, dataset: dict) -> list[Problem]:
         return curriculum_problems(dataset, self.store.dataset_problems(dataset["id"]), self.domain,
@@ -608,7 +607,7 @@ class Agent:
                          baseline_path=checkpoint["path"] if checkpoint else cfg.model.path,
                          config=config_to_dict(cfg), problems=problems, reward_questions=list(reward_questions),
                          steps=steps, seed=_seed(cfg.run.seed, step, index, j),
-                         reward_seed=_seed(cfg.run.seed, step, 55), out_dir=str(self._student_dir(step, index, j)),
+                         reward_seed=self._reward_seed(step), out_dir=str(self._student_dir(step, index, j)),
                          ref=f"step-{step}/student-{index}-{j}", add_lora=cfg.model.lora and checkpoint is None,
                          history=stored_history(self.store, self.run_id, ids, step)
                          if cfg.student.backend == "srpo" else {})
@@ -695,7 +694,6 @@ class Agent:
         return len(self.store.datasets(self.run_id, kind="promotion"))
 
     def _finish_step(self, step: int, datasets: list[dict], before: list[float], started: float) -> None:
-        from soar_agent.models import save_checkpoint
         from soar_agent.reward import pooled_reward, question_means
         from soar_agent.teacher import TeacherItem, intrinsic_rewards, teacher_update
 

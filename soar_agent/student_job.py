@@ -77,10 +77,18 @@ def student_engine(config):
     return _ENGINES[key]
 
 
+def reward_scores(model, tokenizer, domain, config, questions: list[Problem], seed: int) -> list[float]:
+    """Per-question scores under reward.metric. The baseline and its students are scored by this one
+    function with the step's seed, so their samples are paired."""
+    from soar_agent.reward import question_scores
+
+    return question_scores(model, tokenizer, domain, questions, config.reward.metric, samples=config.reward.samples,
+                           seed=seed, temperature=config.student.temperature, max_new_tokens=config.eval.max_new_tokens)
+
+
 def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_step: Callable[[int], None] | None = None):
     """Train a student from `baseline` (a model in memory) and score it: (student, StudentResult)."""
     from soar_agent.models import save_checkpoint
-    from soar_agent.reward import question_scores
     from soar_agent.rl import trainer
     from soar_agent.rl.train import NonFiniteLoss
 
@@ -96,9 +104,7 @@ def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_ste
             log=None if on_step is None else (lambda record: on_step(record["step"] + 1)), **extra)
     except NonFiniteLoss as error:
         return None, StudentResult(job.key, None, None, {"error": str(error), "non_finite": True}, rollouts)
-    after = question_scores(student, tokenizer, domain, job.reward_questions, config.reward.metric,
-                            samples=config.reward.samples, seed=job.reward_seed,
-                            temperature=config.student.temperature, max_new_tokens=config.eval.max_new_tokens)
+    after = reward_scores(student, tokenizer, domain, config, job.reward_questions, job.reward_seed)
     directory = save_checkpoint(student, tokenizer, job.out_dir)
     summary = {k: v for k, v in vars(metrics).items() if k != "per_step"}
     return student, StudentResult(job.key, str(directory), after, summary, rollouts)
