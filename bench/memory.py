@@ -4,6 +4,7 @@ process settles at once every model, optimizer and engine of a step exists).
 
     python bench/memory.py                       # 60 minutes, the embedded default
     python bench/memory.py --minutes 30 --set teacher.datasets_per_step=2
+    python bench/memory.py --attach PID --run-dir DIR --minutes 120   # watch a `soar run` already running
 
 Prints one line per sample (minutes, RSS MB, teacher steps done) and the growth figures at the end; the
 goal is growth under 5% per 8 hours after the first step.
@@ -59,23 +60,37 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--every", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--attach", type=int, metavar="PID",
+                        help="watch this running `soar run` (with --run-dir) instead of starting one; it is left running")
+    parser.add_argument("--run-dir", type=Path, help="the attached run's directory (its soar.db counts the steps)")
     args = parser.parse_args()
-    run_dir = Path(tempfile.mkdtemp(prefix="soar-memory-")) / "run"
-    command = [sys.executable, "-m", "soar_agent.cli", "run", "--run-dir", str(run_dir), "--no-export",
-               "--hours", str(args.minutes / 60 + 0.5), *[x for item in args.set for x in ("--set", item)]]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    if args.attach:
+        if not args.run_dir:
+            parser.error("--attach needs --run-dir")
+        run_dir, pid, process = args.run_dir, args.attach, None
+        running = lambda: Path(f"/proc/{pid}").exists()  # noqa: E731
+    else:
+        run_dir = Path(tempfile.mkdtemp(prefix="soar-memory-")) / "run"
+        command = [sys.executable, "-m", "soar_agent.cli", "run", "--run-dir", str(run_dir), "--no-export",
+                   "--hours", str(args.minutes / 60 + 0.5), *[x for item in args.set for x in ("--set", item)]]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        pid = process.pid
+        running = lambda: process.poll() is None  # noqa: E731
     samples: list[tuple[float, float, int]] = []
     started = time.time()
     try:
-        while time.time() - started < args.minutes * 60 and process.poll() is None:
+        while time.time() - started < args.minutes * 60 and running():
             time.sleep(args.every)
-            sample = ((time.time() - started) / 60, rss_mb(process.pid), steps_done(run_dir / "soar.db"))
+            if not running():
+                break
+            sample = ((time.time() - started) / 60, rss_mb(pid), steps_done(run_dir / "soar.db"))
             samples.append(sample)
             print(f"{sample[0]:7.1f} min  {sample[1]:8.1f} MB  {sample[2]:3d} teacher steps", flush=True)
     finally:
-        process.terminate()
-        process.wait(timeout=120)
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=120)
     settled = [s for s in samples if s[2] >= 1]
     if len(settled) < 2:
         print("fewer than two samples after the first teacher step: run longer")
