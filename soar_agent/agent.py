@@ -29,6 +29,7 @@ from statistics import fmean
 
 from soar_agent.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from soar_agent.store import Store, StoreError, content_hash
+from soar_agent.student_job import release_freed_memory
 from soar_agent.tasks import generate_problems, get_domain
 from soar_agent.tasks.base import Problem
 
@@ -374,6 +375,7 @@ class Agent:
             self.report_evaluation(step=0)
         garbage_in_a_row = self._garbage_attempt = 0
         while True:
+            release_freed_memory()  # the last step's models and buffers: RSS stays at what is live
             self.poll_commands()
             done = self.completed_steps()
             reason = self.stop_reason or budget.exhausted(len(done))
