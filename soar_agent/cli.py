@@ -11,7 +11,6 @@ import contextlib
 import inspect
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -278,7 +277,7 @@ def cmd_eval(args) -> int:
     Console().print(table)
     levels = summary.get("levels", {})
     edge = next((level for level, figures in levels.items() if figures.get("greedy_acc", 0) < 0.5), None)
-    print(f"greedy: share of problems solved by the model's single most likely completion"
+    print("greedy: share of problems solved by the model's single most likely completion"
           + (f"; pass@k: chance that at least one of k samples is right (unbiased estimate from {args.samples}"
              f" samples per problem at temperature {args.temperature})" if args.samples else "") + ".")
     if levels:
