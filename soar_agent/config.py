@@ -202,10 +202,6 @@ class StudentSection:
                                " step 2.9 s against 3.6-4.9 s for the whole batch (less padding); big-vocabulary"
                                " models on a GPU need a few rows (the logits are rows x tokens x vocabulary)",
                             ge=0, le=4096)
-    updates_per_batch: int = _opt(1, "optimizer steps on each rollout batch (rloo/grpo; PPO epochs, TRL's num_iterations):"
-                                     " later passes are off-policy, so the clip and the ratio to the sampling"
-                                     " log-probs matter; sampling is most of a step's time, so extra passes are cheap"
-                                     " learning per sampled token", ge=1, le=16)
     srl_share: float = _opt(0.5, "srl-rlvr: share of the student's steps spent on SRL before RLVR (the SRL paper"
                                  " publishes no schedule)", ge=0.0, le=1.0)
     srl_epsilon: float = _opt(0.01, "SRL dynamic sampling: keep a step prompt only when its rollout rewards' std"

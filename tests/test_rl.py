@@ -13,7 +13,6 @@ from soar_agent.models import add_lora
 from soar_agent.rl import (NonFiniteLoss, Rollout, clipped_surrogate, grpo_advantages, k3_kl, policy_step, reward_correct,
                            rloo_advantages, rollout, sequence_logprobs, train_student)
 from soar_agent.tasks import arith
-from soar_agent.rl.train import sampling_logprobs
 
 NAN = math.nan
 
@@ -244,43 +243,3 @@ def test_loss_uses_the_sampling_temperature(random_tiny):
     stats = policy_step(model, optimizer, batch, torch.tensor([1.0]), _cfg(temperature=0.5, kl_coef=0.0),
                         tokenizer.pad_token_id)
     assert stats["ratio_mean"] == pytest.approx(1.0), "at T != 1 the update is on-policy under the tempered policy"
-
-
-# ---------------------------------------------------------------- several updates per rollout batch
-
-
-def test_sampling_logprobs_match_the_engine_in_micro_batches(random_tiny):
-    """The behaviour log-probs of later passes: the engine's recorded ones, whatever the micro-batch size."""
-    model, tokenizer = random_tiny
-    engine = HFEngine(model, tokenizer)
-    batch = rollout(engine, tokenizer, arith, _problems(), group_size=3, temperature=1.0, max_new_tokens=7, seed=4)
-    for micro_batch in (0, 2):
-        old = sampling_logprobs(model, batch, tokenizer.pad_token_id, _cfg(micro_batch=micro_batch))
-        assert old.shape == (9, max(len(c) for c in batch.completion_ids))
-        for row, recorded in enumerate(batch.old_logprobs):
-            sampled = [i for i, value in enumerate(recorded) if not math.isnan(value)]
-            assert torch.allclose(old[row, sampled], torch.tensor([recorded[i] for i in sampled]), atol=1e-4)
-            assert (old[row, len(recorded):] == 0).all()
-
-
-def test_later_passes_on_a_batch_are_off_policy_and_clipped(random_tiny, monkeypatch):
-    """updates_per_batch = 3: three optimizer steps per rollout, the first on-policy (ratio 1), the later ones
-    against the sampling log-probs (ratio moves, the clip engages at a large learning rate); 1 = one step."""
-    model, tokenizer = random_tiny
-    passes = []
-    step = policy_step
-
-    def recorded(*args, **kwargs):
-        stats = step(*args, **kwargs)
-        passes.append(stats)
-        return stats
-
-    monkeypatch.setattr("soar_agent.rl.train.policy_step", recorded)
-    cfg = _cfg(kl_coef=0.0, lr=5e-2, eps_low=0.05, eps_high=0.05, steps=1, updates_per_batch=3)
-    train_student(model, tokenizer, _problems(), arith, cfg, reward_fn=even_character_share, seed=0)
-    assert len(passes) == 3 and all(p["updated"] for p in passes)
-    assert passes[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and passes[0]["clip_fraction"] == 0
-    assert abs(passes[2]["ratio_mean"] - 1.0) > 1e-3 and passes[2]["clip_fraction"] > 0
-    passes.clear()
-    train_student(model, tokenizer, _problems(), arith, _cfg(steps=2), reward_fn=even_character_share, seed=0)
-    assert len(passes) == 2

@@ -6,10 +6,9 @@ One step: draw `batch_prompts` problems -> sample `group_size` completions each 
 plain functions: the rollout source, the reward function and the loss.
 
 Simplifications versus the textbook algorithms (and the SOAR paper):
-* `updates_per_batch` optimizer steps per rollout batch (PPO epochs over the whole batch, no minibatch
-  shuffling; default 1). With 1 the rollouts come from the weights just updated, so the ratio is 1 up to
-  numerics; later passes are off-policy and use the sampling log-probs, recomputed once at the sampling
-  temperature before the first pass (`sampling_logprobs`), so the clip does its job.
+* One optimizer step per rollout batch, no PPO epochs or minibatches: rollouts always come from the
+  weights just updated, so the ratio is 1 up to numerics and the clip only matters for off-policy
+  rollouts (a layer-skipping behaviour model, stale weights). The loss still implements it exactly.
 * Constant learning rate, AdamW with weight decay 0 (the paper uses a cosine schedule).
 * Micro-batching (student.micro_batch rows per forward/backward pass, gradients accumulated) gives the
   same loss and gradient as one pass over the batch; 0 = the whole batch at once (the tiny default).
@@ -256,34 +255,6 @@ def _reference_logprobs(reference, batch: Rollout, pad_id: int, temperature: flo
         reference.train(was_training)
 
 
-def sampling_logprobs(model, batch: Rollout, pad_id: int, cfg) -> torch.Tensor:
-    """(B, T) log-probs of the completion tokens under `model` at the sampling temperature, without a graph,
-    cfg.micro_batch rows at a time: the behaviour log-probs of every pass after the first on one batch (the
-    engine records temperature-1 log-probs and none for the appended EOS). 0 off the mask."""
-    temperature = cfg.temperature if cfg.temperature > 0 else 1.0
-    rows = len(batch.completion_ids)
-    T = max(1, max(len(c) for c in batch.completion_ids))
-    out = torch.zeros(rows, T, device=next(model.parameters()).device)
-    size = cfg.micro_batch or rows
-    with torch.no_grad():
-        for begin in range(0, rows, size):
-            chunk = list(range(begin, min(rows, begin + size)))
-            part = _rows(batch, chunk)
-            values = sequence_logprobs(model, part.prompt_ids, part.completion_ids, pad_id, temperature)[0]
-            out[begin:begin + len(chunk), :values.shape[1]] = values
-    return out
-
-
-def against(old_logprobs: torch.Tensor):
-    """policy_step's loss seam: the clipped surrogate with the given (B, T) behaviour log-probs for each row."""
-    def for_rows(rows: list[int]):
-        def surrogate(new, _old, advantages, mask, eps_low, eps_high, aggregation="token"):
-            old = old_logprobs[rows, :new.shape[1]]
-            return clipped_surrogate(new, old, advantages, mask, eps_low, eps_high, aggregation)
-        return surrogate
-    return for_rows
-
-
 def _reward_stats(rewards: torch.Tensor) -> dict:
     """rewards (G, n), NaN = unscorable."""
     valid = ~torch.isnan(rewards)
@@ -347,12 +318,8 @@ def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, ste
                         cfg.group_size, cfg.temperature, cfg.max_new_tokens, seed=seed * 1_000_003 + step)
         _, rewards = score_rollout(batch, reward_fn, on_rollout)  # (G, n)
         advantages = advantage_fn(rewards).flatten()  # (B,)
-        surrogate = None
-        if cfg.updates_per_batch > 1 and bool((advantages != 0).any()):
-            surrogate = against(sampling_logprobs(student, batch, pad_id, cfg))
         try:
-            for _ in range(cfg.updates_per_batch):
-                stats = policy_step(student, optimizer, batch, advantages, cfg, pad_id, reference, surrogate)
+            stats = policy_step(student, optimizer, batch, advantages, cfg, pad_id, reference)
         except NonFiniteLoss as error:
             raise NonFiniteLoss(f"step {step}: {error}") from None
         if stats["updated"]:
