@@ -82,10 +82,8 @@ def main() -> None:
     try:
         while time.time() - started < args.minutes * 60 and running():
             time.sleep(args.every)
-            if not running():
-                break
             sample = ((time.time() - started) / 60, rss_mb(pid), steps_done(run_dir / "soar.db"))
-            if not sample[1]:  # the process ended while being sampled
+            if not sample[1]:  # the process ended during the sleep or while being sampled
                 break
             samples.append(sample)
             print(f"{sample[0]:7.1f} min  {sample[1]:8.1f} MB  {sample[2]:3d} teacher steps", flush=True)

@@ -125,9 +125,9 @@ def release_freed_memory() -> None:
     """Give the memory the process has freed back to the OS: after each teacher step (agent) and before each
     job in a reused worker. glibc keeps freed heap pages for reuse, so once a step's student copies,
     optimizers and sampling buffers are gone the resident size still sits 70-150 MB above what is live, by a
-    different amount each step, which reads as growth over a night. Measured on the shipped model (a 2-step
-    student plus an evaluation per unit, 3 units): RSS 549 / 508 / 587 MB after each unit, 437 MB after
-    each trim, i.e. nothing live grows."""
+    different amount each step. Measured on the shipped model (a 2-step student plus an evaluation per unit,
+    3 units): RSS 549 / 508 / 587 MB after each unit, 437 MB after each trim. It does not explain all
+    growth: a 74-minute default arith run with it still rose ~96 MB/hour (bench/memory.py)."""
     gc.collect()  # tensors held in reference cycles are freed first
     trim = _malloc_trim()
     if trim is not None:
