@@ -437,6 +437,14 @@ def _unknown(where: str, what: str, name: str, known: Iterable[str]) -> ConfigEr
     return ConfigError(f"{where}: unknown {what} ({hint})")
 
 
+# Keys a committed version had and a later one removed, with the value that behaves exactly like the code
+# without them. Every run stores its whole config, so a run created before the removal carries the key: it
+# must still resume (and export) after an upgrade when it used that value, and fail clearly when it did not.
+REMOVED_KEYS: dict[tuple[str, str], Any] = {
+    ("student", "updates_per_batch"): 1,  # removed in 131bfef: 2 passes per batch were within noise of 1
+}
+
+
 def config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
     """Build a validated RunConfig from a ``{section: {key: value}}`` mapping; missing keys keep their
     defaults. ``source`` names the origin in error messages."""
@@ -450,6 +458,12 @@ def config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
         fields = _fields(sections[name])
         values = {}
         for key, value in table.items():
+            if (name, key) in REMOVED_KEYS:
+                kept = REMOVED_KEYS[name, key]
+                if value != kept or isinstance(value, bool) != isinstance(kept, bool):
+                    raise ConfigError(f"{source}: {name}.{key}: this option was removed; only its old default"
+                                      f" {_show(kept)} (today's behaviour) can be read, got {_show(value)}")
+                continue
             if key not in fields:
                 raise _unknown(f"{source}: {name}.{key}", "key", key, fields)
             tp, meta = fields[key]

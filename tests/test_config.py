@@ -447,3 +447,30 @@ def test_dump_toml_covers_every_key():
         assert f"[{section}]" in text
         for key in table:
             assert f"\n{key} = " in text
+
+
+# ---------------------------------------------------------------------------------------- removed options
+
+
+def test_a_run_stored_with_a_removed_option_at_its_old_default_still_opens(tmp_path):
+    """A run created while student.updates_per_batch existed stores it (value 1): after the upgrade that
+    removed it, the run resumes and exports; any other value is refused with a one-line error."""
+    from soar_agent.agent import Agent
+    from soar_agent.store import Store
+
+    stored = config_to_dict(RunConfig())
+    stored["student"]["updates_per_batch"] = 1
+    with Store(tmp_path / "soar.db") as store:
+        store.create_run(name="old", mode="soar", config=stored, model_path=RunConfig().model.path)
+    agent = Agent.open(None, tmp_path, log=lambda message: None, existing_only=True)
+    assert config_to_dict(agent.config) == config_to_dict(RunConfig())
+    agent.store.close()
+
+    stored["student"]["updates_per_batch"] = 2
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(stored, source="runs/x/soar.db (stored config)")
+    message = str(info.value)
+    assert "student.updates_per_batch" in message and "removed" in message and "\n" not in message
+    stored["student"]["updates_per_batch"] = True  # a bool is not the integer 1
+    with pytest.raises(ConfigError):
+        config_from_dict(stored)
