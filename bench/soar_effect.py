@@ -137,10 +137,19 @@ def report(out: Path, k: int) -> None:
     if "soar-srl-pq" in means and "hard-only-srl" in means:
         print(f"SRL students: SOAR-PQ / hard-only SRL {means['soar-srl-pq'] / max(means['hard-only-srl'], 1e-9):.2f}x")
     if "soar-pq" in means and "hard-only" in means:
-        line = f"SOAR-PQ / hard-only {means['soar-pq'] / max(means['hard-only'], 1e-9):.2f}x (target >= 2x)"
-        if "curated" in means and means["curated"] != means["base"]:
-            share = (means["soar-pq"] - means["base"]) / (means["curated"] - means["base"])
-            line += f"; SOAR-PQ gain / curated gain {share:.2f} (target >= 0.70)"
+        gap = mean_error([a - b for a, b in zip(figures["soar-pq"]["values"], figures["hard-only"]["values"])])
+        line = (f"SOAR-PQ / hard-only {means['soar-pq'] / max(means['hard-only'], 1e-9):.2f}x (target >= 2x;"
+                f" paired difference {gap[0]:+.3f} +- {gap[1]:.3f})")
+        if "curated" in means:
+            # The share is only a figure when curated beat base by more than two standard errors (paired):
+            # a ratio of two gains inside the noise (both negative, say) reads as progress and means nothing.
+            gain, error = mean_error([a - b for a, b in zip(figures["curated"]["values"], base_values)])
+            if gain > 2 * error:
+                share = (means["soar-pq"] - means["base"]) / gain
+                line += f"; SOAR-PQ gain / curated gain {share:.2f} (target >= 0.70)"
+            else:
+                line += (f"; curated's gain over base ({gain:+.3f} +- {error:.3f}) is not above two standard errors,"
+                         " so SOAR-PQ's share of it is undefined")
         print(line)
     print(json.dumps({name: dict(zip(("mean", "stderr"), mean_error(r["values"]))) for name, r in figures.items()}))
 
