@@ -5,6 +5,7 @@ process settles at once every model, optimizer and engine of a step exists).
     python bench/memory.py                       # 60 minutes, the embedded default
     python bench/memory.py --minutes 30 --set teacher.datasets_per_step=2
     python bench/memory.py --attach PID --run-dir DIR --minutes 120   # watch a `soar run` already running
+    python bench/memory.py --breakdown 8 --set eval.every_teacher_steps=3   # what RSS is made of, per step
 
 Prints one line per sample (minutes, RSS MB, teacher steps done) and the growth figures at the end; the
 goal is growth under 5% per 8 hours after the first step.
@@ -13,6 +14,9 @@ goal is growth under 5% per 8 hours after the first step.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +59,51 @@ def steps_done(db: Path) -> int:
         return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def breakdown(steps: int, overrides: list[str]) -> None:
+    """The loop in this process for `steps` teacher steps; after each one (and the loop's own trim) one line
+    of what the resident size is made of: glibc's heap bytes in use (live C/C++ allocations: tensors,
+    tokenizer, Python's larger objects), its free bytes and total size (kept by the allocator, not live),
+    memory mapped for large blocks, Python objects tracked by gc, and live CPU tensor bytes. Live figures
+    that stay flat while RSS rises mean the allocator keeps pages, not a leak."""
+    import torch
+
+    from soar_agent.agent import Agent, Budget
+    from soar_agent.config import load_config
+    from soar_agent.student_job import release_freed_memory
+
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        raise SystemExit("--breakdown needs glibc >= 2.33 (mallinfo2)") from None
+    mallinfo2.restype = _MallInfo2
+    torch.set_num_threads(1)
+    agent = Agent.open(load_config(None, overrides), Path(tempfile.mkdtemp(prefix="soar-memory-")) / "run",
+                       log=lambda message: None)
+    teacher_step = agent.teacher_step
+
+    def measured(step: int) -> None:
+        started = time.time()
+        teacher_step(step)
+        release_freed_memory()
+        info, mb = mallinfo2(), 2 ** -20
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()  # views share one storage
+                    for t in gc.get_objects() if torch.is_tensor(t) and t.device.type == "cpu"}
+        print(json.dumps({"step": step, "seconds": round(time.time() - started),
+                          "rss_mb": round(rss_mb(os.getpid()), 1), "heap_in_use_mb": round(info.uordblks * mb, 1),
+                          "heap_free_mb": round(info.fordblks * mb, 1), "heap_size_mb": round(info.arena * mb, 1),
+                          "mmapped_mb": round(info.hblkhd * mb, 1), "python_objects": len(gc.get_objects()),
+                          "tensor_mb": round(sum(storages.values()) * mb, 1)}),
+              flush=True)
+
+    agent.teacher_step = measured
+    agent.run(Budget(None, steps))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0)
@@ -63,7 +112,12 @@ def main() -> None:
     parser.add_argument("--attach", type=int, metavar="PID",
                         help="watch this running `soar run` (with --run-dir) instead of starting one; it is left running")
     parser.add_argument("--run-dir", type=Path, help="the attached run's directory (its soar.db counts the steps)")
+    parser.add_argument("--breakdown", type=int, metavar="STEPS",
+                        help="run STEPS teacher steps in this process and print what RSS is made of after each")
     args = parser.parse_args()
+    if args.breakdown:
+        breakdown(args.breakdown, args.set)
+        return
     if args.attach:
         if not args.run_dir:
             parser.error("--attach needs --run-dir")
