@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from soar_agent.store import Store
@@ -91,8 +92,10 @@ def breakdown(steps: int, overrides: list[str]) -> None:
         teacher_step(step)
         release_freed_memory()
         info, mb = mallinfo2(), 2 ** -20
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()  # views share one storage
-                    for t in gc.get_objects() if torch.is_tensor(t) and t.device.type == "cpu"}
+        with warnings.catch_warnings():  # isinstance() on every object touches deprecated torch attributes
+            warnings.simplefilter("ignore")
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()  # views share a storage
+                        for t in gc.get_objects() if torch.is_tensor(t) and t.device.type == "cpu"}
         print(json.dumps({"step": step, "seconds": round(time.time() - started),
                           "rss_mb": round(rss_mb(os.getpid()), 1), "heap_in_use_mb": round(info.uordblks * mb, 1),
                           "heap_free_mb": round(info.fordblks * mb, 1), "heap_size_mb": round(info.arena * mb, 1),
