@@ -91,15 +91,15 @@ def breakdown(steps: int, overrides: list[str]) -> None:
         started = time.time()
         teacher_step(step)
         release_freed_memory()
-        info, mb = mallinfo2(), 2 ** -20
+        info, mb, objects = mallinfo2(), 2 ** -20, gc.get_objects()
         with warnings.catch_warnings():  # isinstance() on every object touches deprecated torch attributes
             warnings.simplefilter("ignore")
             storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()  # views share a storage
-                        for t in gc.get_objects() if torch.is_tensor(t) and t.device.type == "cpu"}
+                        for t in objects if torch.is_tensor(t) and t.device.type == "cpu"}
         print(json.dumps({"step": step, "seconds": round(time.time() - started),
                           "rss_mb": round(rss_mb(os.getpid()), 1), "heap_in_use_mb": round(info.uordblks * mb, 1),
                           "heap_free_mb": round(info.fordblks * mb, 1), "heap_size_mb": round(info.arena * mb, 1),
-                          "mmapped_mb": round(info.hblkhd * mb, 1), "python_objects": len(gc.get_objects()),
+                          "mmapped_mb": round(info.hblkhd * mb, 1), "python_objects": len(objects),
                           "tensor_mb": round(sum(storages.values()) * mb, 1)}),
               flush=True)
 

@@ -95,6 +95,11 @@ def mean_error(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / n)
 
 
+def paired_difference(values: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Mean per-problem difference and its standard error (the arms share one sampling seed: paired)."""
+    return mean_error([a - b for a, b in zip(values, baseline)])
+
+
 def arm_curves(run_dir: Path) -> dict:
     """Per-step grounded reward on hard-train (with its standard error), steps and promotions of one arm."""
     with Store(run_dir / "soar.db", readonly=True) as store:
@@ -123,7 +128,7 @@ def report(out: Path, k: int) -> None:
           "+- one standard error over problems; paired difference against base in brackets")
     for name, r in figures.items():
         mean, error = mean_error(r["values"])
-        diff = mean_error([a - b for a, b in zip(r["values"], base_values)])
+        diff = paired_difference(r["values"], base_values)
         extra = f"  greedy {r['greedy']:.3f}" if "greedy" in r else ""
         extra += f"  ({r['promotion_questions']} promotion questions, {r['steps']} steps)" if name.endswith("-pq") else ""
         print(f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{extra}")
@@ -137,13 +142,13 @@ def report(out: Path, k: int) -> None:
     if "soar-srl-pq" in means and "hard-only-srl" in means:
         print(f"SRL students: SOAR-PQ / hard-only SRL {means['soar-srl-pq'] / max(means['hard-only-srl'], 1e-9):.2f}x")
     if "soar-pq" in means and "hard-only" in means:
-        gap = mean_error([a - b for a, b in zip(figures["soar-pq"]["values"], figures["hard-only"]["values"])])
+        gap = paired_difference(figures["soar-pq"]["values"], figures["hard-only"]["values"])
         line = (f"SOAR-PQ / hard-only {means['soar-pq'] / max(means['hard-only'], 1e-9):.2f}x (target >= 2x;"
                 f" paired difference {gap[0]:+.3f} +- {gap[1]:.3f})")
         if "curated" in means:
             # The share is only a figure when curated beat base by more than two standard errors (paired):
             # a ratio of two gains inside the noise (both negative, say) reads as progress and means nothing.
-            gain, error = mean_error([a - b for a, b in zip(figures["curated"]["values"], base_values)])
+            gain, error = paired_difference(figures["curated"]["values"], base_values)
             if gain > 2 * error:
                 share = (means["soar-pq"] - means["base"]) / gain
                 line += f"; SOAR-PQ gain / curated gain {share:.2f} (target >= 0.70)"
