@@ -8,6 +8,7 @@ before and after `--steps` AdamW updates of `--batch` expert solutions through t
 
     python bench/sft_ceiling.py                              # arith levels 3-5, lr 1e-4, 400 steps (~4 min)
     python bench/sft_ceiling.py --domain program --lr 3e-5 --steps 200
+    python bench/sft_ceiling.py --model /tmp/tiny-stage1    # another checkpoint (student_learns: --set model.path=)
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--model", default="default", help="model directory (default: the shipped model)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    domain, tokenizer, base = get_domain(args.domain), load_tokenizer("default"), load_model("default")
+    domain, tokenizer, base = get_domain(args.domain), load_tokenizer(args.model), load_model(args.model)
     levels = TRAIN_LEVELS[args.domain]
     train = generate_problems(domain, list(levels) * (args.steps * args.batch // len(levels) + 1), random.Random(0))
     eval_levels = [int(x) for x in args.eval_levels.split(",")]
