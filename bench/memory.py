@@ -165,8 +165,8 @@ def main() -> None:
     print(f"after the first step: troughs {lows[0]:.0f} MB -> {lows[-1]:.0f} MB over {t1 - t0:.0f} min; fitted growth"
           f" {per_hour:+.1f} MB/hour = {100 * per_hour * 8 / lows[0]:+.1f}% per 8 hours (goal < 5%);"
           f" first/last sample {m0:.0f} -> {m1:.0f} MB; peak {max(s[1] for s in samples):.0f} MB")
-    # The first in-loop evaluation samples larger batches than any student step and lifts glibc's heap to
-    # its high-water mark once (see --breakdown); growth after it is what a night adds on top.
+    # The first in-loop evaluation lifts glibc's heap to its high-water mark once (--breakdown: the heap's
+    # size grows there while its bytes in use stay flat); growth after it is what a night adds on top.
     first_eval = first_loop_evaluation(run_dir / "soar.db")
     after_eval = [s for s in settled if first_eval is not None and s[2] > first_eval]
     if len({s[2] for s in after_eval}) >= 2:
