@@ -154,9 +154,7 @@ def main() -> None:
         return
     # RSS swings by hundreds of MB inside a step (sampling batches, evaluation); a leak shows in the
     # troughs: compare each finished step's lowest and highest sample, not two arbitrary samples
-    by_step: dict[int, list[float]] = {}
-    for _, mb, steps in settled:
-        by_step.setdefault(steps, []).append(mb)
+    by_step = rss_by_step(settled)
     print("teacher step: lowest / highest RSS (MB) while it ran")
     for steps, values in sorted(by_step.items()):
         print(f"  {steps + 1:3d}: {min(values):8.1f} / {max(values):8.1f}")
@@ -168,20 +166,28 @@ def main() -> None:
     # The first in-loop evaluation lifts glibc's heap to its high-water mark once (--breakdown: the heap's
     # size grows there while its bytes in use stay flat); growth after it is what a night adds on top.
     first_eval = first_loop_evaluation(run_dir / "soar.db")
-    after_eval = [s for s in settled if first_eval is not None and s[2] > first_eval]
-    if len({s[2] for s in after_eval}) >= 2:
+    after_eval = [s for s in settled if s[2] > first_eval] if first_eval is not None else []
+    if len({s[2] for s in after_eval}) < 2:
+        print("fewer than two steps after the first in-loop evaluation: no growth figure from it")
+    else:
         lows, per_hour = trough_growth(after_eval)
         print(f"after the first in-loop evaluation (step {first_eval}): troughs {lows[0]:.0f} MB -> {lows[-1]:.0f} MB"
               f" over {after_eval[-1][0] - after_eval[0][0]:.0f} min; fitted growth {per_hour:+.1f} MB/hour ="
               f" {100 * per_hour * 8 / lows[0]:+.1f}% per 8 hours")
 
 
-def trough_growth(settled: list[tuple[float, float, int]]) -> tuple[list[float], float]:
-    """Each finished step's lowest RSS, and their least-squares slope in MB per hour: two endpoints alone
-    follow the noise between steps."""
+def rss_by_step(settled: list[tuple[float, float, int]]) -> dict[int, list[float]]:
+    """RSS samples grouped by the number of teacher steps finished when each was taken."""
     by_step: dict[int, list[float]] = {}
     for _, mb, steps in settled:
         by_step.setdefault(steps, []).append(mb)
+    return by_step
+
+
+def trough_growth(settled: list[tuple[float, float, int]]) -> tuple[list[float], float]:
+    """Each finished step's lowest RSS, and their least-squares slope in MB per hour: two endpoints alone
+    follow the noise between steps."""
+    by_step = rss_by_step(settled)
     lows = [min(values) for _, values in sorted(by_step.items())]
     starts = [min(t for t, _, steps in settled if steps == done) / 60 for done in sorted(by_step)]  # hours
     mean_t, mean_m = sum(starts) / len(starts), sum(lows) / len(lows)
