@@ -41,6 +41,19 @@ def level_profile(model, tokenizer, domain, problems, samples: int, max_new_toke
     return summarize(results, [1] if samples else [])["levels"]
 
 
+class StudentEngine(HFEngine):
+    """An HFEngine that samples from the student itself (as the default one does) and keeps a handle on it,
+    so `--eval-every` can measure the student in the middle of training."""
+
+    def load_weights(self, model) -> None:
+        self.model = model
+
+
+def profile_line(levels: dict) -> str:
+    return "  ".join(f"L{level} greedy {row['greedy_acc']:.3f}" + (f" pass@1 {row['pass@1']:.3f}" if "pass@1" in row else "")
+                     for level, row in levels.items())
+
+
 def windows(values: list[float], size: int = 10) -> list[float]:
     return [sum(values[i:i + size]) / len(values[i:i + size]) for i in range(0, len(values), size)]
 
@@ -55,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-level", type=int, default=100, help="fresh evaluation problems per level")
     parser.add_argument("--samples", type=int, default=4, help="samples per evaluation problem for pass@1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=0, metavar="N",
+                        help="also print greedy and pass@1 per level every N steps (long runs)")
     parser.add_argument("--min-rise", type=float, default=0.10, help="required mean greedy rise on trained levels")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -80,16 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     before = level_profile(base, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
     curve: list[float] = []
+    engine = StudentEngine(base, tokenizer)
+    milestones = []
 
     def log(record: dict) -> None:
         curve.append(record["reward_mean"])
         if not args.json and len(curve) % 10 == 0:
             print(f"  step {len(curve):4d}: train reward (last 10) {sum(curve[-10:]) / 10:.3f}  "
                   f"entropy {record['entropy']:.3f}  zero-std groups {record['zero_std_fraction']:.2f}", flush=True)
+        if args.eval_every and len(curve) % args.eval_every == 0 and len(curve) < args.steps:
+            profile = level_profile(engine.model, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens,
+                                    args.seed)
+            milestones.append({"step": len(curve), "levels": profile})
+            if not args.json:
+                print(f"  step {len(curve):4d}: " + profile_line(profile), flush=True)
 
+    if not args.json:
+        print(f"  before:    " + profile_line(before), flush=True)
     train_started = time.time()
     student, metrics = trainer(cfg.student.backend)(base, tokenizer, curriculum, domain, cfg.student, steps=args.steps,
-                                     seed=args.seed, log=log)
+                                     seed=args.seed, log=log, engine=engine)
     train_seconds = time.time() - train_started
     after = level_profile(student, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
 
@@ -111,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {k: getattr(cfg.student, k) for k in ("lr", "batch_prompts", "group_size", "temperature",
                                                                 "kl_coef", "loss_aggregation", "backend")} | {"lora": cfg.model.lora},
               "levels": rows, "trained_rise": rise, "easy_drops": drops, "reward_curve": windows(curve),
+              "milestones": milestones,
               "train_seconds": train_seconds, "total_seconds": time.time() - started, "passed": passed}
     if args.json:
         print(json.dumps(report))
