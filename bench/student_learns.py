@@ -5,6 +5,8 @@ domain's generator at the training levels, then greedy accuracy and pass@1 per l
 (other seeds than the curriculum) before and after, and the train-reward curve in windows of 10 steps.
 The last line says PASS or FAIL against the issue's bar: the mean greedy rise over the trained levels is
 at least `--min-rise` points and no easy level (below the trained ones) drops by more than its noise.
+The column "pass@1 where greedy wrong" is the sampled accuracy on the problems greedy decoding fails: the
+answers outcome RL can reinforce there, so the room greedy accuracy has to rise without new skill.
 
     python bench/student_learns.py                       # arith, defaults (about 10 minutes on 2 cores)
     python bench/student_learns.py --domain program --levels 2,3,4
@@ -38,7 +40,13 @@ TRAIN_LEVELS = {"arith": (3, 4, 5), "program": (2, 3, 4)}
 def level_profile(model, tokenizer, domain, problems, samples: int, max_new_tokens: int, seed: int) -> dict:
     results = evaluate_problems(HFEngine(model, tokenizer), domain, problems, samples=samples, greedy=True,
                                 max_new_tokens=max_new_tokens, seed=seed)
-    return summarize(results, [1] if samples else [])["levels"]
+    levels = summarize(results, [1] if samples else [])["levels"]
+    for level, row in levels.items() if samples else ():
+        # Sampled accuracy on the problems greedy decoding gets wrong: outcome RL can only reinforce answers it
+        # samples, so greedy accuracy rises where this is high enough for the right answer to become the mode.
+        wrong = [r for r in results if str(r.problem.level) == level and not r.greedy_correct]
+        row["pass@1_greedy_wrong"] = sum(r.correct for r in wrong) / (samples * len(wrong)) if wrong else None
+    return levels
 
 
 class StudentEngine(HFEngine):
@@ -52,6 +60,10 @@ class StudentEngine(HFEngine):
 def profile_line(levels: dict) -> str:
     return "  ".join(f"L{level} greedy {row['greedy_acc']:.3f}" + (f" pass@1 {row['pass@1']:.3f}" if "pass@1" in row else "")
                      for level, row in levels.items())
+
+
+def fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def windows(values: list[float], size: int = 10) -> list[float]:
@@ -123,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         b, a = before[str(level)], after[str(level)]
         rows.append({"level": level, "problems": b["problems"], "trained": level in train_levels,
                      "greedy_before": b["greedy_acc"], "greedy_after": a["greedy_acc"],
-                     "pass1_before": b.get("pass@1"), "pass1_after": a.get("pass@1")})
+                     "pass1_before": b.get("pass@1"), "pass1_after": a.get("pass@1"),
+                     "pass1_greedy_wrong_before": b.get("pass@1_greedy_wrong"),
+                     "pass1_greedy_wrong_after": a.get("pass@1_greedy_wrong")})
     trained = [r for r in rows if r["trained"]]
     rise = sum(r["greedy_after"] - r["greedy_before"] for r in trained) / len(trained)
     easy = [r for r in rows if r["level"] < min(train_levels)]
@@ -142,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         print(f"\n{args.domain}: {args.steps} steps on levels {train_levels}, {report['settings']}")
-        print(f"{'level':>5} {'n':>4} {'greedy before':>14} {'after':>7} {'pass@1 before':>14} {'after':>7}")
+        print(f"{'level':>5} {'n':>4} {'greedy before':>14} {'after':>7} {'pass@1 before':>14} {'after':>7}"
+              f" {'pass@1 where greedy wrong, before':>34} {'after':>7}")
         for r in rows:
             mark = "*" if r["trained"] else " "
-            p1 = (f"{r['pass1_before']:14.3f} {r['pass1_after']:7.3f}" if r["pass1_before"] is not None else "")
+            p1 = (f"{r['pass1_before']:14.3f} {r['pass1_after']:7.3f} {fraction(r['pass1_greedy_wrong_before']):>34}"
+                  f" {fraction(r['pass1_greedy_wrong_after']):>7}" if r["pass1_before"] is not None else "")
             print(f"{r['level']:>4}{mark} {r['problems']:>4} {r['greedy_before']:14.3f} {r['greedy_after']:7.3f} {p1}")
         print("train reward per 10 steps: " + " ".join(f"{x:.3f}" for x in report["reward_curve"]))
         print(f"training {train_seconds:.0f}s, total {report['total_seconds']:.0f}s")
