@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default=None, help="training levels, comma-separated (default: mid levels)")
     parser.add_argument("--eval-levels", default="1,2,3,4,5,6")
     parser.add_argument("--steps", type=int, default=100, help="RL steps (default sized to ~10 min on 2 cores)")
-    parser.add_argument("--pool", type=int, default=512, help="curriculum size (problems, spread over the levels)")
+    parser.add_argument("--pool", type=int, default=None,
+                        help="curriculum size (problems, spread over the levels; default: steps x batch prompts, so"
+                             " each problem is trained on once: a recycled small pool lifts the train reward, not"
+                             " held-out accuracy, bench/README.md)")
     parser.add_argument("--per-level", type=int, default=100, help="fresh evaluation problems per level")
     parser.add_argument("--samples", type=int, default=4, help="samples per evaluation problem for pass@1")
     parser.add_argument("--seed", type=int, default=0)
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         from soar_agent.models import add_lora
 
         base = add_lora(base, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_dropout)
-    curriculum = generate_problems(domain, [train_levels[i % len(train_levels)] for i in range(args.pool)],
+    pool = args.pool or args.steps * cfg.student.batch_prompts
+    curriculum = generate_problems(domain, [train_levels[i % len(train_levels)] for i in range(pool)],
                                    random.Random(args.seed))
     held_out = generate_problems(domain, [lv for lv in eval_levels for _ in range(args.per_level)],
                                  random.Random(10_000 + args.seed))
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
              if r["greedy_after"] < r["greedy_before"] - 2 * math.sqrt(max(r["greedy_before"] * (1 - r["greedy_before"]),
                                                                          1 / r["problems"]) / r["problems"])]
     passed = rise >= args.min_rise and not drops
-    report = {"domain": args.domain, "train_levels": train_levels, "steps": args.steps,
+    report = {"domain": args.domain, "train_levels": train_levels, "steps": args.steps, "pool": pool,
               "settings": {k: getattr(cfg.student, k) for k in ("lr", "batch_prompts", "group_size", "temperature",
                                                                 "kl_coef", "loss_aggregation", "backend")} | {"lora": cfg.model.lora},
               "levels": rows, "trained_rise": rise, "easy_drops": drops, "reward_curve": windows(curve),
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"\n{args.domain}: {args.steps} steps on levels {train_levels}, {report['settings']}")
+        print(f"\n{args.domain}: {args.steps} steps on levels {train_levels} from {pool} curriculum problems, "
+              f"{report['settings']}")
         print(f"{'level':>5} {'n':>4} {'greedy before':>14} {'after':>7} {'pass@1 before':>14} {'after':>7}"
               f" {'pass@1 where greedy wrong, before':>34} {'after':>7}")
         for r in rows:
