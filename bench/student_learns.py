@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  step {len(curve):4d}: " + profile_line(profile), flush=True)
 
     if not args.json:
-        print(f"  before:    " + profile_line(before), flush=True)
+        print("  before:    " + profile_line(before), flush=True)
     train_started = time.time()
     student, metrics = trainer(cfg.student.backend)(base, tokenizer, curriculum, domain, cfg.student, steps=args.steps,
                                      seed=args.seed, log=log, engine=engine)
