@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     cfg = apply_overrides(RunConfig(), args.set)
+    if args.eval_every and cfg.student.backend not in ("rloo", "grpo"):
+        parser.error(f"--eval-every: student.backend {cfg.student.backend!r} samples with an engine of its own;"
+                     " the bench can measure mid-run only with rloo or grpo")
     domain = get_domain(args.domain)
     train_levels = [int(x) for x in args.levels.split(",")] if args.levels else list(TRAIN_LEVELS[args.domain])
     eval_levels = [int(x) for x in args.eval_levels.split(",")]
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     before = level_profile(base, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
     curve: list[float] = []
     engine = StudentEngine(base, tokenizer)
+    engine_argument = {"engine": engine} if args.eval_every else {}  # only train_student takes an engine
     milestones = []
 
     def log(record: dict) -> None:
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  before:    " + profile_line(before), flush=True)
     train_started = time.time()
     student, metrics = trainer(cfg.student.backend)(base, tokenizer, curriculum, domain, cfg.student, steps=args.steps,
-                                     seed=args.seed, log=log, engine=engine)
+                                     seed=args.seed, log=log, **engine_argument)
     train_seconds = time.time() - train_started
     after = level_profile(student, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
 
