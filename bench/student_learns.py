@@ -58,8 +58,8 @@ class StudentEngine(HFEngine):
 
 
 def profile_line(levels: dict) -> str:
-    return "  ".join(f"L{level} greedy {row['greedy_acc']:.3f}" + (f" pass@1 {row['pass@1']:.3f}" if "pass@1" in row else "")
-                     for level, row in levels.items())
+    return "  ".join(f"L{level} greedy {row['greedy_acc']:.3f}"
+                     + (f" pass@1 {row['pass@1']:.3f}" if "pass@1" in row else "") for level, row in levels.items())
 
 
 def fraction(value: float | None) -> str:
