@@ -111,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                                  random.Random(10_000 + args.seed))
     train_questions = {p.question for p in curriculum}
     held_out = [p for p in held_out if p.question not in train_questions]  # fresh problems only
+    for level in eval_levels:  # a large curriculum covers much of a small level's problem space
+        left = sum(p.level == level for p in held_out)
+        if not left:
+            parser.error(f"--eval-levels: every level-{level} evaluation problem repeats a curriculum question;"
+                         " use a smaller --pool or leave the level out")
+        if left < args.per_level and not args.json:
+            print(f"level {level}: {args.per_level - left} of {args.per_level} evaluation problems repeat curriculum"
+                  f" questions and are left out ({left} remain)", flush=True)
     started = time.time()
     before = level_profile(base, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
     curve: list[float] = []
