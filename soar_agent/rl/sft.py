@@ -1,0 +1,121 @@
+"""`sft-rlvr`: supervised steps on the problems' expert solutions, then outcome-reward RL from those weights.
+
+Why a student needs it (measured on the shipped model, bench/README.md): outcome RL can only reinforce
+answers the student already samples. On the arith level-4 problems greedy decoding gets wrong the shipped
+model samples the right answer 3.7% of the time, so RLOO leaves level 4 flat at every setting tried, while
+supervised steps on the domain's expert solutions of the same levels lift it by +29 points. The built-in
+domains (arith, program) compute an expert solution for every problem they verify, teacher-written ones
+included (teacher.reward_target = verified), so a student can first learn the skill from those and then
+sharpen it with RL on its own samples. Hard-set questions never reach a student (the agent's contract), so
+their expert solutions are never trained on.
+
+One SFT step trains batch_prompts x group_size expert completions (as many rows as one RL step's policy
+update, at about a fifth of its cost: nothing is sampled), each the domain's `expert_completion` + EOS,
+through the core's `policy_step` with its loss seam set to the negative log-likelihood (`nll_loss`,
+aggregated like the surrogate), so grad-norm clipping, micro-batching and the non-finite guard are the
+core's. No KL in this phase (it is supervised, not a policy update).
+
+Choices (measured: bench/README.md, "Student learning: expert solutions, then RL"):
+* Learning rate student.sft_lr (3e-4) with a linear warmup over the first SFT_WARMUP_SHARE of the SFT
+  steps, then constant: the recipe `bench/sft_ceiling.py` found (lr 1e-4 left the model flat; 1e-3 knocks
+  it down before it recovers). The RL phase keeps student.lr with a fresh optimizer.
+* The RL phase's KL reference is the SFT weights, not the baseline, as RL after SFT is usually done: a
+  penalty towards the baseline would pull the student back from what the SFT phase taught it.
+* Problems without expert steps, and expert completions longer than student.max_new_tokens (the student
+  could never write them), are left out of the SFT phase; RL still sees every problem. With no expert
+  solution at all the SFT phase is refused (ValueError), as SRL refuses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+
+import torch
+
+from soar_agent.rl.loss import aggregate
+from soar_agent.rl.train import (NonFiniteLoss, Rollout, new_student, pad_token_id, policy_step, problem_stream,
+                                 summarize_steps, train_student)
+from soar_agent.tasks.base import Problem
+
+SFT_WARMUP_SHARE = 0.1  # of the SFT steps; bench/sft_ceiling.py's measured recipe warms up over 8-10%
+
+
+def nll_loss(new_logprobs, old_logprobs, advantages, mask, eps_low, eps_high, aggregation="token"):
+    """Negative log-likelihood of the target tokens, aggregated, with clipped_surrogate's signature and stats:
+    the loss `policy_step` uses for the SFT phase. (clipped_surrogate with advantage 1 and ratio 1 has the same
+    gradient, but its value is always -1: this one's value is the figure worth logging.)"""
+    return aggregate(-new_logprobs, mask, aggregation), {"clip_fraction": 0.0, "ratio_mean": 1.0}
+
+
+def expert_rows(tokenizer, domain, problems: list[Problem]) -> Rollout:
+    """The problems' expert completions (+ EOS) as a batch for `policy_step` (behaviour log-probs: not
+    recorded, NaN; the SFT loss does not read them)."""
+    prompts = [tokenizer(domain.student_prompt(p.question), add_special_tokens=True)["input_ids"] for p in problems]
+    completions = [tokenizer(domain.expert_completion(p), add_special_tokens=False)["input_ids"]
+                   + [tokenizer.eos_token_id] for p in problems]
+    return Rollout(list(problems), prompts, completions, [[math.nan] * len(c) for c in completions],
+                   [""] * len(problems), 1, 0, 0.0)
+
+
+def writable_experts(tokenizer, domain, problems: list[Problem], max_new_tokens: int) -> list[Problem]:
+    """The problems with an expert solution the student can write within its token budget."""
+    return [p for p in problems if p.steps and len(expert_rows(tokenizer, domain, [p]).completion_ids[0]) <= max_new_tokens]
+
+
+def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int, seed: int = 0, log=None):
+    """`steps` supervised steps of batch_prompts x group_size expert completions on a copy of `baseline`.
+    Returns (student, per-step records); a record's "loss" is the mean per-token negative log-likelihood."""
+    experts = writable_experts(tokenizer, domain, problems, cfg.max_new_tokens)
+    if not experts:
+        raise ValueError("sft-rlvr needs problems with expert steps that fit student.max_new_tokens "
+                         f"(none of the {len(problems)} given problems has one)")
+    student, optimizer = new_student(baseline, cfg)
+    supervised = dataclasses.replace(cfg, kl_coef=0.0)
+    stream = problem_stream(experts, random.Random(seed))
+    rows, warmup, pad_id = cfg.batch_prompts * cfg.group_size, max(1, round(SFT_WARMUP_SHARE * steps)), pad_token_id(tokenizer)
+    per_step = []
+    for step in range(steps):
+        started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.sft_lr * min(1.0, (step + 1) / warmup)
+        batch = expert_rows(tokenizer, domain, [next(stream) for _ in range(rows)])
+        try:
+            stats = policy_step(student, optimizer, batch, torch.ones(rows), supervised, pad_id,
+                                surrogate=lambda chunk: nll_loss)
+        except NonFiniteLoss as error:
+            raise NonFiniteLoss(f"sft step {step}: {error}") from None
+        # no rollouts in this phase: reward figures are NaN, so the run's reward means cover the RL steps only
+        record = {"step": step, "phase": "sft", "reward_mean": math.nan, "reward_std": math.nan,
+                  "zero_std_fraction": math.nan, "completion_length": sum(map(len, batch.completion_ids)) / rows,
+                  "tokens_per_second": 0.0, **stats, "seconds": time.perf_counter() - started}
+        per_step.append(record)
+        if log is not None:
+            log(record)
+    student.eval()
+    return student, per_step
+
+
+def train_sft_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int | None = None, seed: int = 0,
+                        reference=None, log=None, on_rollout=None, engine=None):
+    """round(sft_share * steps) SFT steps on the problems' expert solutions, then outcome-reward RL
+    (`train_student`, RLOO) from the SFT weights on the same problems, with the SFT weights as KL reference.
+    Same contract as `train_student`. `reference` is accepted for the common signature and unused (see the
+    module docstring)."""
+    total = cfg.steps if steps is None else steps
+    sft_steps = min(total, max(1, round(cfg.sft_share * total)))
+    student, sft_records = train_sft(baseline, tokenizer, problems, domain, cfg, sft_steps, seed=seed, log=log)
+    rl_records = []
+    if total > sft_steps:
+        rl_log = None if log is None else (lambda record: log({**record, "step": sft_steps + record["step"]}))
+        student, metrics = train_student(student, tokenizer, problems, domain, cfg, steps=total - sft_steps,
+                                         seed=seed + 1, reference=student, log=rl_log, on_rollout=on_rollout,
+                                         engine=engine)
+        rl_records = [{**r, "step": sft_steps + r["step"]} for r in metrics.per_step]
+    metrics = summarize_steps(rl_records) if rl_records else summarize_steps([])
+    metrics.loss = sum(r["loss"] for r in sft_records + rl_records) / (len(sft_records) + len(rl_records))
+    metrics.per_step, metrics.steps = sft_records + rl_records, total
+    metrics.updates = sum(r["updated"] for r in metrics.per_step)
+    return student, metrics

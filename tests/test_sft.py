@@ -1,0 +1,113 @@
+"""sft-rlvr (soar_agent/rl/sft.py): supervised steps on expert solutions, then RLOO from those weights."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from soar_agent.config import StudentSection, apply_overrides, RunConfig
+from soar_agent.rl import sft, trainer, train as rl_train
+from soar_agent.rl.train import pad_token_id, sequence_logprobs
+from soar_agent.tasks import arith
+from soar_agent.tasks.base import Problem
+
+
+def _cfg(**overrides):
+    base = dict(batch_prompts=2, group_size=4, max_new_tokens=120, lr=1e-3, sft_lr=3e-3, kl_coef=0.0, steps=4)
+    return StudentSection(**{**base, **overrides})
+
+
+def _problems(count, seed=0, level=2):
+    return [arith.generate(level, random.Random(seed + i)) for i in range(count)]
+
+
+def expert_nll(model, tokenizer, problems) -> float:
+    """Mean per-token negative log-likelihood of the problems' expert completions (+ EOS)."""
+    batch = sft.expert_rows(tokenizer, arith, problems)
+    with torch.no_grad():
+        logprobs, mask, _ = sequence_logprobs(model, batch.prompt_ids, batch.completion_ids, pad_token_id(tokenizer))
+    return -(logprobs.sum() / mask.sum()).item()
+
+
+def test_expert_rows_are_the_expert_completion_and_eos(random_tiny):
+    _, tokenizer = random_tiny
+    problem = arith.make_problem("2+(5+5)")
+    batch = sft.expert_rows(tokenizer, arith, [problem])
+    assert tokenizer.decode(batch.prompt_ids[0], skip_special_tokens=True) == "Problem: 2+(5+5)\nSolution:\n"
+    assert batch.completion_ids[0][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(batch.completion_ids[0][:-1]) == "1. **add** 5+5=10, 2+10\n2. **add** 2+10=12\nAnswer: 12"
+
+
+def test_sft_steps_lower_the_expert_nll_on_held_out_problems(random_tiny):
+    """The learning check: supervised steps on some problems' expert solutions make the expert solutions of
+    other problems of the same level more likely; fails if the update's sign or its targets are wrong."""
+    model, tokenizer = random_tiny
+    train, held_out = _problems(32), _problems(16, seed=1000)
+    before = expert_nll(model, tokenizer, held_out)
+    records = []
+    student, per_step = sft.train_sft(model, tokenizer, train, arith, _cfg(), steps=12, log=records.append)
+    after = expert_nll(student, tokenizer, held_out)
+    assert after < before - 0.5, f"held-out expert NLL {before:.3f} -> {after:.3f}"
+    assert records == per_step and [r["phase"] for r in per_step] == ["sft"] * 12
+    # the logged loss is the training NLL
+    assert per_step[0]["loss"] == pytest.approx(expert_nll(model, tokenizer, train[:8]), rel=0.05)
+    assert per_step[-1]["loss"] < per_step[0]["loss"] - 0.5
+    assert expert_nll(model, tokenizer, held_out) == pytest.approx(before)  # the baseline is not mutated
+
+
+def test_sft_warms_up_to_sft_lr_and_trains_batch_prompts_x_group_size_rows(random_tiny, monkeypatch):
+    model, tokenizer = random_tiny
+    seen = []
+
+    def recording_step(student, optimizer, batch, advantages, cfg, pad_id, reference=None, surrogate=None):
+        seen.append((optimizer.param_groups[0]["lr"], len(batch.completion_ids), advantages.tolist(), cfg.kl_coef))
+        return {"loss": 1.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio_mean": 1.0, "grad_norm": 0.0,
+                "updated": True}
+
+    monkeypatch.setattr(sft, "policy_step", recording_step)
+    sft.train_sft(model, tokenizer, _problems(5), arith, _cfg(sft_lr=1e-2, kl_coef=0.5), steps=20)
+    lrs = [lr for lr, *_ in seen]
+    assert lrs[0] == pytest.approx(5e-3) and lrs[1:] == pytest.approx([1e-2] * 19)  # warmup: 10% of 20 steps
+    assert all(rows == 8 and adv == [1.0] * 8 and kl == 0.0 for _, rows, adv, kl in seen)
+
+
+def test_sft_leaves_out_problems_without_a_writable_expert_solution(random_tiny):
+    model, tokenizer = random_tiny
+    long_one = arith.make_problem("(3+1)*(13+(14+(6-4)))")
+    short_one = arith.make_problem("2+3")
+    no_steps = Problem("What is two?", "2", "math")
+    budget = len(sft.expert_rows(tokenizer, arith, [short_one]).completion_ids[0])
+    kept = sft.writable_experts(tokenizer, arith, [long_one, short_one, no_steps], budget)
+    assert kept == [short_one]
+    with pytest.raises(ValueError, match="sft-rlvr needs problems with expert steps"):
+        sft.train_sft(model, tokenizer, [no_steps, long_one], arith, _cfg(max_new_tokens=budget), steps=1)
+
+
+def test_sft_rlvr_runs_rl_from_the_sft_weights_with_them_as_reference(random_tiny, monkeypatch):
+    model, tokenizer = random_tiny
+    calls = {}
+    real_train_student = rl_train.train_student
+
+    def spy(baseline, *args, reference=None, **kwargs):
+        calls.update(baseline=baseline, reference=reference, steps=kwargs["steps"])
+        return real_train_student(baseline, *args, reference=reference, **kwargs)
+
+    monkeypatch.setattr(sft, "train_student", spy)
+    records, batches = [], []
+    student, metrics = sft.train_sft_then_rlvr(model, tokenizer, _problems(8), arith, _cfg(steps=5, sft_share=0.6),
+                                               seed=3, log=records.append,
+                                               on_rollout=lambda batch, scores: batches.append(batch))
+    assert calls["steps"] == 2 and calls["reference"] is calls["baseline"] and calls["baseline"] is not model
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r.get("phase") for r in records] == ["sft", "sft", "sft", None, None]
+    assert len(batches) == 2  # rollouts come from the RL steps only
+    assert metrics.steps == 5 and len(metrics.per_step) == 5 and metrics.updates == 3 + sum(r["updated"] for r in records[3:])
+    assert not math.isnan(metrics.reward_mean)  # the reward figures are the RL steps'
+    assert student is not model
+
+
+def test_backend_dispatch_and_config():
+    assert trainer("sft-rlvr") is sft.train_sft_then_rlvr
+    cfg = apply_overrides(RunConfig(), ["student.backend=sft-rlvr", "student.sft_share=0.75", "student.sft_lr=1e-4"])
+    assert (cfg.student.backend, cfg.student.sft_share, cfg.student.sft_lr) == ("sft-rlvr", 0.75, 1e-4)
