@@ -18,7 +18,6 @@ of 16 at lr 1e-4) left it flat, which was misread as "no room".
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 
@@ -26,18 +25,11 @@ import torch
 
 from soar_agent.config import StudentSection
 from soar_agent.models import clone_model, load_model, load_tokenizer
-from soar_agent.rl.train import Rollout, policy_step
+from soar_agent.rl.sft import expert_rows, nll_loss
+from soar_agent.rl.train import policy_step
 from soar_agent.tasks import generate_problems, get_domain
 
 from student_learns import TRAIN_LEVELS, level_profile  # bench/ is on sys.path when run as a script
-
-
-def expert_batch(tokenizer, domain, problems) -> Rollout:
-    prompts = [tokenizer(domain.student_prompt(p.question))["input_ids"] for p in problems]
-    completions = [tokenizer(domain.expert_completion(p), add_special_tokens=False)["input_ids"]
-                   + [tokenizer.eos_token_id] for p in problems]
-    return Rollout(problems, prompts, completions, [[math.nan] * len(c) for c in completions],
-                   [""] * len(problems), 1, 0, 1.0)
 
 
 def main() -> None:
@@ -73,8 +65,9 @@ def main() -> None:
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        batch = expert_batch(tokenizer, domain, train[step * args.batch:(step + 1) * args.batch])
-        policy_step(model, optimizer, batch, torch.ones(args.batch), config, tokenizer.pad_token_id)
+        batch = expert_rows(tokenizer, domain, train[step * args.batch:(step + 1) * args.batch])
+        policy_step(model, optimizer, batch, torch.ones(args.batch), config, tokenizer.pad_token_id,
+                    surrogate=lambda rows: nll_loss)
         if (step + 1) % max(1, args.steps // 4) == 0:
             print(f"{f'step {step + 1}':>10s}  {profile(model)}  ({time.time() - started:.0f}s)", flush=True)
 

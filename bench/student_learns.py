@@ -32,6 +32,7 @@ from soar_agent.engine import HFEngine
 from soar_agent.evaluation import evaluate_problems, summarize
 from soar_agent.models import load_model, load_tokenizer
 from soar_agent.rl import trainer
+from soar_agent.rl.sft import problems_drawn
 from soar_agent.tasks import generate_problems, get_domain
 
 TRAIN_LEVELS = {"arith": (3, 4, 5), "program": (2, 3, 4)}
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-levels", default="1,2,3,4,5,6")
     parser.add_argument("--steps", type=int, default=100, help="RL steps (default sized to ~10 min on 2 cores)")
     parser.add_argument("--pool", type=int, default=None,
-                        help="curriculum size (problems, spread over the levels; default: steps x batch prompts, so"
-                             " each problem is trained on once: a recycled small pool lifts the train reward, not"
+                        help="curriculum size (problems, spread over the levels; default: what the steps draw, steps x"
+                             " batch prompts (sft-rlvr: x group size on its supervised steps), so each problem is"
+                             " trained on once: a recycled small pool lifts the train reward, not"
                              " held-out accuracy, bench/README.md)")
     parser.add_argument("--per-level", type=int, default=100, help="fresh evaluation problems per level")
     parser.add_argument("--samples", type=int, default=4, help="samples per evaluation problem for pass@1")
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         from soar_agent.models import add_lora
 
         base = add_lora(base, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_dropout)
-    pool = args.pool or args.steps * cfg.student.batch_prompts
+    pool = args.pool or problems_drawn(cfg.student, args.steps)
     curriculum = generate_problems(domain, [train_levels[i % len(train_levels)] for i in range(pool)],
                                    random.Random(args.seed))
     held_out = generate_problems(domain, [lv for lv in eval_levels for _ in range(args.per_level)],
@@ -122,13 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     before = level_profile(base, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens, args.seed)
     curve: list[float] = []
+    sft_losses: list[float] = []
     engine = StudentEngine(base, tokenizer)
     engine_argument = {"engine": engine} if args.eval_every else {}  # only train_student takes an engine
     milestones = []
 
     def log(record: dict) -> None:
         curve.append(record["reward_mean"])
-        if not args.json and len(curve) % 10 == 0:
+        if record.get("phase") == "sft":  # sft-rlvr's supervised steps sample nothing: their figure is the NLL
+            sft_losses.append(record["loss"])
+        if not args.json and len(curve) % 10 == 0 and record.get("phase") == "sft":
+            print(f"  step {len(curve):4d}: expert NLL (last 10) {sum(sft_losses[-10:]) / 10:.4f} nats/token",
+                  flush=True)
+        elif not args.json and len(curve) % 10 == 0:
             print(f"  step {len(curve):4d}: train reward (last 10) {sum(curve[-10:]) / 10:.3f}  "
                   f"entropy {record['entropy']:.3f}  zero-std groups {record['zero_std_fraction']:.2f}", flush=True)
         if args.eval_every and len(curve) % args.eval_every == 0 and len(curve) < args.steps:
@@ -164,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     passed = rise >= args.min_rise and not drops
     report = {"domain": args.domain, "train_levels": train_levels, "steps": args.steps, "pool": pool,
               "settings": {k: getattr(cfg.student, k) for k in ("lr", "batch_prompts", "group_size", "temperature",
-                                                                "kl_coef", "loss_aggregation", "backend")} | {"lora": cfg.model.lora},
-              "levels": rows, "trained_rise": rise, "easy_drops": drops, "reward_curve": windows(curve),
+                                                                "kl_coef", "loss_aggregation", "backend")} | {"lora": cfg.model.lora}
+                          | ({"sft_share": cfg.student.sft_share, "sft_lr": cfg.student.sft_lr}
+                             if cfg.student.backend == "sft-rlvr" else {}),
+              "levels": rows, "trained_rise": rise, "easy_drops": drops,
+              "reward_curve": windows([r for r in curve if not math.isnan(r)]), "sft_nll_curve": windows(sft_losses),
               "milestones": milestones,
               "train_seconds": train_seconds, "total_seconds": time.time() - started, "passed": passed}
     if args.json:
@@ -180,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             p1 = (f"{r['pass1_before']:14.3f} {r['pass1_after']:7.3f} {fraction(r['pass1_greedy_wrong_before']):>34}"
                   f" {fraction(r['pass1_greedy_wrong_after']):>7}" if r["pass1_before"] is not None else "")
             print(f"{r['level']:>4}{mark} {r['problems']:>4} {r['greedy_before']:14.3f} {r['greedy_after']:7.3f} {p1}")
-        print("train reward per 10 steps: " + " ".join(f"{x:.3f}" for x in report["reward_curve"]))
+        if sft_losses:
+            print("expert NLL per 10 supervised steps: " + " ".join(f"{x:.4f}" for x in report["sft_nll_curve"]))
+        print("train reward per 10 RL steps: " + " ".join(f"{x:.3f}" for x in report["reward_curve"]))
         print(f"training {train_seconds:.0f}s, total {report['total_seconds']:.0f}s")
         print(f"{'PASS' if passed else 'FAIL'}: mean greedy rise on trained levels {rise * 100:+.1f} points "
               f"(need {args.min_rise * 100:+.0f}); easy levels dropped: {drops or 'none'}")

@@ -843,8 +843,8 @@ class Agent:
 
     def _curated_problems(self, step: int, unit: int) -> list[Problem]:
         """One curated training's problems: the domain.curated JSONL, else as many fresh generator problems
-        as a training draws (steps x batch_prompts), at levels drawn uniformly. Hard-set
-        questions are removed either way (a reward question's answer must never reach a student)."""
+        as a training draws (`rl.sft.problems_drawn`: steps x batch_prompts, x group_size on sft-rlvr's
+        supervised steps), at levels drawn uniformly. Hard-set questions are removed either way (a reward question's answer must never reach a student)."""
         cfg = self.config
         if cfg.domain.curated:
             problems = load_problem_file(Path(cfg.domain.curated), self.domain)
@@ -856,7 +856,9 @@ class Agent:
                             if n <= room]
         else:
             rng = random.Random(_seed(cfg.run.seed, step, unit, 31))
-            count = cfg.student.steps * cfg.student.batch_prompts
+            from soar_agent.rl.sft import problems_drawn
+
+            count = problems_drawn(cfg.student, cfg.student.steps)
             levels = [rng.choice(self.domain.LEVELS) for _ in range(count)]  # uniform over the levels
             problems = generate_problems(self.domain, levels, rng)
         kept = without_questions(problems, self._hard_questions())

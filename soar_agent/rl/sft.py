@@ -98,6 +98,22 @@ def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
     return student, per_step
 
 
+def sft_steps_of(cfg, steps: int) -> int:
+    """How many of a sft-rlvr training's `steps` are supervised: round(sft_share * steps), at least 1."""
+    return min(steps, max(1, round(cfg.sft_share * steps)))
+
+
+def problems_drawn(cfg, steps: int) -> int:
+    """Problems `steps` training steps draw from their stream: batch_prompts per RL step, and for sft-rlvr
+    batch_prompts x group_size expert solutions per supervised step. A curriculum this long (curated mode,
+    bench/student_learns.py) trains on every problem once: recycling a small pool lifts the training
+    figures, not held-out accuracy (measured, bench/README.md)."""
+    if cfg.backend != "sft-rlvr":
+        return steps * cfg.batch_prompts
+    sft_steps = sft_steps_of(cfg, steps)
+    return sft_steps * cfg.batch_prompts * cfg.group_size + (steps - sft_steps) * cfg.batch_prompts
+
+
 def train_sft_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int | None = None, seed: int = 0,
                         reference=None, log=None, on_rollout=None, engine=None):
     """round(sft_share * steps) SFT steps on the problems' expert solutions, then outcome-reward RL
@@ -105,7 +121,7 @@ def train_sft_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int |
     Same contract as `train_student`. `reference` is accepted for the common signature and unused (see the
     module docstring)."""
     total = cfg.steps if steps is None else steps
-    sft_steps = min(total, max(1, round(cfg.sft_share * total)))
+    sft_steps = sft_steps_of(cfg, total)
     student, sft_records = train_sft(baseline, tokenizer, problems, domain, cfg, sft_steps, seed=seed, log=log)
     rl_records = []
     if total > sft_steps:
