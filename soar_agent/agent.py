@@ -844,7 +844,8 @@ class Agent:
     def _curated_problems(self, step: int, unit: int) -> list[Problem]:
         """One curated training's problems: the domain.curated JSONL, else as many fresh generator problems
         as a training draws (`rl.sft.problems_drawn`: steps x batch_prompts, x group_size on sft-rlvr's
-        supervised steps), at levels drawn uniformly. Hard-set questions are removed either way (a reward question's answer must never reach a student)."""
+        supervised steps), at levels drawn uniformly. Hard-set questions are removed either way (a reward
+        question's answer must never reach a student)."""
         cfg = self.config
         if cfg.domain.curated:
             problems = load_problem_file(Path(cfg.domain.curated), self.domain)

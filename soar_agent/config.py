@@ -170,9 +170,10 @@ class StudentSection:
 
     backend: str = _opt("rloo", "student RL: rloo / grpo = outcome reward (RLVR); srl = step-wise similarity to"
                                 " expert steps (SRL, needs expert steps); srl-rlvr = SRL for srl_share of the steps,"
-                                " then rloo from the SRL weights; sft-rlvr = supervised steps on the expert solutions for sft_share of the"
-                                " steps, then rloo from those weights (needs expert steps: the built-in arith and program"
-                                " domains have them); srpo = GRPO with history resampling and two stages"
+                                " then rloo from the SRL weights; sft-rlvr = supervised steps on the expert solutions"
+                                " for sft_share of the steps, then rloo from those weights (needs expert steps: the"
+                                " built-in arith and program domains have them; long trainings only, bench/README.md);"
+                                " srpo = GRPO with history resampling and two stages"
                                 " (SRPO, the srpo_ settings); nested = rloo with rollouts from the student with some middle"
                                 " layers skipped, importance-weighted (Nested-ReFT, the nested_ settings)",
                         choices=("rloo", "grpo", "srl", "srl-rlvr", "sft-rlvr", "srpo", "nested"))

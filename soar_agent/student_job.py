@@ -67,8 +67,9 @@ _ENGINES: dict = {}  # one vLLM engine per process: it reserves its share of GPU
 
 def student_engine(config):
     """The engine students sample from when it is not the student itself: vLLM with model.engine = vllm
-    for the outcome-reward backends (rloo, grpo, sft-rlvr's RL phase; the others sample with their own HF loops), built once
-    per process from the base model and given each student's weights as it trains. None = HF sampling."""
+    for the outcome-reward backends (rloo, grpo, sft-rlvr's RL phase; the others sample with their own HF
+    loops), built once per process from the base model and given each student's weights as it trains.
+    None = HF sampling."""
     if config.model.engine != "vllm" or config.student.backend not in ("rloo", "grpo", "sft-rlvr"):
         return None
     key = (config.model.path, config.model.dtype)

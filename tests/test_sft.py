@@ -102,9 +102,19 @@ def test_sft_rlvr_runs_rl_from_the_sft_weights_with_them_as_reference(random_tin
     assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
     assert [r.get("phase") for r in records] == ["sft", "sft", "sft", None, None]
     assert len(batches) == 2  # rollouts come from the RL steps only
-    assert metrics.steps == 5 and len(metrics.per_step) == 5 and metrics.updates == 3 + sum(r["updated"] for r in records[3:])
+    assert metrics.steps == 5 and len(metrics.per_step) == 5
+    assert metrics.updates == 3 + sum(r["updated"] for r in records[3:])
     assert not math.isnan(metrics.reward_mean)  # the reward figures are the RL steps'
     assert student is not model
+
+
+def test_sft_rlvr_with_share_one_trains_supervised_only(random_tiny):
+    model, tokenizer = random_tiny
+    batches = []
+    _, metrics = sft.train_sft_then_rlvr(model, tokenizer, _problems(8), arith, _cfg(steps=2, sft_share=1.0),
+                                         on_rollout=lambda batch, scores: batches.append(batch))
+    assert batches == [] and [r["phase"] for r in metrics.per_step] == ["sft", "sft"]
+    assert metrics.loss == pytest.approx(sum(r["loss"] for r in metrics.per_step) / 2) and metrics.loss > 0
 
 
 def test_backend_dispatch_and_config():

@@ -27,4 +27,5 @@ def trainer(backend: str):
 
 __all__ = ["rloo_advantages", "grpo_advantages", "clipped_surrogate", "k3_kl", "aggregate", "NonFiniteLoss",
            "Rollout", "StudentMetrics", "policy_step", "reward_correct", "rollout", "sequence_logprobs",
-           "train_student", "train_srl", "train_srl_then_rlvr", "train_sft_then_rlvr", "train_srpo", "train_nested", "trainer"]
+           "train_student", "train_srl", "train_srl_then_rlvr", "train_sft_then_rlvr", "train_srpo", "train_nested",
+           "trainer"]

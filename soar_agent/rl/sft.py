@@ -62,7 +62,8 @@ def expert_rows(tokenizer, domain, problems: list[Problem]) -> Rollout:
 
 def writable_experts(tokenizer, domain, problems: list[Problem], max_new_tokens: int) -> list[Problem]:
     """The problems with an expert solution the student can write within its token budget."""
-    return [p for p in problems if p.steps and len(expert_rows(tokenizer, domain, [p]).completion_ids[0]) <= max_new_tokens]
+    return [p for p in problems
+            if p.steps and len(expert_rows(tokenizer, domain, [p]).completion_ids[0]) <= max_new_tokens]
 
 
 def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int, seed: int = 0, log=None):
@@ -75,7 +76,8 @@ def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
     student, optimizer = new_student(baseline, cfg)
     supervised = dataclasses.replace(cfg, kl_coef=0.0)
     stream = problem_stream(experts, random.Random(seed))
-    rows, warmup, pad_id = cfg.batch_prompts * cfg.group_size, max(1, round(SFT_WARMUP_SHARE * steps)), pad_token_id(tokenizer)
+    rows, warmup = cfg.batch_prompts * cfg.group_size, max(1, round(SFT_WARMUP_SHARE * steps))
+    pad_id = pad_token_id(tokenizer)
     per_step = []
     for step in range(steps):
         started = time.perf_counter()
@@ -94,7 +96,6 @@ def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
         per_step.append(record)
         if log is not None:
             log(record)
-    student.eval()
     return student, per_step
 
 
@@ -118,8 +119,8 @@ def train_sft_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int |
                         reference=None, log=None, on_rollout=None, engine=None):
     """round(sft_share * steps) SFT steps on the problems' expert solutions, then outcome-reward RL
     (`train_student`, RLOO) from the SFT weights on the same problems, with the SFT weights as KL reference.
-    Same contract as `train_student`. `reference` is accepted for the common signature and unused (see the
-    module docstring)."""
+    Same contract as `train_student`; its StudentMetrics means cover the RL steps, per_step every step.
+    `reference` is accepted for the common signature and unused (see the module docstring)."""
     total = cfg.steps if steps is None else steps
     sft_steps = sft_steps_of(cfg, total)
     student, sft_records = train_sft(baseline, tokenizer, problems, domain, cfg, sft_steps, seed=seed, log=log)
@@ -130,8 +131,11 @@ def train_sft_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int |
                                          seed=seed + 1, reference=student, log=rl_log, on_rollout=on_rollout,
                                          engine=engine)
         rl_records = [{**r, "step": sft_steps + r["step"]} for r in metrics.per_step]
-    metrics = summarize_steps(rl_records) if rl_records else summarize_steps([])
-    metrics.loss = sum(r["loss"] for r in sft_records + rl_records) / (len(sft_records) + len(rl_records))
+    # the summary figures are the RL phase's (the supervised steps sample nothing); with no RL phase, the loss
+    # is the supervised NLL
+    metrics = summarize_steps(rl_records)
+    if not rl_records:
+        metrics.loss = sum(r["loss"] for r in sft_records) / len(sft_records)
     metrics.per_step, metrics.steps = sft_records + rl_records, total
     metrics.updates = sum(r["updated"] for r in metrics.per_step)
     return student, metrics
