@@ -792,8 +792,11 @@ class Agent:
 
         cfg = self.config
         mode = cfg.run.mode
-        reward_questions = self._reward_questions(step)
         units = cfg.teacher.datasets_per_step * cfg.student.students_per_dataset
+        # what `soar status` reads as the phase (a SOAR step's is "teacher-sampled")
+        self.store.log_event(run_id=self.run_id, level="info", kind="chain-step",
+                             message=f"step {step}: {units} {mode} trainings", data={"step": step})
+        reward_questions = self._reward_questions(step)
         done = self.store.trainings(self.run_id, step)
         if done and done[-1]["checkpoint_path"]:
             from soar_agent.models import load_model
