@@ -133,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         curve.append(record["reward_mean"])
         if record.get("phase") == "sft":  # sft-rlvr's supervised steps sample nothing: their figure is the NLL
             sft_losses.append(record["loss"])
-        if not args.json and len(curve) % 10 == 0 and record.get("phase") == "sft":
-            print(f"  step {len(curve):4d}: expert NLL (last 10) {sum(sft_losses[-10:]) / 10:.4f} nats/token",
-                  flush=True)
-        elif not args.json and len(curve) % 10 == 0:
-            print(f"  step {len(curve):4d}: train reward (last 10) {sum(curve[-10:]) / 10:.3f}  "
-                  f"entropy {record['entropy']:.3f}  zero-std groups {record['zero_std_fraction']:.2f}", flush=True)
+            line = f"expert NLL (last 10) {sum(sft_losses[-10:]) / 10:.4f} nats/token"
+        else:
+            line = (f"train reward (last 10) {sum(curve[-10:]) / 10:.3f}  entropy {record['entropy']:.3f}  "
+                    f"zero-std groups {record['zero_std_fraction']:.2f}")
+        if not args.json and len(curve) % 10 == 0:
+            print(f"  step {len(curve):4d}: {line}", flush=True)
         if args.eval_every and len(curve) % args.eval_every == 0 and len(curve) < args.steps:
             profile = level_profile(engine.model, tokenizer, domain, held_out, args.samples, cfg.eval.max_new_tokens,
                                     args.seed)

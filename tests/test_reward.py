@@ -178,9 +178,9 @@ def test_curated_mode_trains_the_baseline_on_curated_problems_only(tmp_path, har
     steps = store.teacher_steps(run)
     assert [s["status"] for s in steps] == ["complete", "complete"]
     # each step logs the event `soar status` reads as the phase while it runs (not the session start's)
-    assert [e["data"]["step"] for e in store.events(run, limit=10_000) if e["kind"] == "chain-step"] in ([1, 2], [2, 1])
-    status = run_status(tmp_path / "run")
-    assert "training the baseline (no teacher in this mode)" in format_status({**status, "status": "running", "phase": "chain-step"})
+    assert [e["data"]["step"] for e in store.events(run, limit=10_000) if e["kind"] == "chain-step"] == [1, 2]
+    running = {**run_status(tmp_path / "run"), "status": "running", "phase": "chain-step"}
+    assert "running: training the baseline (no teacher in this mode)" in format_status(running)
     assert all(s["metrics"]["mode"] == "curated" and s["metrics"]["reward_stderr"] is not None for s in steps)
     assert len(store.trainings(run)) == 2 * 4  # g * r trainings per step: the compute of a SOAR step
     assert store.datasets(run, kind="curriculum") == []  # no teacher

@@ -36,8 +36,8 @@ import time
 import torch
 
 from soar_agent.rl.loss import aggregate
-from soar_agent.rl.train import (NonFiniteLoss, Rollout, new_student, pad_token_id, policy_step, problem_stream,
-                                 summarize_steps, train_student)
+from soar_agent.rl.train import (NonFiniteLoss, Rollout, first_phase_steps, new_student, pad_token_id, policy_step,
+                                 problem_stream, select_rows, summarize_steps, train_student)
 from soar_agent.tasks.base import Problem
 
 SFT_WARMUP_SHARE = 0.1  # of the SFT steps; bench/sft_ceiling.py's measured recipe warms up over 8-10%
@@ -60,22 +60,23 @@ def expert_rows(tokenizer, domain, problems: list[Problem]) -> Rollout:
                    [""] * len(problems), 1, 0, 0.0)
 
 
-def writable_experts(tokenizer, domain, problems: list[Problem], max_new_tokens: int) -> list[Problem]:
-    """The problems with an expert solution the student can write within its token budget."""
-    return [p for p in problems
-            if p.steps and len(expert_rows(tokenizer, domain, [p]).completion_ids[0]) <= max_new_tokens]
+def writable_experts(tokenizer, domain, problems: list[Problem], max_new_tokens: int) -> Rollout:
+    """The expert rows (`expert_rows`, tokenized once) of the problems that have expert steps and whose
+    expert completion the student can write within its token budget."""
+    rows = expert_rows(tokenizer, domain, [p for p in problems if p.steps])
+    return select_rows(rows, [i for i, c in enumerate(rows.completion_ids) if len(c) <= max_new_tokens])
 
 
 def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int, seed: int = 0, log=None):
     """`steps` supervised steps of batch_prompts x group_size expert completions on a copy of `baseline`.
     Returns (student, per-step records); a record's "loss" is the mean per-token negative log-likelihood."""
     experts = writable_experts(tokenizer, domain, problems, cfg.max_new_tokens)
-    if not experts:
+    if not experts.problems:
         raise ValueError("sft-rlvr needs problems with expert steps that fit student.max_new_tokens "
                          f"(none of the {len(problems)} given problems has one)")
     student, optimizer = new_student(baseline, cfg)
     supervised = dataclasses.replace(cfg, kl_coef=0.0)
-    stream = problem_stream(experts, random.Random(seed))
+    stream = problem_stream(list(range(len(experts.problems))), random.Random(seed))  # row indices
     rows, warmup = cfg.batch_prompts * cfg.group_size, max(1, round(SFT_WARMUP_SHARE * steps))
     pad_id = pad_token_id(tokenizer)
     per_step = []
@@ -83,7 +84,7 @@ def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = cfg.sft_lr * min(1.0, (step + 1) / warmup)
-        batch = expert_rows(tokenizer, domain, [next(stream) for _ in range(rows)])
+        batch = select_rows(experts, [next(stream) for _ in range(rows)])
         try:
             stats = policy_step(student, optimizer, batch, torch.ones(rows), supervised, pad_id,
                                 surrogate=lambda chunk: nll_loss)
@@ -100,8 +101,8 @@ def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
 
 
 def sft_steps_of(cfg, steps: int) -> int:
-    """How many of a sft-rlvr training's `steps` are supervised: round(sft_share * steps), at least 1."""
-    return min(steps, max(1, round(cfg.sft_share * steps)))
+    """How many of a sft-rlvr training's `steps` are supervised."""
+    return first_phase_steps(cfg.sft_share, steps)
 
 
 def problems_drawn(cfg, steps: int) -> int:

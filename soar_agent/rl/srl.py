@@ -37,8 +37,8 @@ import torch
 
 from soar_agent.engine import HFEngine
 from soar_agent.rl.advantages import grpo_advantages
-from soar_agent.rl.train import (NonFiniteLoss, Rollout, _reward_stats, new_student, pad_token_id, policy_step,
-                                 summarize_steps, train_student)
+from soar_agent.rl.train import (NonFiniteLoss, Rollout, _reward_stats, first_phase_steps, new_student, pad_token_id,
+                                 policy_step, summarize_steps, train_student)
 from soar_agent.tasks.base import Problem, render_steps, split_solution  # noqa: F401 (re-exported)
 
 MAX_REFILL_ROUNDS = 4  # extra sampling rounds per step to replace prompts dynamic sampling dropped
@@ -199,7 +199,7 @@ def train_srl_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int |
     """SRL for round(srl_share * steps) steps, then outcome-reward RL from the SRL weights on the same
     problems (the paper's SRL -> RLVR; it publishes no schedule, so the share is config)."""
     total = cfg.steps if steps is None else steps
-    srl_steps = max(1, round(cfg.srl_share * total)) if total > 1 else total
+    srl_steps = first_phase_steps(cfg.srl_share, total)
     reference = reference if reference is not None else baseline
     srl_student, srl_metrics = train_srl(baseline, tokenizer, problems, domain, cfg, steps=srl_steps, seed=seed,
                                          reference=reference, log=log, on_rollout=on_rollout)

@@ -191,7 +191,7 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
         order.sort(key=lambda i: len(batch.prompt_ids[i]) + len(batch.completion_ids[i]))
     for begin in range(0, rows, size):
         chunk = order[begin:begin + size]
-        part = _rows(batch, chunk)
+        part = select_rows(batch, chunk)
         tokens = sum(len(c) for c in part.completion_ids) / total_tokens  # this micro-batch's share of tokens
         share = tokens if cfg.loss_aggregation == "token" else len(chunk) / rows
         loss_fn = clipped_surrogate if surrogate is None else surrogate(chunk)
@@ -218,8 +218,8 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     return stats
 
 
-def _rows(batch: Rollout, rows: list[int]) -> Rollout:
-    """The rows of a batch as a batch of their own (a micro-batch)."""
+def select_rows(batch: Rollout, rows: list[int]) -> Rollout:
+    """The rows of a batch as a batch of their own (a micro-batch; sft's steps from its tokenized pool)."""
     return Rollout([batch.problems[i] for i in rows], [batch.prompt_ids[i] for i in rows],
                    [batch.completion_ids[i] for i in rows], [batch.old_logprobs[i] for i in rows],
                    [batch.texts[i] for i in rows], batch.group_size, 0, 0.0)
@@ -332,6 +332,12 @@ def train_student(baseline, tokenizer, problems: list[Problem], domain, cfg, ste
         if log is not None:
             log(record)
     return student, summarize_steps(per_step)
+
+
+def first_phase_steps(share: float, total: int) -> int:
+    """Steps of the first phase of a two-phase backend (srl-rlvr, sft-rlvr): round(share * total), at least
+    1 and at most total."""
+    return min(total, max(1, round(share * total)))
 
 
 def summarize_steps(per_step: list[dict]) -> StudentMetrics:
