@@ -272,6 +272,11 @@ class Agent:
         agent = cls(config, paths, log, store, run_id)
         agent._store_hard_sets()
         store.log_event(run_id=run_id, level="info", kind="start", message=f"run created in {paths.root}")
+        if config.student.backend == "sft-rlvr" and not hasattr(agent.domain, "expert_completion"):
+            note = (f"student.backend sft-rlvr: the {config.domain.name} domain has no expert solutions, so its"
+                    " students train with RL (rloo) for all their steps")
+            store.log_event(run_id=run_id, level="warning", kind="no-expert-solutions", message=note)
+            log(f"note: {note}")
         return agent
 
     @property

@@ -42,7 +42,9 @@ def check_item(domain, text: str, reward_target: str) -> TeacherItem:
             raise RejectedItem("teacher's answer is wrong (reward_target = drop-unverified)")
         target = exact.answer if reward_target in ("verified", "drop-unverified") else answer
         level = domain.difficulty(exact.question) if hasattr(domain, "difficulty") else None  # as the generator counts
-        problem = Problem(exact.question, target, domain.NAME, level, exact.steps)
+        # the solver's steps end at the solver's answer: under reward_target = teacher a wrong teacher answer
+        # keeps none, or supervised backends (sft-rlvr, srl) would train on steps that contradict the answer
+        problem = Problem(exact.question, target, domain.NAME, level, exact.steps if verified or target == exact.answer else ())
         return TeacherItem(text, problem, answer, verified)
     return TeacherItem(text, Problem(question, answer, domain.NAME), answer, None)
 

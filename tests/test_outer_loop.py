@@ -260,3 +260,17 @@ def test_teacher_items_carry_the_domains_difficulty_as_their_level():
     code = "a=2\nb=a*3\nprint(b)"
     item = teacher.check_item(program, f"<question>{code}</question><answer>6</answer>", "verified")
     assert item.problem.level == 1 and item.verified is True  # two statements before the print: level 1
+
+
+def test_a_wrong_teacher_answer_keeps_no_expert_steps():
+    """Under reward_target = teacher, a student trains against the teacher's answer; the solver's steps end at
+    the solver's answer, so a wrong teacher answer keeps none (sft-rlvr and srl would otherwise train on
+    steps that contradict it). A right answer, or the verified target, keeps them."""
+    from soar_agent.tasks import arith
+
+    wrong = teacher.check_item(arith, "<question>(3+4)*5-6</question><answer>30</answer>", "teacher")
+    assert wrong.problem.answer == "30" and wrong.problem.steps == ()
+    right = teacher.check_item(arith, "<question>(3+4)*5-6</question><answer>29</answer>", "teacher")
+    assert right.problem.answer == "29" and right.problem.steps == arith.make_problem("(3+4)*5-6").steps != ()
+    verified = teacher.check_item(arith, "<question>(3+4)*5-6</question><answer>30</answer>", "verified")
+    assert verified.problem.answer == "29" and verified.problem.steps == right.problem.steps

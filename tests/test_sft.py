@@ -109,6 +109,25 @@ def test_sft_rlvr_runs_rl_from_the_sft_weights_with_them_as_reference(random_tin
     assert student is not model
 
 
+def test_sft_rlvr_without_expert_solutions_trains_rl_for_every_step(random_tiny, monkeypatch):
+    """A curriculum with no writable expert solution (a domain without a solver, reward_target = teacher)
+    still trains: every step is RL from the baseline, as rloo would train it."""
+    model, tokenizer = random_tiny
+    calls = {}
+    real_train_student = rl_train.train_student
+
+    def spy(baseline, *args, **kwargs):
+        calls.update(baseline=baseline, steps=kwargs["steps"], reference=kwargs["reference"])
+        return real_train_student(baseline, *args, **kwargs)
+
+    monkeypatch.setattr(sft, "train_student", spy)
+    monkeypatch.setattr(sft, "train_sft", lambda *a, **k: pytest.fail("no expert solution to train on"))
+    no_steps = [Problem(f"{i}+1", str(i + 1), "arith") for i in range(4)]
+    student, metrics = sft.train_sft_then_rlvr(model, tokenizer, no_steps, arith, _cfg(steps=3, sft_share=0.9))
+    assert calls == {"baseline": model, "steps": 3, "reference": None}
+    assert metrics.steps == 3 and all("phase" not in r for r in metrics.per_step) and student is not model
+
+
 def test_sft_rlvr_with_share_one_trains_supervised_only(random_tiny):
     model, tokenizer = random_tiny
     batches = []
@@ -175,3 +194,34 @@ def test_a_curriculum_is_as_long_as_what_the_training_draws(tmp_path, random_tin
     agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
     problems = agent._curated_problems(1, 0)
     assert len(problems) == 7 * 12 + 3 * 3  # this seed's draw repeats no hard-set question
+
+
+def test_a_run_on_a_domain_without_expert_solutions_says_its_students_train_with_rl_only(tmp_path, random_tiny_dir):
+    """sft-rlvr is the default backend: a run on a domain without `expert_completion` (math, whose rows may
+    carry steps) starts, says once that its students train with RL only, and writes no expert rows."""
+    import json
+
+    from soar_agent.agent import Agent
+    from soar_agent.config import load_config
+    from soar_agent.models import load_tokenizer
+    from soar_agent.tasks import math as math_domain
+
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i), "steps": [f"{i}+{i}={2 * i}"]}
+            for i in range(1, 5)]
+    for name in ("train", "test"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problems = math_domain.load_problems(tmp_path / "train.jsonl")
+    tokenizer = load_tokenizer(str(random_tiny_dir))
+    assert problems[0].steps and not sft.writable_experts(tokenizer, math_domain, problems, 100).problems
+    said = []
+    config = load_config(None, [f"model.path={json.dumps(str(random_tiny_dir))}", 'domain.name="math"',
+                                f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
+                                f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}",
+                                'student.backend="sft-rlvr"'])
+    agent = Agent.open(config, tmp_path / "run", log=said.append)
+    (event,) = [e for e in agent.store.events(agent.run_id) if e["kind"] == "no-expert-solutions"]
+    assert event["level"] == "warning" and "math domain has no expert solutions" in event["message"]
+    assert said == [f"note: {event['message']}"]
+    arith_run = Agent.open(apply_overrides(config, ['domain.name="arith"', 'domain.hard_train=""', 'domain.hard_test=""']),
+                           tmp_path / "arith-run", log=said.append)
+    assert not [e for e in arith_run.store.events(arith_run.run_id) if e["kind"] == "no-expert-solutions"]

@@ -22,8 +22,10 @@ Choices (measured: bench/README.md, "Student learning: expert solutions, then RL
 * The RL phase's KL reference is the SFT weights, not the baseline, as RL after SFT is usually done: a
   penalty towards the baseline would pull the student back from what the SFT phase taught it.
 * Problems without expert steps, and expert completions longer than student.max_new_tokens (the student
-  could never write them), are left out of the SFT phase; RL still sees every problem. With no expert
-  solution at all the SFT phase is refused (ValueError), as SRL refuses.
+  could never write them), are left out of the SFT phase; RL still sees every problem. A curriculum with no
+  writable expert solution at all (a domain without a solver, teacher.reward_target = teacher) trains with
+  RL for all its steps: sft-rlvr is the default backend, and a run on such a domain should still run (the
+  agent says so once when the run starts). `train_sft` alone refuses it (ValueError).
 """
 
 from __future__ import annotations
@@ -62,15 +64,19 @@ def expert_rows(tokenizer, domain, problems: list[Problem]) -> Rollout:
 
 def writable_experts(tokenizer, domain, problems: list[Problem], max_new_tokens: int) -> Rollout:
     """The expert rows (`expert_rows`, tokenized once) of the problems that have expert steps and whose
-    expert completion the student can write within its token budget."""
-    rows = expert_rows(tokenizer, domain, [p for p in problems if p.steps])
+    expert completion the student can write within its token budget (none on a domain without
+    `expert_completion`, whatever steps its problems carry)."""
+    rows = expert_rows(tokenizer, domain, [p for p in problems if p.steps and hasattr(domain, "expert_completion")])
     return select_rows(rows, [i for i, c in enumerate(rows.completion_ids) if len(c) <= max_new_tokens])
 
 
-def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int, seed: int = 0, log=None):
-    """`steps` supervised steps of batch_prompts x group_size expert completions on a copy of `baseline`.
-    Returns (student, per-step records); a record's "loss" is the mean per-token negative log-likelihood."""
-    experts = writable_experts(tokenizer, domain, problems, cfg.max_new_tokens)
+def train_sft(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: int, seed: int = 0, log=None,
+              experts: Rollout | None = None):
+    """`steps` supervised steps of batch_prompts x group_size expert completions on a copy of `baseline`
+    (`experts`: the problems' `writable_experts`, when the caller has them). Returns (student, per-step
+    records); a record's "loss" is the mean per-token negative log-likelihood."""
+    if experts is None:
+        experts = writable_experts(tokenizer, domain, problems, cfg.max_new_tokens)
     if not experts.problems:
         raise ValueError("sft-rlvr needs problems with expert steps that fit student.max_new_tokens "
                          f"(none of the {len(problems)} given problems has one)")
@@ -121,10 +127,16 @@ def train_sft_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int |
     """round(sft_share * steps) SFT steps on the problems' expert solutions, then outcome-reward RL
     (`train_student`, RLOO) from the SFT weights on the same problems, with the SFT weights as KL reference.
     Same contract as `train_student`; its StudentMetrics means cover the RL steps, per_step every step.
-    `reference` is accepted for the common signature and unused (see the module docstring)."""
+    Without a writable expert solution every step is RL (see the module docstring). `reference` is accepted
+    for the common signature and unused."""
     total = cfg.steps if steps is None else steps
+    experts = writable_experts(tokenizer, domain, problems, cfg.max_new_tokens)
+    if not experts.problems:
+        return train_student(baseline, tokenizer, problems, domain, cfg, steps=total, seed=seed,
+                             reference=None, log=log, on_rollout=on_rollout, engine=engine)
     sft_steps = sft_steps_of(cfg, total)
-    student, sft_records = train_sft(baseline, tokenizer, problems, domain, cfg, sft_steps, seed=seed, log=log)
+    student, sft_records = train_sft(baseline, tokenizer, problems, domain, cfg, sft_steps, seed=seed, log=log,
+                                     experts=experts)
     rl_records = []
     if total > sft_steps:
         rl_log = None if log is None else (lambda record: log({**record, "step": sft_steps + record["step"]}))
