@@ -5,7 +5,9 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
   curated    RL on the domain generator's own problems across its levels (the paper's curated ceiling)
   soar       the teacher-student loop; SOAR-PS = its promoted student, SOAR-PQ = a fresh base student
              trained on its promotion questions plus hard-train (`soar eval-pq`); soar-srl: SRL students
-  curated-sft, soar-sft  the same with sft-rlvr students (90% supervised steps on expert solutions, then RLOO)
+  The students are the run's default (sft-rlvr: 90% supervised steps on expert solutions, then RLOO);
+  hard-only-rloo, curated-rloo, soar-rloo: the same with outcome-RL-only students (the default before
+  2026-12-01, when the README's figures for plain `curated` were measured)
 When the arms end, base (the shipped model), each arm's final baseline (the latest promoted / chained
 student; hard-only and curated replace it every step) and SOAR-PQ are evaluated on the whole hard-test
 set with the same sampling seed (paired: common random numbers across arms), two at a time. The
@@ -33,12 +35,11 @@ from pathlib import Path
 
 from soar_agent.store import Store
 
-# arm -> (run.mode, extra overrides). The SRL arms (issue 9) and the sft-rlvr arms (supervised steps on the
-# expert solutions for 90% of each training, then RLOO) are opt-in: --arms hard-only-srl,soar-srl,curated-sft
+# arm -> (run.mode, extra overrides). The SRL arms (issue 9) and the outcome-RL-only arms are opt-in:
+# --arms hard-only-srl,soar-srl,curated-rloo
 ARMS = {"hard-only": ("hard-only", []), "curated": ("curated", []), "soar": ("soar", []),
         "hard-only-srl": ("hard-only", ['student.backend="srl"']), "soar-srl": ("soar", ['student.backend="srl"']),
-        "curated-sft": ("curated", ['student.backend="sft-rlvr"', "student.sft_share=0.9"]),
-        "soar-sft": ("soar", ['student.backend="sft-rlvr"', "student.sft_share=0.9"])}
+        **{f"{mode}-rloo": (mode, ['student.backend="rloo"']) for mode in ("hard-only", "curated", "soar")}}
 DEFAULT_ARMS = ("hard-only", "curated", "soar")
 
 

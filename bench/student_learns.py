@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", default="arith", choices=sorted(TRAIN_LEVELS))
     parser.add_argument("--levels", default=None, help="training levels, comma-separated (default: mid levels)")
     parser.add_argument("--eval-levels", default="1,2,3,4,5,6")
-    parser.add_argument("--steps", type=int, default=100, help="RL steps (default sized to ~10 min on 2 cores)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps (default sized to ~10 min of training on 2 cores: 500 for sft-rlvr,"
+                             " whose supervised steps sample nothing, 100 for the RL backends)")
     parser.add_argument("--pool", type=int, default=None,
                         help="curriculum size (problems, spread over the levels; default: what the steps draw, steps x"
                              " batch prompts (sft-rlvr: x group size on its supervised steps), so each problem is"
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     cfg = apply_overrides(RunConfig(), args.set)
+    if args.steps is None:
+        args.steps = 500 if cfg.student.backend == "sft-rlvr" else 100
     if args.eval_every and cfg.student.backend not in ("rloo", "grpo"):
         parser.error(f"--eval-every: student.backend {cfg.student.backend!r} samples with an engine of its own;"
                      " the bench can measure mid-run only with rloo or grpo")

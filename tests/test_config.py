@@ -49,7 +49,7 @@ def test_defaults_match_the_documented_values():
     assert (t.datasets_per_step, t.items_per_dataset, t.temperature, t.max_new_tokens) == (4, 16, 1.0, 128)
     assert (t.max_sampling_rounds, t.reward_target, t.lr) == (8, "verified", 1e-4)
     s = cfg.student
-    assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("rloo", 2, 8, 5)
+    assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("sft-rlvr", 2, 8, 5)
     assert (s.batch_prompts, s.group_size, s.temperature, s.max_new_tokens) == (8, 8, 1.0, 384)
     assert (s.lr, s.kl_coef, s.eps_low, s.eps_high) == (3e-5, 0.001, 0.2, 0.2)
     assert (s.loss_aggregation, s.grad_clip) == ("token", 1.0)

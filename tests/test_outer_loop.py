@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-import soar_agent.rl.train as rl_train
+import soar_agent.rl as rl
 import soar_agent.teacher as teacher
 from soar_agent.agent import Agent, Budget, best_by_reward, promoted_student, promotion_decision
 from soar_agent.config import load_config
@@ -139,14 +139,20 @@ def tiny_agent(tmp_path, hard_files, model_dir, *extra):
 
 
 def record_trainings(monkeypatch) -> list:
+    """Every student training the loop runs, whatever the backend: (problems, steps) per call."""
     calls = []
-    real = rl_train.train_student
+    real = rl.trainer
 
-    def spy(baseline, tokenizer, problems, domain, cfg, steps=None, **kwargs):
-        calls.append({"problems": list(problems), "steps": steps})
-        return real(baseline, tokenizer, problems, domain, cfg, steps=steps, **kwargs)
+    def spying_trainer(backend):
+        train = real(backend)
 
-    monkeypatch.setattr(rl_train, "train_student", spy)
+        def spy(baseline, tokenizer, problems, domain, cfg, steps=None, **kwargs):
+            calls.append({"problems": list(problems), "steps": steps})
+            return train(baseline, tokenizer, problems, domain, cfg, steps=steps, **kwargs)
+
+        return spy
+
+    monkeypatch.setattr(rl, "trainer", spying_trainer)
     return calls
 
 

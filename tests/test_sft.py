@@ -202,7 +202,7 @@ def test_a_curriculum_is_as_long_as_what_the_training_draws(tmp_path, random_tin
     from soar_agent.agent import Agent
     from soar_agent.config import load_config
 
-    rloo = StudentSection(steps=10, batch_prompts=3, group_size=4)
+    rloo = StudentSection(backend="rloo", steps=10, batch_prompts=3, group_size=4)
     assert sft.problems_drawn(rloo, 10) == 30
     mixed = StudentSection(backend="sft-rlvr", steps=10, batch_prompts=3, group_size=4, sft_share=0.7)
     assert sft.sft_steps_of(mixed, 10) == 7 and sft.problems_drawn(mixed, 10) == 7 * 12 + 3 * 3
