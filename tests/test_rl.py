@@ -216,8 +216,9 @@ def test_rollout_appends_eos_and_the_update_is_on_policy(random_tiny, monkeypatc
 
 
 def test_reward_rises_on_a_tiny_task(random_tiny):
-    """The learning check of the suite (the fast sibling of bench/student_learns.py): the default RL recipe
-    (RLOO, token aggregation, KL, clipping; only the learning rate scaled to the tiny random model) must
+    """The learning check of the suite (the fast sibling of bench/student_learns.py) for the RL recipe (rloo,
+    and the default sft-rlvr's RL phase; its supervised phase has tests/test_sft.py's held-out check): RLOO,
+    token aggregation, KL, clipping, only the learning rate scaled to the tiny random model, must
     raise the reward of a task the model can learn in seconds. Fails if the update's sign, the advantage
     or the log-prob alignment is wrong."""
     model, tokenizer = random_tiny
