@@ -172,7 +172,7 @@ class StudentSection:
                                 " sft_share of the steps (at most one pass over them), then rloo from those weights;"
                                 " domains without expert solutions train with rloo only (the built-in arith and"
                                 " program domains have them). The default by measurement on the shipped model"
-                                " (bench/README.md): bench/student_learns.py 500 steps arith L3-5 greedy +25.4 points"
+                                " (bench/README.md): bench/student_learns.py 500 steps arith L3-5 greedy +27.1 points"
                                 " (rloo, 100 steps at the same time: -2.0); curated mode, 1 hour, hard-test pass@32"
                                 " 0.028 -> 0.720 (rloo: 0.065); at the loop's 8 steps on 16 items -2.3 (rloo -3.0)."
                                 " rloo / grpo = outcome reward (RLVR); srl = step-wise similarity to"
@@ -214,7 +214,7 @@ class StudentSection:
                                  " publishes no schedule)", ge=0.0, le=1.0)
     sft_share: float = _opt(0.9, "sft-rlvr: share of the student's steps spent on supervised steps (batch_prompts x"
                                  " group_size expert solutions each, at most one pass over them) before RLVR (0.9:"
-                                 " the measured +25.4 above; 0.5 at 8 steps measured -3.7)", ge=0.0, le=1.0)
+                                 " the measured +27.1 above; 0.5 at 8 steps measured -3.7)", ge=0.0, le=1.0)
     sft_lr: float = _opt(3e-4, "sft-rlvr: learning rate of the supervised steps, warmed up linearly over their first"
                                " tenth (bench/sft_ceiling.py on the shipped model: 1e-4 leaves it flat, 3e-4 lifts"
                                " arith L3-5 by +19 to +30 points in 600 steps of 48)", gt=0.0, le=1.0)

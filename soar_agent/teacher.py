@@ -44,7 +44,8 @@ def check_item(domain, text: str, reward_target: str) -> TeacherItem:
         level = domain.difficulty(exact.question) if hasattr(domain, "difficulty") else None  # as the generator counts
         # the solver's steps end at the solver's answer: under reward_target = teacher a wrong teacher answer
         # keeps none, or supervised backends (sft-rlvr, srl) would train on steps that contradict the answer
-        problem = Problem(exact.question, target, domain.NAME, level, exact.steps if verified or target == exact.answer else ())
+        steps = exact.steps if verified or target == exact.answer else ()
+        problem = Problem(exact.question, target, domain.NAME, level, steps)
         return TeacherItem(text, problem, answer, verified)
     return TeacherItem(text, Problem(question, answer, domain.NAME), answer, None)
 

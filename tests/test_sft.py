@@ -81,7 +81,8 @@ def test_sft_rlvr_makes_at_most_one_pass_over_the_expert_solutions(random_tiny, 
     model, tokenizer = random_tiny
     cfg = _cfg(steps=10, sft_share=0.9)  # 9 supervised steps of 2 x 4 rows wanted
     assert sft.sft_steps_of(cfg, 10) == 9 and sft.sft_steps_of(cfg, 10, 80) == 9
-    assert sft.sft_steps_of(cfg, 10, 17) == 3 and sft.sft_steps_of(cfg, 10, 16) == 2 and sft.sft_steps_of(cfg, 10, 5) == 1
+    assert sft.sft_steps_of(cfg, 10, 17) == 3 and sft.sft_steps_of(cfg, 10, 16) == 2
+    assert sft.sft_steps_of(cfg, 10, 5) == 1 and sft.sft_steps_of(cfg, 10, 0) == 0
     rl_steps, trained = [], []
     monkeypatch.setattr(sft, "train_student",
                         lambda baseline, *a, steps, **k: rl_steps.append(steps) or (baseline, rl_train.StudentMetrics()))

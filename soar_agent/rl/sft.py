@@ -122,7 +122,7 @@ def sft_steps_of(cfg, steps: int, experts: int | None = None) -> int:
     """How many of a sft-rlvr training's `steps` are supervised: sft_share of them, capped at one pass over
     `experts` expert solutions when given (see the module docstring)."""
     wanted = first_phase_steps(cfg.sft_share, steps)
-    return wanted if experts is None else min(wanted, math.ceil(experts / sft_rows(cfg, experts)))
+    return wanted if experts is None else min(wanted, math.ceil(experts / max(1, sft_rows(cfg, experts))))
 
 
 def problems_drawn(cfg, steps: int) -> int:
