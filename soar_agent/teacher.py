@@ -101,10 +101,17 @@ def rloo_dataset_advantages(rewards: list[float]) -> list[float]:
     return [r - (total - r) / (g - 1) for r in rewards]
 
 
+# Items per forward/backward pass of the teacher update, gradients accumulated into the one step: the whole
+# step's items in one pass need memory in proportion to g x n. Measured on the shipped model, one thread,
+# 2 x 512 items: peak RSS 9.2 GB in one pass, 1.35 GB (and 1.9x faster) in passes of 64; a step of
+# 2 x 2,880 items in one pass was OOM-killed at 23 GB on the 24 GiB development machine.
+TEACHER_MICRO_BATCH = 64
+
+
 def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[TeacherItem]],
-                   rewards: list[float], grad_clip: float = 1.0) -> dict:
+                   rewards: list[float], grad_clip: float = 1.0, micro_batch: int = TEACHER_MICRO_BATCH) -> dict:
     """One policy-gradient step of the teacher on its datasets' RLOO advantages: loss = -mean over items of
-    A_k * (sum of the item's sampled-token log-probs)."""
+    A_k * (sum of the item's sampled-token log-probs), accumulated over `micro_batch` items at a time."""
     advantages = rloo_dataset_advantages(rewards)
     prompt_ids = tokenizer(teacher_prompt(domain))["input_ids"]
     completion_ids, item_advantages = [], []
@@ -117,21 +124,28 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
     if not any(item_advantages):
         return stats
     teacher.eval()  # dropout off, as the students
-    logprobs, mask, _ = sequence_logprobs(teacher, [prompt_ids] * len(completion_ids), completion_ids,
-                                          tokenizer.pad_token_id)  # (B, T), 0 off the mask
-    advantage = torch.tensor(item_advantages, dtype=torch.float32, device=logprobs.device)  # (B,)
-    loss = -(advantage * logprobs.sum(-1)).mean()  # REINFORCE on the item, not a per-token mean
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"teacher loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total, loss = len(completion_ids), 0.0
+    for start in range(0, total, micro_batch):
+        chunk = completion_ids[start:start + micro_batch]
+        logprobs, _, _ = sequence_logprobs(teacher, [prompt_ids] * len(chunk), chunk,
+                                           tokenizer.pad_token_id)  # (b, T), 0 off the mask
+        advantage = torch.tensor(item_advantages[start:start + micro_batch], dtype=torch.float32,
+                                 device=logprobs.device)  # (b,)
+        # REINFORCE on the item (summed log-probs, not a per-token mean); / total makes the chunks' sum the mean
+        chunk_loss = -(advantage * logprobs.sum(-1)).sum() / total
+        if not torch.isfinite(chunk_loss):
+            optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"teacher loss is {chunk_loss.item()} (items {start}..{start + len(chunk) - 1})")
+        chunk_loss.backward()
+        loss += chunk_loss.item()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"teacher gradient norm is {grad_norm.item()}")
     optimizer.step()
-    stats.update(updated=True, loss=loss.item(), grad_norm=grad_norm.item())
+    stats.update(updated=True, loss=loss, grad_norm=grad_norm.item())
     return stats
 
 

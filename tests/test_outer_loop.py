@@ -51,6 +51,31 @@ def test_teacher_update_raises_the_log_prob_of_items_with_positive_advantage(ran
     assert stats["tokens"] == sum(len(i.token_ids) for i in items)
 
 
+def test_teacher_update_in_micro_batches_takes_the_same_step(random_tiny):
+    """Items go through the teacher update a few at a time (memory grows with g x n otherwise), and the
+    accumulated gradient is the one-batch gradient: the same loss and the same weights after the step."""
+    import copy
+
+    model, tokenizer = random_tiny
+    texts = [f"<question>{a}+{b}*{a}</question><answer>{a + b * a}</answer>" for a, b in [(1, 2), (3, 4), (5, 6),
+                                                                                        (7, 8), (9, 1)]]
+    items = [teacher.TeacherItem(t, None, "", None, tokenizer(t, add_special_tokens=False)["input_ids"])
+             for t in texts]
+    results = []
+    for micro_batch in (len(items), 2):
+        student = copy.deepcopy(model)
+        optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.05)
+        stats = teacher.teacher_update(student, optimizer, tokenizer, arith, [items[:3], items[3:]], [1.0, 0.0],
+                                       grad_clip=1e9, micro_batch=micro_batch)
+        results.append((stats, torch.cat([p.detach().flatten() for p in student.parameters()])))
+    (whole, whole_weights), (chunked, chunked_weights) = results
+    assert whole["updated"] and chunked["updated"]
+    assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert chunked["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+    assert torch.allclose(chunked_weights, whole_weights, atol=1e-6)
+    assert not torch.allclose(whole_weights, torch.cat([p.detach().flatten() for p in model.parameters()]))
+
+
 def test_teacher_update_skips_when_all_datasets_score_alike(random_tiny):
     model, tokenizer = random_tiny
     item = teacher.TeacherItem("<question>1+2</question><answer>3</answer>", None, "", None)
