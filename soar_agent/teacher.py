@@ -10,11 +10,11 @@ were kept are re-tokenized from their text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from soar_agent.rl.train import sequence_logprobs
 from soar_agent.tasks import parse_item, teacher_prompt
 from soar_agent.tasks.base import Problem, RejectedItem
 
@@ -101,17 +101,29 @@ def rloo_dataset_advantages(rewards: list[float]) -> list[float]:
     return [r - (total - r) / (g - 1) for r in rewards]
 
 
-# Items per forward/backward pass of the teacher update, gradients accumulated into the one step: the whole
-# step's items in one pass need memory in proportion to g x n. Measured (bench/teacher_memory.py, shipped
-# model, one thread, 2 x 512 items): peak RSS 9.18 GB in one pass, 1.40 GB (and 1.8x faster) in passes of
-# 64; a step of 2 x 2,880 items in one pass was OOM-killed at 23 GB on the 24 GiB development machine.
+# Items per forward/backward pass of the teacher update (the student core's micro-batching, gradients
+# accumulated into the one step): the whole step's items in one pass need memory in proportion to g x n.
+# Measured (bench/teacher_memory.py, shipped model, one thread, 2 x 512 items): peak RSS 9.18 GB in one pass,
+# 1.34 GB (and 2.2x faster: rows of similar length share a pass) in passes of 64; a step of 2 x 2,880 items in one pass was OOM-killed at 23 GB on
+# the 24 GiB development machine.
 TEACHER_MICRO_BATCH = 64
+
+
+def reinforce_loss(new_logprobs, old_logprobs, advantages, mask, eps_low, eps_high, aggregation="sequence"):
+    """REINFORCE on the item, with clipped_surrogate's signature (the `policy_step` loss seam): -mean over
+    rows of A * (sum of the row's sampled-token log-probs), not a per-token mean; no ratio, no clipping."""
+    return -(advantages * (new_logprobs * mask).sum(-1)).mean(), {"clip_fraction": 0.0, "ratio_mean": 1.0}
 
 
 def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[TeacherItem]],
                    rewards: list[float], grad_clip: float = 1.0, micro_batch: int = TEACHER_MICRO_BATCH) -> dict:
     """One policy-gradient step of the teacher on its datasets' RLOO advantages: loss = -mean over items of
-    A_k * (sum of the item's sampled-token log-probs), accumulated over `micro_batch` items at a time."""
+    A_k * (sum of the item's sampled-token log-probs), through the student core's `policy_step` (`micro_batch`
+    items per pass, rows of similar length together; sequence aggregation makes the passes' sum that mean).
+    Raises FloatingPointError, without stepping, when the loss or the gradient norm is not finite."""
+    from soar_agent.config import StudentSection
+    from soar_agent.rl.train import NonFiniteLoss, Rollout, pad_token_id, policy_step
+
     advantages = rloo_dataset_advantages(rewards)
     prompt_ids = tokenizer(teacher_prompt(domain))["input_ids"]
     completion_ids, item_advantages = [], []
@@ -124,28 +136,17 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
     if not any(item_advantages):
         return stats
     teacher.eval()  # dropout off, as the students
-    optimizer.zero_grad(set_to_none=True)
-    total, loss = len(completion_ids), 0.0
-    for start in range(0, total, micro_batch):
-        chunk = completion_ids[start:start + micro_batch]
-        logprobs, _, _ = sequence_logprobs(teacher, [prompt_ids] * len(chunk), chunk,
-                                           tokenizer.pad_token_id)  # (b, T), 0 off the mask
-        advantage = torch.tensor(item_advantages[start:start + micro_batch], dtype=torch.float32,
-                                 device=logprobs.device)  # (b,)
-        # REINFORCE on the item (summed log-probs, not a per-token mean); / total makes the chunks' sum the mean
-        chunk_loss = -(advantage * logprobs.sum(-1)).sum() / total
-        if not torch.isfinite(chunk_loss):
-            optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"teacher loss is {chunk_loss.item()} (items {start}..{start + len(chunk) - 1})")
-        chunk_loss.backward()
-        loss += chunk_loss.item()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if not torch.isfinite(grad_norm):
-        optimizer.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"teacher gradient norm is {grad_norm.item()}")
-    optimizer.step()
-    stats.update(updated=True, loss=loss, grad_norm=grad_norm.item())
+    batch = Rollout([None] * len(completion_ids), [prompt_ids] * len(completion_ids), completion_ids,
+                    [[math.nan] * len(ids) for ids in completion_ids], [""] * len(completion_ids), 1, 0, 0.0)
+    # temperature 1: the item's log-probs under the teacher itself; no KL, no clipping (reinforce_loss)
+    cfg = StudentSection(micro_batch=micro_batch, kl_coef=0.0, loss_aggregation="sequence", temperature=1.0,
+                         grad_clip=grad_clip)
+    try:
+        step = policy_step(teacher, optimizer, batch, torch.tensor(item_advantages, dtype=torch.float32), cfg,
+                           pad_token_id(tokenizer), surrogate=lambda rows: reinforce_loss)
+    except NonFiniteLoss as error:
+        raise FloatingPointError(f"teacher: {error}") from None
+    stats.update(updated=step["updated"], loss=step["loss"], grad_norm=step["grad_norm"])
     return stats
 
 
