@@ -492,7 +492,7 @@ class Agent:
     def _curriculum(self, step: int) -> list[dict]:
         """The step's datasets: from the store when already sampled (resume), else sampled now."""
         from soar_agent.engine import HFEngine
-        from soar_agent.teacher import TeacherGarbage, sample_items
+        from soar_agent.teacher import TeacherGarbage, sample_items, split_items
 
         existing = [d for d in self.store.datasets(self.run_id, kind="curriculum") if d["teacher_step"] == step]
         if existing:
@@ -509,8 +509,7 @@ class Agent:
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
         datasets = []
-        for k in range(t.datasets_per_step):
-            chunk = items[k * t.items_per_dataset:(k + 1) * t.items_per_dataset]
+        for k, chunk in enumerate(split_items(items, t.datasets_per_step, t.split)):
             datasets.append({
                 "name": f"step-{step}-dataset-{k}", "problems": [i.problem for i in chunk],
                 "provenance": [{"teacher_step": step, "dataset": k, "text": i.text, "teacher_answer": i.teacher_answer}

@@ -161,6 +161,14 @@ class TeacherSection:
         " from the domain's exact solver where it has one (arith, program), else the teacher's; drop-unverified = teacher answers, dropping items the verifier does not confirm",
         choices=("teacher", "verified", "drop-unverified"),
     )
+    split: str = _opt(
+        "random",
+        "how the step's g x n items are split into its g datasets: random = in sampling order, i.i.d. (the"
+        " paper); length = by question length, shortest n first, so the datasets differ in difficulty and the"
+        " teacher's RLOO compares its short items with its long ones (with large n, i.i.d. datasets are near"
+        " copies of each other and their reward differences are student noise)",
+        choices=("random", "length"),
+    )
     lr: float = _opt(1e-4, "teacher learning rate (RLOO over its datasets' rewards)", gt=0.0, le=1.0)
 
 

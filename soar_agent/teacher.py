@@ -92,6 +92,19 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
     return items[:count], stats
 
 
+def split_items(items: list[TeacherItem], datasets: int, split: str) -> list[list[TeacherItem]]:
+    """The step's items as `datasets` equal datasets (teacher.split). random: in sampling order, so the
+    datasets are i.i.d. draws of the teacher (the paper's). length: sorted by question length (stable), the
+    shortest first. With thousands of items per dataset, i.i.d. datasets are near copies and the teacher's
+    RLOO advantages are student noise; strata of its own output by length (a domain-free difficulty proxy)
+    differ in what they teach, and each stratum's advantage goes to its items. That is a credit-assignment
+    heuristic, not the paper's unbiased estimator: the reward of a stratum depends on where the cut falls."""
+    if split == "length":
+        items = sorted(items, key=lambda item: len(item.problem.question))
+    size = len(items) // datasets
+    return [items[k * size:(k + 1) * size] for k in range(datasets)]
+
+
 def rloo_dataset_advantages(rewards: list[float]) -> list[float]:
     """A_k = R_k - mean_{j != k} R_j over the g datasets of one teacher step."""
     g = len(rewards)

@@ -108,6 +108,18 @@ def test_sampled_items_keep_exactly_the_sampled_tokens(char_tokenizer):
     assert stats["rejected"]
 
 
+def test_split_items_keeps_sampling_order_or_stratifies_by_question_length():
+    questions = ["1+2*3-4", "5+1", "6+7", "8*9-1+2*3", "4-2", "3*3"]
+    items = [teacher.check_item(arith, f"<question>{q}</question><answer>0</answer>", "verified") for q in questions]
+
+    def question_lists(split):
+        return [[i.problem.question for i in d] for d in teacher.split_items(items, 2, split)]
+
+    assert question_lists("random") == [questions[:3], questions[3:]]
+    # the 3 shortest questions (stable among equal lengths) form dataset 0, the 3 longest dataset 1
+    assert question_lists("length") == [["5+1", "6+7", "4-2"], ["3*3", "1+2*3-4", "8*9-1+2*3"]]
+
+
 def test_dataset_advantages_are_leave_one_out_and_sum_to_zero():
     advantages = teacher.rloo_dataset_advantages([0.4, 0.1, 0.1, 0.0])
     assert advantages == pytest.approx([0.4 - 0.2 / 3, 0.1 - 0.5 / 3, 0.1 - 0.5 / 3, 0.0 - 0.6 / 3])
@@ -234,6 +246,25 @@ def test_promotion_below_tau_keeps_the_baseline_and_extra_steps_follow_a_promoti
     assert agent.store.teacher_steps(agent.run_id)[1]["promoted_dataset_id"] is not None
     agent.run(Budget(max_teacher_steps=3))
     assert [c["steps"] for c in calls] == [1] * 8 + [3] * 4  # 1 step, then 1 + 2 once promoted
+
+
+def test_length_split_stores_short_and_long_datasets_and_scores_each(tmp_path, hard_files, random_tiny_dir,
+                                                                     monkeypatch):
+    ones = [3, 9, 2, 7]  # sampling order: the random split would pair 3 with 9 and 2 with 7
+
+    def items(engine, domain, count, cfg, seed, progress=None):
+        return [teacher.check_item(domain, f"<question>{'+'.join(['1'] * n)}</question><answer>{n}</answer>",
+                                   "verified") for n in ones], {"sampled": count, "accepted": count, "rejected": {}}
+
+    monkeypatch.setattr(teacher, "sample_items", items)
+    calls = record_trainings(monkeypatch)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, 'teacher.split="length"')
+    agent.run(Budget(max_teacher_steps=1))
+    datasets = agent.store.datasets(agent.run_id, kind="curriculum")
+    stored = [sorted(len(p.question) for p in agent._dataset_problems(d)) for d in datasets]
+    assert stored == [[3, 5], [13, 17]]  # "1+1", "1+1+1" | seven ones, nine ones
+    # each dataset's students trained on that dataset's items only
+    assert [sorted(len(p.question) for p in c["problems"]) for c in calls] == [stored[0]] * 2 + [stored[1]] * 2
 
 
 def test_hard_only_trains_the_baseline_on_hard_train_every_step(tmp_path, hard_files, random_tiny_dir,
