@@ -5,6 +5,7 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
   curated    RL on the domain generator's own problems across its levels (the paper's curated ceiling)
   soar       the teacher-student loop; SOAR-PS = its promoted student, SOAR-PQ = a fresh base student
              trained on its promotion questions plus hard-train (`soar eval-pq`); soar-srl: SRL students
+  soar-length: SOAR with teacher.split = "length" (datasets stratified by question length)
   The students are the run's default (sft-rlvr: 90% supervised steps on expert solutions, then RLOO);
   hard-only-rloo, curated-rloo, soar-rloo: the same with outcome-RL-only students (the default before
   2026-12-01, when the README's figures for plain `curated` were measured)
@@ -35,10 +36,11 @@ from pathlib import Path
 
 from soar_agent.store import Store
 
-# arm -> (run.mode, extra overrides). The SRL arms (issue 9) and the outcome-RL-only arms are opt-in:
-# --arms hard-only-srl,soar-srl,curated-rloo
+# arm -> (run.mode, extra overrides). The SRL arms (issue 9), the length split and the outcome-RL-only arms
+# are opt-in: --arms hard-only-srl,soar-srl,soar-length,curated-rloo
 ARMS = {"hard-only": ("hard-only", []), "curated": ("curated", []), "soar": ("soar", []),
         "hard-only-srl": ("hard-only", ['student.backend="srl"']), "soar-srl": ("soar", ['student.backend="srl"']),
+        "soar-length": ("soar", ['teacher.split="length"']),
         **{f"{mode}-rloo": (mode, ['student.backend="rloo"']) for mode in ("hard-only", "curated", "soar")}}
 DEFAULT_ARMS = ("hard-only", "curated", "soar")
 
@@ -110,8 +112,13 @@ def arm_curves(run_dir: Path) -> dict:
     with Store(run_dir / "soar.db", readonly=True) as store:
         run = store.latest_run()["id"]
         steps = [s for s in store.teacher_steps(run) if s["status"] == "complete"]
+        levels = {}  # teacher step -> the mean domain level of the items it wrote (what the teacher learned)
+        for dataset in store.datasets(run, kind="curriculum"):
+            rows = [row["level"] for row in store.dataset_problems(dataset["id"]) if row.get("level") is not None]
+            levels.setdefault(dataset["teacher_step"], []).extend(rows)
         return {"teacher_steps": len(steps), "promotions": len(store.datasets(run, kind="promotion")),
-                "rewards": [(s["mean_reward"], (s.get("metrics") or {}).get("reward_stderr")) for s in steps]}
+                "rewards": [(s["mean_reward"], (s.get("metrics") or {}).get("reward_stderr")) for s in steps],
+                "item_levels": [sum(v) / len(v) for _, v in sorted(levels.items()) if v]}
 
 
 def final_figures(out: Path, arms: list[str], k: int, seed: int, workers: int) -> dict:
@@ -143,6 +150,9 @@ def report(out: Path, k: int) -> None:
             print(f"  {arm}: {curves['teacher_steps']} teacher steps, {curves['promotions']} promotions; "
                   "per-step reward on hard-train: " + " ".join(
                       f"{r:+.3f}" + (f"+-{e:.3f}" if e is not None else "") for r, e in curves["rewards"]))
+            if curves["item_levels"]:
+                print(f"    mean level of the teacher's items per step: "
+                      + " ".join(f"{level:.2f}" for level in curves["item_levels"]))
     means = {name: mean_error(r["values"])[0] for name, r in figures.items()}
     if "soar-srl-pq" in means and "hard-only-srl" in means:
         print(f"SRL students: SOAR-PQ / hard-only SRL {means['soar-srl-pq'] / max(means['hard-only-srl'], 1e-9):.2f}x")
