@@ -23,7 +23,7 @@ import random
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
 
@@ -86,13 +86,15 @@ def load_problem_file(path: Path, domain) -> list[Problem]:
     return load(path, domain)
 
 
-def check_run_config(config: RunConfig) -> None:
+def check_run_config(config: RunConfig) -> tuple[RunConfig, str | None]:
     """Config errors that need the domain or its data files, raised before a run is created (so a bad file
     never leaves a run without its hard sets): every data file the run reads must load, hold problems, and
     hold at least one problem whose prompt fits the model's context with its completion budget
     (evaluation.prompt_room; the others are skipped with a counted note when the run stores them). Errors
-    are one line naming the file, the line and the config field."""
-    from soar_agent.reward import check_metric
+    are one line naming the file, the line and the config field. Returns the config to run and a note when
+    it differs: reward.metric expert-logprob falls back to sampled where the hard-train questions have no
+    expert solutions (math, code, gym; a JSONL without steps), as sft-rlvr students fall back to rloo."""
+    from soar_agent.reward import expert_logprob_unusable
     from soar_agent.tasks.base import RejectedItem
 
     domain, cfg = get_domain(config.domain.name), config.domain
@@ -117,9 +119,12 @@ def check_run_config(config: RunConfig) -> None:
             loaded[name] = load_problem_file(path, domain)
         except RejectedItem as error:
             raise RejectedItem(f"{error} (domain.{name})") from None
-    if config.reward.metric == "expert-logprob":
-        check_metric(config.reward.metric, domain, loaded["hard_train"])
     _check_prompt_room(config, domain, {name: (files[name][0], files[name][1], loaded[name]) for name in loaded})
+    if config.reward.metric == "expert-logprob" and (reason := expert_logprob_unusable(domain, loaded["hard_train"])):
+        return replace(config, reward=replace(config.reward, metric="sampled")), (
+            f"reward.metric expert-logprob: {reason}, so students are scored with sampled"
+            f" (k = {config.reward.samples}) instead")
+    return config, None
 
 
 def _check_prompt_room(config: RunConfig, domain, files: dict) -> None:
@@ -246,10 +251,11 @@ class Agent:
         """A new run in an empty run_dir, or the existing run there (its stored config wins).
         ``existing_only`` (export, eval-pq): the run must exist; StoreError rather than a new run."""
         paths = RunPaths(Path(run_dir))
+        metric_note = None
         if not existing_only:
             paths.root.mkdir(parents=True, exist_ok=True)
             if not paths.db.exists():  # a new run: a config or data file it cannot use leaves no store behind
-                check_run_config(config or RunConfig())
+                config, metric_note = check_run_config(config or RunConfig())
         try:
             # A store file without a run lost it (e.g. its WAL): a new run there would write over the old
             # run's checkpoints, so it must be moved away by hand.
@@ -266,7 +272,6 @@ class Agent:
             if not existing_only:  # export and eval-pq read the run, they do not resume it
                 store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")
             return agent
-        config = config or RunConfig()  # checked above, before the store file was created
         run_id = store.create_run(name=config.run.name, mode=config.run.mode, config=config_to_dict(config),
                                   model_path=config.model.path)
         agent = cls(config, paths, log, store, run_id)
@@ -277,6 +282,9 @@ class Agent:
                     " students train with RL (rloo) for all their steps")
             store.log_event(run_id=run_id, level="warning", kind="no-expert-solutions", message=note)
             log(f"note: {note}")
+        if metric_note:
+            store.log_event(run_id=run_id, level="warning", kind="reward-metric-fallback", message=metric_note)
+            log(f"note: {metric_note}")
         return agent
 
     @property

@@ -21,19 +21,15 @@ from statistics import fmean, stdev
 METRICS = ("greedy", "sampled", "expert-logprob")
 
 
-def check_metric(metric: str, domain, problems) -> None:
-    """ConfigError when the metric cannot score these reward questions (expert-logprob without steps)."""
-    from soar_agent.config import ConfigError
-
-    if metric != "expert-logprob":
-        return
+def expert_logprob_unusable(domain, problems) -> str | None:
+    """Why expert-logprob cannot score these reward questions (None when it can): it needs a domain that
+    writes expert solutions and expert steps on every question."""
     if not hasattr(domain, "expert_completion"):
-        raise ConfigError(f"reward.metric: expert-logprob needs a domain with expert solutions; "
-                          f"{domain.NAME} has none (use greedy or sampled)")
+        return f"the {domain.NAME} domain has no expert solutions"
     missing = sum(not p.steps for p in problems)
     if missing:
-        raise ConfigError(f"reward.metric: expert-logprob needs expert steps on every hard-train question; "
-                          f"{missing} of {len(problems)} have none (use greedy or sampled)")
+        return f"{missing} of {len(problems)} hard-train questions have no expert steps"
+    return None
 
 
 def expert_logprobs(model, tokenizer, domain, problems, batch_size: int = 16) -> list[float]:

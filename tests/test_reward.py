@@ -13,7 +13,7 @@ from soar_agent.agent import Agent, Budget, check_run_config
 from soar_agent.config import ConfigError, load_config
 from soar_agent.mining import write_jsonl
 from soar_agent.models import EMBEDDED_MODEL_DIR
-from soar_agent.reward import (check_metric, expert_logprobs, paired_reward, pooled_reward, question_means,
+from soar_agent.reward import (expert_logprob_unusable, expert_logprobs, paired_reward, pooled_reward, question_means,
                                question_scores)
 from soar_agent.status import format_status, run_status
 from soar_agent.store import content_hash
@@ -51,20 +51,31 @@ def test_pooled_reward_averages_students_question_by_question():
 
 
 def test_expert_logprob_needs_expert_steps():
+    from soar_agent.tasks import math as math_domain
+
     with_steps = generate_problems(arith, [2, 3], random.Random(1))
-    check_metric("expert-logprob", arith, with_steps)
-    check_metric("greedy", arith, [Problem("1+1", "2", "arith")])
-    with pytest.raises(ConfigError, match="reward.metric: expert-logprob needs expert steps"):
-        check_metric("expert-logprob", arith, with_steps + [Problem("1+1", "2", "arith")])
+    assert expert_logprob_unusable(arith, with_steps) is None
+    assert expert_logprob_unusable(arith, with_steps + [Problem("1+1", "2", "arith")]) == (
+        "1 of 3 hard-train questions have no expert steps")
+    assert expert_logprob_unusable(math_domain, [Problem("1+1", "2", "math", steps=("1+1=2",))]) == (
+        "the math domain has no expert solutions")
 
 
-def test_a_run_with_expert_logprob_and_no_steps_is_refused_before_it_is_created(tmp_path):
+def test_a_run_with_expert_logprob_and_no_steps_is_scored_with_sampled_and_says_so(tmp_path):
     write_jsonl([Problem("1+2*3", "7", "arith", 3)], tmp_path / "train.jsonl")
     config = load_config(None, ["reward.metric=expert-logprob",
                                 f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}"])
-    with pytest.raises(ConfigError, match="expert steps"):
-        Agent.open(config, tmp_path / "run", log=lambda m: None)
-    assert not (tmp_path / "run" / "soar.db").exists()  # no store without a run that would block the next try
+    said = []
+    agent = Agent.open(config, tmp_path / "run", log=said.append)
+    assert agent.config.reward.metric == "sampled"  # what runs is what the store records
+    assert agent.store.latest_run()["config"]["reward"]["metric"] == "sampled"
+    (event,) = [e for e in agent.store.events(agent.run_id) if e["kind"] == "reward-metric-fallback"]
+    assert event["level"] == "warning" and "1 of 1 hard-train questions have no expert steps" in event["message"]
+    assert f"note: {event['message']}" in said
+    # with expert steps (the shipped hard set) nothing changes and nothing is said
+    kept = Agent.open(load_config(None, ["reward.metric=expert-logprob"]), tmp_path / "shipped", log=said.append)
+    assert kept.config.reward.metric == "expert-logprob"
+    assert not [e for e in kept.store.events(kept.run_id) if e["kind"] == "reward-metric-fallback"]
     with pytest.raises(ConfigError, match="domain.curated"):
         check_run_config(load_config(None, ["run.mode=curated", "domain.name=math"]))
     with pytest.raises(ConfigError, match="no such file"):
