@@ -46,14 +46,14 @@ def test_defaults_match_the_documented_values():
     assert (cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_dropout) == (16, 32, 0.0)
     assert (cfg.domain.name, cfg.domain.hard_train, cfg.domain.hard_test, cfg.domain.transfer) == ("arith", "", "", "")
     t = cfg.teacher
-    assert (t.datasets_per_step, t.items_per_dataset, t.temperature, t.max_new_tokens) == (4, 16, 1.0, 128)
-    assert (t.max_sampling_rounds, t.reward_target, t.lr) == (8, "verified", 1e-4)
+    assert (t.datasets_per_step, t.items_per_dataset, t.temperature, t.max_new_tokens) == (2, 2880, 1.0, 128)
+    assert (t.max_sampling_rounds, t.reward_target, t.split, t.lr) == (8, "verified", "length", 1e-4)
     s = cfg.student
-    assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("sft-rlvr", 2, 8, 5)
+    assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("sft-rlvr", 1, 50, 5)
     assert (s.batch_prompts, s.group_size, s.temperature, s.max_new_tokens) == (8, 8, 1.0, 384)
     assert (s.lr, s.kl_coef, s.eps_low, s.eps_high) == (3e-5, 0.001, 0.2, 0.2)
     assert (s.loss_aggregation, s.grad_clip) == ("token", 1.0)
-    assert cfg.reward.questions == 64
+    assert (cfg.reward.questions, cfg.reward.metric, cfg.reward.samples) == (64, "expert-logprob", 8)
     assert (cfg.promotion.tau, cfg.promotion.window) == (0.01, 3)
     assert (cfg.eval.every_teacher_steps, cfg.eval.samples, cfg.eval.max_new_tokens) == (5, 32, 384)
     assert (cfg.budget.hours, cfg.budget.max_teacher_steps, cfg.budget.keep_checkpoints) == (0.0, 0, 3)

@@ -195,7 +195,8 @@ def record_trainings(monkeypatch) -> list:
 
 def test_students_train_on_the_teachers_items_as_written_and_never_on_hard_questions(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
-    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "teacher.reward_target=teacher")
+    # the datasets as sampled (random split): dataset 0 holds the first two texts
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "teacher.reward_target=teacher", 'teacher.split="random"')
     hard = agent.hard_set("train")[0]
     texts = [[f"<question>{hard.question}</question><answer>1</answer>", "<question>2+3</question><answer>9</answer>"],
              ["<question>2+3</question><answer>5</answer>", "<question>7+1</question><answer>8</answer>"]]

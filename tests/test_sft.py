@@ -241,7 +241,10 @@ def test_a_run_on_a_domain_without_expert_solutions_says_its_students_train_with
     agent = Agent.open(config, tmp_path / "run", log=said.append)
     (event,) = [e for e in agent.store.events(agent.run_id) if e["kind"] == "no-expert-solutions"]
     assert event["level"] == "warning" and "math domain has no expert solutions" in event["message"]
-    assert said == [f"note: {event['message']}"]
+    (metric_event,) = [e for e in agent.store.events(agent.run_id) if e["kind"] == "reward-metric-fallback"]
+    assert "the math domain has no expert solutions" in metric_event["message"]  # the default expert-logprob
+    assert agent.config.reward.metric == "sampled"
+    assert said == [f"note: {event['message']}", f"note: {metric_event['message']}"]
     arith_run = Agent.open(apply_overrides(config, ['domain.name="arith"', 'domain.hard_train=""', 'domain.hard_test=""']),
                            tmp_path / "arith-run", log=said.append)
     assert not [e for e in arith_run.store.events(arith_run.run_id) if e["kind"] == "no-expert-solutions"]
