@@ -11,6 +11,7 @@ were kept are re-tokenized from their text.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,7 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
                     completion.token_ids[-1:] != [engine.tokenizer.eos_token_id] else [])
                 items.append(item)
             except RejectedItem as error:
-                reason = str(error).split(":")[0][:60]
+                reason = rejection_kind(error)
                 reasons[reason] = reasons.get(reason, 0) + 1
         if progress is not None:
             progress(min(len(items), count))
@@ -90,6 +91,14 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
         raise TeacherGarbage(f"teacher wrote {len(items)} well-formed items of {count} needed in "
                              f"{cfg.max_sampling_rounds} rounds ({sampled} samples; rejections: {reasons})")
     return items[:count], stats
+
+
+def rejection_kind(error: RejectedItem) -> str:
+    """The reason an item was rejected, without the text-specific parts (the offending character, a
+    position, a number), so a step's rejection counts group by kind: a drifting teacher wrote hundreds of
+    distinct "unexpected character 'a' at position 5" reasons a step."""
+    reason = re.sub(r" at position \d+", "", str(error).split(":")[0])
+    return re.sub(r"'[^']*'", "'…'", reason)[:60]
 
 
 def split_items(items: list[TeacherItem], datasets: int, split: str) -> list[list[TeacherItem]]:

@@ -346,6 +346,18 @@ def test_teacher_items_too_long_for_the_students_are_rejected_and_counted():
     assert stats["rejected"] == {"question too long for the students' context": 3}
 
 
+def test_rejections_are_counted_by_kind_not_by_text():
+    from soar_agent.tasks.base import RejectedItem
+    from soar_agent.teacher import check_item, rejection_kind
+
+    kinds = []
+    for question in ["1+a", "2*b*3", "(1+2", "((4)"]:
+        with pytest.raises(RejectedItem) as error:
+            check_item(arith, f"<question>{question}</question><answer>1</answer>", "verified")
+        kinds.append(rejection_kind(error.value))
+    assert kinds == ["unexpected character '…'"] * 2 + ["unbalanced parentheses"] * 2
+
+
 def test_levels_outside_the_domain_and_repeated_levels_cannot_grow_the_work(tmp_path, random_tiny_dir):
     # a generator asked for level 999 does not end: refused before the model is loaded
     result = soar("mine-hard", "--model", tmp_path / "no-model", "--set", "mining.levels=[5, 999]",
