@@ -5,7 +5,7 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
   curated    RL on the domain generator's own problems across its levels (the paper's curated ceiling)
   soar       the teacher-student loop; SOAR-PS = its promoted student, SOAR-PQ = a fresh base student
              trained on its promotion questions plus hard-train (`soar eval-pq`); soar-srl: SRL students
-  soar-random: SOAR with teacher.split = "random" (the paper's i.i.d. datasets; the default is "length")
+  soar-length: SOAR with teacher.split = "length" (datasets stratified by question length)
   The students are the run's default (sft-rlvr: 90% supervised steps on expert solutions, then RLOO);
   hard-only-rloo, curated-rloo, soar-rloo: the same with outcome-RL-only students (the default before
   2026-12-01, when the README's figures for plain `curated` were measured)
@@ -36,11 +36,11 @@ from pathlib import Path
 
 from soar_agent.store import Store
 
-# arm -> (run.mode, extra overrides). The SRL arms (issue 9), the paper's random split and the outcome-RL-only
-# arms are opt-in: --arms hard-only-srl,soar-srl,soar-random,curated-rloo
+# arm -> (run.mode, extra overrides). The SRL arms (issue 9), the length split and the outcome-RL-only arms
+# are opt-in: --arms hard-only-srl,soar-srl,soar-length,curated-rloo
 ARMS = {"hard-only": ("hard-only", []), "curated": ("curated", []), "soar": ("soar", []),
         "hard-only-srl": ("hard-only", ['student.backend="srl"']), "soar-srl": ("soar", ['student.backend="srl"']),
-        "soar-random": ("soar", ['teacher.split="random"']),
+        "soar-length": ("soar", ['teacher.split="length"']),
         **{f"{mode}-rloo": (mode, ['student.backend="rloo"']) for mode in ("hard-only", "curated", "soar")}}
 DEFAULT_ARMS = ("hard-only", "curated", "soar")
 
