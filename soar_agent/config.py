@@ -154,8 +154,8 @@ class TeacherSection:
     items_per_dataset: int = _opt(
         2880, "n: problems per dataset (2,880 = the 45 supervised steps of 64 expert solutions a 50-step sft-rlvr"
         " student takes in one pass. Measured on the shipped model: students of 8 steps on 16 items moved the"
-        " reward by -0.0002 +- 0.0036 (bench/reward_noise.py, noise); of 50 steps on 2,880 items by +0.033 to"
-        " +0.047 nats/token, +- 0.008 (bench/dataset_split.py))", ge=1, le=4096)
+        " reward by -0.0002 +- 0.0036 (bench/reward_noise.py, noise); of 50 steps on 2,880 items by +0.040 to"
+        " +0.048 nats/token, +- 0.008 (bench/dataset_split.py, random split))", ge=1, le=4096)
     temperature: float = _opt(1.0, "sampling temperature for writing problems (0 = greedy)", ge=0.0, le=10.0)
     max_new_tokens: int = _opt(128, "token budget for one generated problem", ge=1, le=32768)
     max_sampling_rounds: int = _opt(
