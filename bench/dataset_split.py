@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soar_agent.agent import load_problem_file, shipped_hard_set, without_questions  # noqa: E402
 from soar_agent.config import load_config  # noqa: E402
-from soar_agent.reward import mean_with_stderr, question_scores  # noqa: E402
+from soar_agent.reward import mean_with_stderr, paired_reward, question_scores  # noqa: E402
 from soar_agent.store import content_hash  # noqa: E402
 from soar_agent.tasks import get_domain  # noqa: E402
 
@@ -77,11 +77,11 @@ def main() -> None:
             row = {"seed": seed, "split": split, "datasets": []}
             for k, chunk in enumerate(split_items(items, 2, split)):
                 problems = without_questions([item.problem for item in chunk], forbidden)
-                student, _ = trainer(cfg.student.backend)(load_model(cfg.model.path, cfg.model.dtype), tokenizer,
-                                                          problems, domain, cfg.student, steps=args.steps,
-                                                          seed=10 * seed + k)
+                # the trainer trains a copy: the base model is never mutated
+                student, _ = trainer(cfg.student.backend)(base, tokenizer, problems, domain, cfg.student,
+                                                          steps=args.steps, seed=10 * seed + k)
                 after = scores(student)
-                reward, error = mean_with_stderr([a - b for a, b in zip(after, before)])
+                reward, error = paired_reward(before, after)
                 hard_share = sum((p.level or 0) >= args.hard_level for p in problems) / len(problems)
                 row["datasets"].append({"reward": reward, "stderr": error, "hard_share": hard_share,
                                         "question_chars": statistics.fmean(len(p.question) for p in problems),

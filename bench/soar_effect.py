@@ -151,7 +151,7 @@ def report(out: Path, k: int) -> None:
                   "per-step reward on hard-train: " + " ".join(
                       f"{r:+.3f}" + (f"+-{e:.3f}" if e is not None else "") for r, e in curves["rewards"]))
             if curves["item_levels"]:
-                print(f"    mean level of the teacher's items per step: "
+                print("    mean level of the teacher's items per step: "
                       + " ".join(f"{level:.2f}" for level in curves["item_levels"]))
     means = {name: mean_error(r["values"])[0] for name, r in figures.items()}
     if "soar-srl-pq" in means and "hard-only-srl" in means:

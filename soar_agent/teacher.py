@@ -126,8 +126,8 @@ def rloo_dataset_advantages(rewards: list[float]) -> list[float]:
 # Items per forward/backward pass of the teacher update (the student core's micro-batching, gradients
 # accumulated into the one step): the whole step's items in one pass need memory in proportion to g x n.
 # Measured (bench/teacher_memory.py, shipped model, one thread, 2 x 512 items): peak RSS 9.18 GB in one pass,
-# 1.34 GB (and 2.2x faster: rows of similar length share a pass) in passes of 64; a step of 2 x 2,880 items in one pass was OOM-killed at 23 GB on
-# the 24 GiB development machine.
+# 1.34 GB (and 2.2x faster: rows of similar length share a pass) in passes of 64; a step of 2 x 2,880 items
+# in one pass was OOM-killed at 23 GB on the 24 GiB development machine.
 TEACHER_MICRO_BATCH = 64
 
 
