@@ -1,0 +1,168 @@
+"""Is the teacher's data worth training on? Curated chains with equal training on the generator's problems
+and on the items SOAR runs' teachers wrote, on the embedded default.
+
+SOAR's students are short (50 steps from the baseline), and the reward they produce is what the teacher
+learns from; the product's gain, though, comes from long trainings (curated mode: +0.69 hard-test pass@32 in
+an hour, bench/README.md). This bench asks the question under both: trained on as long as the curated
+ceiling, is what a teacher writes as good as the domain's own generator? Each source is a `soar run --mode
+curated` chain of --chain-steps trainings of student.steps each (each continuing from the last), in its
+own run directory under --out, all sources at once with one torch thread each (equal compute):
+
+  generator              the domain generator's problems, levels drawn uniformly (the curated ceiling)
+  NAME=RUN_DIR[:A-B]     the problems a SOAR run's students trained on (its curriculum datasets of teacher
+                         steps A..B: each item as the teacher wrote it, the solver's answer and expert steps),
+                         written to OUT/NAME.jsonl and given as domain.curated
+
+Hard-set questions are removed from every source (curated mode does). Then base and each chain's last
+baseline are evaluated on the whole hard-test set with one sampling seed (paired), as bench/soar_effect.py
+does, and the per-level mix and size of each source are printed with the figures.
+
+    python bench/teacher_data.py --chain-steps 8 --source random=runs/el2 --source length=runs/split-len:5-9
+    python bench/teacher_data.py --report runs/teacher-data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soar_effect import evaluate_final, mean_error, paired_difference, soar_command  # noqa: E402
+
+
+def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | None]:
+    """`NAME=RUN_DIR[:A-B]` -> (name, run dir, teacher-step range or None for all)."""
+    name, _, rest = text.partition("=")
+    if not name or not rest:
+        raise ValueError(f"--source {text!r}: expected NAME=RUN_DIR[:A-B]")
+    run_dir, _, steps = rest.partition(":")
+    if not steps:
+        return name, Path(run_dir), None
+    first, _, last = steps.partition("-")
+    return name, Path(run_dir), (int(first), int(last or first))
+
+
+def write_teacher_items(run_dir: Path, steps: tuple[int, int] | None, path: Path) -> list[dict]:
+    """The problems a SOAR run's students trained on, in its teacher steps `steps`, as a curated JSONL
+    (question, answer, level, expert steps); returns the rows."""
+    from soar_agent.agent import Agent
+
+    agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
+    rows = []
+    for dataset in agent.store.datasets(agent.run_id, kind="curriculum"):
+        if steps and not steps[0] <= dataset["teacher_step"] <= steps[1]:
+            continue
+        rows += [{"question": p.question, "answer": p.answer, "level": p.level, "steps": list(p.steps)}
+                 for p in agent._dataset_problems(dataset)]
+    agent.store.close()
+    if not rows:
+        raise SystemExit(f"{run_dir}: no curriculum dataset in teacher steps {steps}")
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def run_chain(name: str, out: Path, chain_steps: int, k: int, config: list[str], overrides: list[str],
+              curated: Path | None) -> subprocess.Popen:
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    extra = ["--set", f"domain.curated={json.dumps(str(curated))}"] if curated else []
+    command = soar_command("run", *config, "--run-dir", str(run_dir), "--max-teacher-steps", str(chain_steps),
+                           "--no-export", "--set", 'run.mode="curated"', "--set", f"eval.samples={k}",
+                           "--set", "eval.every_teacher_steps=1000", *extra,
+                           *[x for item in overrides for x in ("--set", item)])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.Popen(command, stdout=open(out / f"{name}.log", "a"), stderr=subprocess.STDOUT, env=env)
+
+
+def level_mix(rows: list[dict]) -> dict:
+    levels = [row["level"] for row in rows if row.get("level") is not None]
+    return {"items": len(rows), "unique": len({row["question"] for row in rows}),
+            "mean_level": sum(levels) / len(levels) if levels else None,
+            "share_level_5_up": sum(level >= 5 for level in levels) / len(levels) if levels else None,
+            "levels": dict(sorted(Counter(levels).items()))}
+
+
+def report(out: Path, k: int) -> None:
+    figures = json.loads((out / "final.json").read_text())
+    sources = json.loads((out / "sources.json").read_text())
+    base = figures["base"]["values"]
+    print(f"\nhard-test pass@{k}: {len(base)} problems x {k} samples, one sampling seed for every chain; +- one"
+          " standard error over problems; paired difference against base (and against generator) in brackets")
+    for name, r in figures.items():
+        mean, error = mean_error(r["values"])
+        diff = paired_difference(r["values"], base)
+        line = f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]"
+        if name not in ("base", "generator") and "generator" in figures:
+            gap = paired_difference(r["values"], figures["generator"]["values"])
+            line += f"   [vs generator {gap[0]:+.3f} +- {gap[1]:.3f}]"
+        if "greedy" in r:
+            line += f"  greedy {r['greedy']:.3f}"
+        print(line)
+        if name in sources:
+            mix = sources[name]
+            if mix.get("mean_level") is not None:
+                print(f"             source: {mix['items']} items ({mix['unique']} distinct), mean level"
+                      f" {mix['mean_level']:.2f}, {mix['share_level_5_up']:.0%} at levels >= 5")
+            else:
+                print(f"             source: {mix['items']} items")
+    print(json.dumps({name: dict(zip(("mean", "stderr"), mean_error(r["values"]))) for name, r in figures.items()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", action="append", default=[], metavar="NAME=RUN_DIR[:A-B]",
+                        help="a SOAR run's teacher items (teacher steps A..B) as a chain's curated problems")
+    parser.add_argument("--no-generator", action="store_true", help="leave out the generator chain")
+    parser.add_argument("--chain-steps", type=int, default=8, help="trainings per chain")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--out", default="runs/teacher-data")
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=2027, help="sampling seed of the final evaluations")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the final evaluations")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every chain (default: one 100-step training per chain step)")
+    parser.add_argument("--report", metavar="OUT", help="only print the figures of a finished bench under OUT")
+    args = parser.parse_args()
+    if args.report:
+        report(Path(args.report), args.k)
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        sources = [parse_source(text) for text in args.source]
+    except ValueError as error:
+        parser.error(str(error))
+    if not sources and args.no_generator:
+        parser.error("nothing to run: give --source or drop --no-generator")
+    mixes, chains = {}, []
+    if not args.no_generator:
+        chains.append(("generator", None))
+        mixes["generator"] = {"items": "fresh generator problems per training"}
+    for name, run_dir, steps in sources:
+        path = (out / f"{name}.jsonl").resolve()
+        mixes[name] = level_mix(write_teacher_items(run_dir, steps, path))
+        chains.append((name, path))
+    (out / "sources.json").write_text(json.dumps(mixes))
+    overrides = ["teacher.datasets_per_step=1", "student.students_per_dataset=1", "student.steps=100", *args.set]
+    config = [args.config] if args.config else []
+    processes = [run_chain(name, out, args.chain_steps, args.k, config, overrides, path) for name, path in chains]
+    for (name, _), process in zip(chains, processes):
+        if process.wait() != 0:
+            raise SystemExit(f"chain {name} failed: see {out / f'{name}.log'}")
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [("base", out / chains[0][0], args.k, args.seed)] + [(name, out / name, args.k, args.seed)
+                                                                 for name, _ in chains]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        figures = {r["name"]: r for r in pool.map(evaluate_final, jobs)}
+    (out / "final.json").write_text(json.dumps(figures))
+    report(out, args.k)
+
+
+if __name__ == "__main__":
+    main()
