@@ -58,7 +58,8 @@ def prune_exports(exports_dir: Path, keep: int) -> list[Path]:
 
 
 def resolve_checkpoint(store, run_id: int, which: str, best: dict | None) -> dict | None:
-    """`best` (highest hard-test pass@k), `latest` (newest baseline) or a checkpoint id; None = base model."""
+    """`best` (the highest estimated improvement on hard-train: Agent.best_checkpoint), `latest` (newest
+    baseline) or a checkpoint id; None = base model."""
     alive = store.checkpoints(run_id, role="baseline", status="complete")
     if which == "best":
         return best or (alive[-1] if alive else None)
