@@ -12,12 +12,15 @@ own run directory under --out, all sources at once with one torch thread each (e
   NAME=RUN_DIR[:A-B]     the problems a SOAR run's students trained on (its curriculum datasets of teacher
                          steps A..B: each item as the teacher wrote it, the solver's answer and expert steps),
                          written to OUT/NAME.jsonl and given as domain.curated
+  NAME=RUN_DIR:promoted  the run's promotion questions (pq.promoted_problems): SOAR-PQ's training data
 
 Hard-set questions are removed from every source (curated mode does). Then base and each chain's last
 baseline are evaluated on the whole hard-test set with one sampling seed (paired), as bench/soar_effect.py
 does, and the per-level mix and size of each source are printed with the figures.
 
     python bench/teacher_data.py --chain-steps 8 --source random=runs/el2 --source length=runs/split-len:5-9
+    python bench/teacher_data.py --chain-steps 8 --no-generator --source pq-random=runs/el2:promoted \
+        --source pq-length=runs/split-len:promoted --out runs/teacher-data-pq
     python bench/teacher_data.py --report runs/teacher-data
 """
 
@@ -35,30 +38,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soar_effect import evaluate_final, mean_error, paired_difference, soar_command  # noqa: E402
 
 
-def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | None]:
-    """`NAME=RUN_DIR[:A-B]` -> (name, run dir, teacher-step range or None for all)."""
+def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None]:
+    """`NAME=RUN_DIR[:A-B|:promoted]` -> (name, run dir, teacher-step range, "promoted" or None for all)."""
     name, _, rest = text.partition("=")
     if not name or not rest:
-        raise ValueError(f"--source {text!r}: expected NAME=RUN_DIR[:A-B]")
+        raise ValueError(f"--source {text!r}: expected NAME=RUN_DIR[:A-B|:promoted]")
     run_dir, _, steps = rest.partition(":")
-    if not steps:
-        return name, Path(run_dir), None
+    if steps in ("", "promoted"):
+        return name, Path(run_dir), steps or None
     first, _, last = steps.partition("-")
     return name, Path(run_dir), (int(first), int(last or first))
 
 
-def write_teacher_items(run_dir: Path, steps: tuple[int, int] | None, path: Path) -> list[dict]:
-    """The problems a SOAR run's students trained on, in its teacher steps `steps`, as a curated JSONL
-    (question, answer, level, expert steps); returns the rows."""
+def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path: Path) -> list[dict]:
+    """The problems a SOAR run's students trained on in its teacher steps `steps` (or its promotion
+    questions: "promoted"), as a curated JSONL (question, answer, level, expert steps); returns the rows."""
     from soar_agent.agent import Agent
+    from soar_agent.pq import promoted_problems
 
     agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
-    rows = []
-    for dataset in agent.store.datasets(agent.run_id, kind="curriculum"):
-        if steps and not steps[0] <= dataset["teacher_step"] <= steps[1]:
-            continue
-        rows += [{"question": p.question, "answer": p.answer, "level": p.level, "steps": list(p.steps)}
-                 for p in agent._dataset_problems(dataset)]
+    if steps == "promoted":
+        problems = promoted_problems(agent)
+    else:
+        problems = [p for dataset in agent.store.datasets(agent.run_id, kind="curriculum")
+                    if not steps or steps[0] <= dataset["teacher_step"] <= steps[1]
+                    for p in agent._dataset_problems(dataset)]
+    rows = [{"question": p.question, "answer": p.answer, "level": p.level, "steps": list(p.steps)} for p in problems]
     agent.store.close()
     if not rows:
         raise SystemExit(f"{run_dir}: no curriculum dataset in teacher steps {steps}")

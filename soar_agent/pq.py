@@ -6,6 +6,17 @@ from __future__ import annotations
 from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
 
 
+def promoted_problems(agent) -> list:
+    """The run's promotion questions: the items of every promoted dataset as the teacher wrote them (its own
+    answers or the solver's, per teacher.reward_target), never a hard-set question (agent.curriculum_problems)."""
+    store, problems = agent.store, []
+    for promotion in store.datasets(agent.run_id, kind="promotion"):
+        source = store.get_dataset(promotion["meta"]["from_dataset"]) if promotion["meta"].get("from_dataset") else None
+        problems += agent._dataset_problems(source) if source else [
+            store.to_problem(row) for row in store.dataset_problems(promotion["id"])]
+    return problems
+
+
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model
@@ -13,12 +24,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
-    promotion_questions = []
-    for promotion in store.datasets(run_id, kind="promotion"):
-        # the teacher's items as written (its own answers), never a hard-set question (agent.curriculum_problems)
-        source = store.get_dataset(promotion["meta"]["from_dataset"]) if promotion["meta"].get("from_dataset") else None
-        promotion_questions += agent._dataset_problems(source) if source else [
-            store.to_problem(row) for row in store.dataset_problems(promotion["id"])]
+    promotion_questions = promoted_problems(agent)
     problems = promotion_questions + agent.hard_set("train")
     steps = steps or max(cfg.student.steps, 2 * cfg.student.steps * len(store.datasets(run_id, kind="promotion")))
     base = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
