@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from soar_agent import __version__
+from soar_agent.pq import PQ_STEPS
 
 REPO_CURRICULA = Path(__file__).resolve().parent.parent / "curricula"
 HARD_SET_DIR = REPO_CURRICULA / "hard"
@@ -507,6 +508,7 @@ def cmd_export(args) -> int:
 def cmd_eval_pq(args) -> int:
     """SOAR-PQ: train a fresh base student on the promotion questions plus hard-train, report hard-test pass@k.
 
+    The student is kept as the run's `pq` checkpoint: soar export RUN --checkpoint pq --out DIR writes it.
     Example: soar eval-pq runs/default --json
     """
     from soar_agent.agent import Agent
@@ -635,15 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex = add("export", cmd_export)
     ex.add_argument("run_dir", help="the run's directory (holding soar.db)")
     ex.add_argument("--out", required=True, help="directory to write the Hugging Face model to")
-    ex.add_argument("--checkpoint", default="best", help="best | latest | checkpoint id")
+    ex.add_argument("--checkpoint", default="best",
+                    help="best | latest | pq (the student `soar eval-pq` trained) | checkpoint id")
     ex.add_argument("--force", action="store_true",
                     help="replace a non-empty --out directory (never the run itself or the model exported)")
 
     pq = add("eval-pq", cmd_eval_pq)
     pq.add_argument("run_dir", help="the run's directory (holding soar.db)")
     pq.add_argument("--steps", type=_integer(1, MAX_PQ_STEPS),
-                    help=f"student RL steps (default: 2 x student.steps x promotions, min student.steps; at most"
-                         f" {MAX_PQ_STEPS})")
+                    help=f"student RL steps in all, as a chain of trainings of student.steps each (default"
+                         f" {PQ_STEPS}; at most {MAX_PQ_STEPS})")
     pq.add_argument("--json", action="store_true", help="print JSON instead of one line")
     pq.add_argument("--allow-weak-sandbox", action="store_true",
                     help="run the code/program domains even when a sandbox layer is missing on this machine")

@@ -59,14 +59,19 @@ def prune_exports(exports_dir: Path, keep: int) -> list[Path]:
 
 def resolve_checkpoint(store, run_id: int, which: str, best: dict | None) -> dict | None:
     """`best` (the highest estimated improvement on hard-train: Agent.best_checkpoint), `latest` (newest
-    baseline) or a checkpoint id; None = base model."""
+    baseline), `pq` (the student `soar eval-pq` trained) or a checkpoint id; None = base model."""
     alive = store.checkpoints(run_id, role="baseline", status="complete")
     if which == "best":
         return best or (alive[-1] if alive else None)
     if which == "latest":
         return alive[-1] if alive else None
+    if which == "pq":
+        trained = store.checkpoints(run_id, role="pq", status="complete")
+        if not trained:
+            raise ValueError("--checkpoint pq: this run has no SOAR-PQ student yet (run soar eval-pq first)")
+        return trained[-1]
     if not (which.isascii() and which.isdigit() and len(which) <= 18):
-        raise ValueError(f"--checkpoint: expected best, latest or a checkpoint id, got {which!r}")
+        raise ValueError(f"--checkpoint: expected best, latest, pq or a checkpoint id, got {which!r}")
     found = [c for c in store.checkpoints(run_id) if c["id"] == int(which)]
     if not found or found[0]["status"] != "complete":
         raise ValueError(f"--checkpoint {which}: no such complete checkpoint in this run")

@@ -37,5 +37,5 @@ def test_checkpoint_id_in_non_ascii_digits_is_not_an_id(tmp_path):
         run = store.create_run(name="r", mode="soar")
         store.add_checkpoint(run_id=run, path=tmp_path / "c", role="baseline", status="complete")
         assert resolve_checkpoint(store, run, "1", None)["id"] == 1
-        with pytest.raises(ValueError, match="expected best, latest or a checkpoint id"):
+        with pytest.raises(ValueError, match="expected best, latest, pq or a checkpoint id"):
             resolve_checkpoint(store, run, "١", None)  # Arabic-Indic one: int() would read it as 1

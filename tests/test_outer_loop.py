@@ -4,6 +4,7 @@ leak, garbage retries, and the hard-only, intrinsic and eval-pq paths."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,7 +177,8 @@ def tiny_agent(tmp_path, hard_files, model_dir, *extra):
 
 
 def record_trainings(monkeypatch) -> list:
-    """Every student training the loop runs, whatever the backend: (problems, steps) per call."""
+    """Every student training the loop runs, whatever the backend: problems, steps, the model it started
+    from and the student it returned, per call."""
     calls = []
     real = rl.trainer
 
@@ -184,8 +186,9 @@ def record_trainings(monkeypatch) -> list:
         train = real(backend)
 
         def spy(baseline, tokenizer, problems, domain, cfg, steps=None, **kwargs):
-            calls.append({"problems": list(problems), "steps": steps})
-            return train(baseline, tokenizer, problems, domain, cfg, steps=steps, **kwargs)
+            student, metrics = train(baseline, tokenizer, problems, domain, cfg, steps=steps, **kwargs)
+            calls.append({"problems": list(problems), "steps": steps, "baseline": baseline, "student": student})
+            return student, metrics
 
         return spy
 
@@ -311,6 +314,46 @@ def test_eval_pq_trains_a_fresh_student_on_the_promotion_questions_and_hard_trai
         (p.question, p.answer) for p in promoted + agent.hard_set("train")]
     (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
     assert "pass@1" in evaluation["summary"]
+
+
+def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    """PQ's training is a chain of student.steps-long trainings, each from the last one's student (the
+    teacher's data lifts hard-test only when trained on this long: bench/teacher_data.py), and the student
+    evaluated is the run's `pq` checkpoint, which `soar export --checkpoint pq` writes."""
+    from safetensors.torch import load_file
+
+    from soar_agent.export import resolve_checkpoint
+    from soar_agent.pq import PQ_STEPS, chain_lengths, evaluate_pq
+
+    assert chain_lengths(PQ_STEPS, 50) == [50] * 16 and chain_lengths(7, 3) == [3, 3, 1] and chain_lengths(2, 5) == [2]
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    # room for the expert solutions, so that each training's supervised steps move the weights
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "student.steps=2", "student.max_new_tokens=64")
+    agent.run(Budget(max_teacher_steps=1))
+    with pytest.raises(ValueError, match="no SOAR-PQ student yet"):
+        resolve_checkpoint(agent.store, agent.run_id, "pq", None)
+    calls = record_trainings(monkeypatch)
+    evaluate_pq(agent, steps=5)
+    assert [call["steps"] for call in calls] == [2, 2, 1]
+    for before, after in zip(calls, calls[1:]):
+        assert after["baseline"] is before["student"]
+    (checkpoint,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
+    (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
+    assert evaluation["checkpoint_id"] == checkpoint["id"]
+    saved = load_file(str(next(Path(checkpoint["path"]).glob("*.safetensors"))))
+    trained = calls[-1]["student"].state_dict()
+    assert all(torch.equal(saved[name], trained[name]) for name in saved if name in trained)
+    base = load_file(str(next(Path(random_tiny_dir).glob("*.safetensors"))))
+    assert any(not torch.equal(saved[name], base[name]) for name in saved if name in base)
+    assert resolve_checkpoint(agent.store, agent.run_id, "pq", None)["id"] == checkpoint["id"]
+    evaluate_pq(agent, steps=1)  # a second PQ replaces the first: `pq` names the newest
+    (newest,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
+    assert newest["id"] != checkpoint["id"]
+    out = agent.export("pq", str(tmp_path / "exported"))
+    exported = load_file(str(next(Path(out).glob("*.safetensors"))))
+    saved = load_file(str(next(Path(newest["path"]).glob("*.safetensors"))))
+    assert all(torch.equal(exported[name], saved[name]) for name in saved)
 
 
 def test_teacher_items_carry_the_domains_difficulty_as_their_level():
