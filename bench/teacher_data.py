@@ -13,6 +13,7 @@ own run directory under --out, all sources at once with one torch thread each (e
                          steps A..B: each item as the teacher wrote it, the solver's answer and expert steps),
                          written to OUT/NAME.jsonl and given as domain.curated
   NAME=RUN_DIR:promoted  the run's promotion questions (pq.promoted_problems): SOAR-PQ's training data
+  --hard-only            the same chain on hard-train (`--mode hard-only`: the paper's Hard-Only baseline)
 
 Hard-set questions are removed from every source (curated mode does). Then base and each chain's last
 baseline are evaluated on the whole hard-test set with one sampling seed (paired), as bench/soar_effect.py
@@ -21,6 +22,7 @@ does, and the per-level mix and size of each source are printed with the figures
     python bench/teacher_data.py --chain-steps 8 --source random=runs/el2 --source length=runs/split-len:5-9
     python bench/teacher_data.py --chain-steps 8 --no-generator --source pq-random=runs/el2:promoted \
         --source pq-length=runs/split-len:promoted --out runs/teacher-data-pq
+    python bench/teacher_data.py --chain-steps 8 --no-generator --hard-only --out runs/teacher-data-ho
     python bench/teacher_data.py --report runs/teacher-data
 """
 
@@ -73,11 +75,13 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
 
 def run_chain(name: str, out: Path, chain_steps: int, k: int, config: list[str], overrides: list[str],
               curated: Path | None) -> subprocess.Popen:
+    """`name` = "hard-only" runs the hard-only mode; otherwise curated, on `curated` or the generator."""
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)
     extra = ["--set", f"domain.curated={json.dumps(str(curated))}"] if curated else []
+    mode = "hard-only" if name == "hard-only" else "curated"
     command = soar_command("run", *config, "--run-dir", str(run_dir), "--max-teacher-steps", str(chain_steps),
-                           "--no-export", "--set", 'run.mode="curated"', "--set", f"eval.samples={k}",
+                           "--no-export", "--set", f"run.mode={json.dumps(mode)}", "--set", f"eval.samples={k}",
                            "--set", "eval.every_teacher_steps=1000", *extra,
                            *[x for item in overrides for x in ("--set", item)])
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -123,6 +127,7 @@ def main() -> None:
     parser.add_argument("--source", action="append", default=[], metavar="NAME=RUN_DIR[:A-B]",
                         help="a SOAR run's teacher items (teacher steps A..B) as a chain's curated problems")
     parser.add_argument("--no-generator", action="store_true", help="leave out the generator chain")
+    parser.add_argument("--hard-only", action="store_true", help="add a chain on hard-train (the Hard-Only baseline)")
     parser.add_argument("--chain-steps", type=int, default=8, help="trainings per chain")
     parser.add_argument("--config", default=None)
     parser.add_argument("--out", default="runs/teacher-data")
@@ -142,12 +147,17 @@ def main() -> None:
         sources = [parse_source(text) for text in args.source]
     except ValueError as error:
         parser.error(str(error))
-    if not sources and args.no_generator:
-        parser.error("nothing to run: give --source or drop --no-generator")
+    if not sources and args.no_generator and not args.hard_only:
+        parser.error("nothing to run: give --source or --hard-only, or drop --no-generator")
+    if any(name in ("generator", "hard-only", "base") for name, _, _ in sources):
+        parser.error("--source: generator, hard-only and base name the bench's own chains")
     mixes, chains = {}, []
     if not args.no_generator:
         chains.append(("generator", None))
         mixes["generator"] = {"items": "fresh generator problems per training"}
+    if args.hard_only:
+        chains.append(("hard-only", None))
+        mixes["hard-only"] = {"items": "hard-train"}
     for name, run_dir, steps in sources:
         path = (out / f"{name}.jsonl").resolve()
         mixes[name] = level_mix(write_teacher_items(run_dir, steps, path))

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from soar_agent import __version__
-from soar_agent.pq import PQ_STEPS
+from soar_agent.pq import PQ_STEPS, PQ_TRAINING_STEPS
 
 REPO_CURRICULA = Path(__file__).resolve().parent.parent / "curricula"
 HARD_SET_DIR = REPO_CURRICULA / "hard"
@@ -645,8 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     pq = add("eval-pq", cmd_eval_pq)
     pq.add_argument("run_dir", help="the run's directory (holding soar.db)")
     pq.add_argument("--steps", type=_integer(1, MAX_PQ_STEPS),
-                    help=f"student RL steps in all, as a chain of trainings of student.steps each (default"
-                         f" {PQ_STEPS}; at most {MAX_PQ_STEPS})")
+                    help=f"student RL steps in all, as a chain of trainings of {PQ_TRAINING_STEPS} steps each"
+                         f" (default {PQ_STEPS}; at most {MAX_PQ_STEPS})")
     pq.add_argument("--json", action="store_true", help="print JSON instead of one line")
     pq.add_argument("--allow-weak-sandbox", action="store_true",
                     help="run the code/program domains even when a sandbox layer is missing on this machine")

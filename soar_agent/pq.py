@@ -2,9 +2,9 @@
 promotion questions plus hard-train and evaluated on hard-test (reported, never used for reward); the
 student is kept as the run's `pq` checkpoint (`soar export --checkpoint pq`).
 
-The training is long, as the curated ceiling's is: a chain of trainings of student.steps each, every one
-continuing from the last (each makes its own pass over the expert solutions, rl.sft), PQ_STEPS in all by
-default. Measured on the shipped model (bench/teacher_data.py, bench/README.md "What the teacher's data is
+The training is long, as the curated ceiling's is: a chain of trainings of PQ_TRAINING_STEPS each, every
+one continuing from the last (each makes its own pass over the expert solutions, rl.sft), PQ_STEPS in all
+by default: the chains bench/teacher_data.py measured. Measured on the shipped model (bench/teacher_data.py, bench/README.md "What the teacher's data is
 worth"): trained this long, the items a SOAR teacher learned to write lift hard-test pass@32 by about four
 fifths of what the domain's own generator does, while the promoted student (PS, 50-step students) and a
 short PQ (100 steps per promotion, the default before 2026-12-01) stayed within two standard errors of base."""
@@ -25,7 +25,7 @@ def promoted_problems(agent) -> list:
     return problems
 
 
-PQ_STEPS = 800  # bench/teacher_data.py's chains: 8 trainings of 100 steps
+PQ_STEPS, PQ_TRAINING_STEPS = 800, 100  # bench/teacher_data.py's chains: 8 trainings of 100 steps
 
 
 def chain_lengths(steps: int, per_training: int) -> list[int]:
@@ -34,7 +34,7 @@ def chain_lengths(steps: int, per_training: int) -> list[int]:
     return [per_training] * full + ([rest] if rest else [])
 
 
-def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
+def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS) -> dict:
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model, save_checkpoint
     from soar_agent.rl import trainer
@@ -45,7 +45,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0) -> dict:
     problems = promotion_questions + agent.hard_set("train")
     steps = steps or PQ_STEPS
     student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
-    for index, length in enumerate(chain_lengths(steps, cfg.student.steps)):
+    for index, length in enumerate(chain_lengths(steps, training_steps)):
         student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
                                                   steps=length, seed=seed + index)
     directory = agent.paths.checkpoints / "pq"

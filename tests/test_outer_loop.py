@@ -318,23 +318,24 @@ def test_eval_pq_trains_a_fresh_student_on_the_promotion_questions_and_hard_trai
 
 def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
-    """PQ's training is a chain of student.steps-long trainings, each from the last one's student (the
+    """PQ's training is a chain of trainings, each from the last one's student (the
     teacher's data lifts hard-test only when trained on this long: bench/teacher_data.py), and the student
     evaluated is the run's `pq` checkpoint, which `soar export --checkpoint pq` writes."""
     from safetensors.torch import load_file
 
     from soar_agent.export import resolve_checkpoint
-    from soar_agent.pq import PQ_STEPS, chain_lengths, evaluate_pq
+    from soar_agent.pq import PQ_STEPS, PQ_TRAINING_STEPS, chain_lengths, evaluate_pq
 
-    assert chain_lengths(PQ_STEPS, 50) == [50] * 16 and chain_lengths(7, 3) == [3, 3, 1] and chain_lengths(2, 5) == [2]
+    assert chain_lengths(PQ_STEPS, PQ_TRAINING_STEPS) == [100] * 8
+    assert chain_lengths(7, 3) == [3, 3, 1] and chain_lengths(2, 5) == [2]
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
     # room for the expert solutions, so that each training's supervised steps move the weights
-    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "student.steps=2", "student.max_new_tokens=64")
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "student.max_new_tokens=64")
     agent.run(Budget(max_teacher_steps=1))
     with pytest.raises(ValueError, match="no SOAR-PQ student yet"):
         resolve_checkpoint(agent.store, agent.run_id, "pq", None)
     calls = record_trainings(monkeypatch)
-    evaluate_pq(agent, steps=5)
+    evaluate_pq(agent, steps=5, training_steps=2)
     assert [call["steps"] for call in calls] == [2, 2, 1]
     for before, after in zip(calls, calls[1:]):
         assert after["baseline"] is before["student"]
