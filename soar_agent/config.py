@@ -168,16 +168,18 @@ class TeacherSection:
         choices=("teacher", "verified", "drop-unverified"),
     )
     split: str = _opt(
-        "random",
+        "length",
         "how the step's g x n items are split into its g datasets: random = in sampling order, i.i.d. (the"
         " paper); length = by question length, shortest n first, so the datasets differ in difficulty and the"
-        " teacher's RLOO compares its short items with its long ones. Measured on the shipped model (arith,"
-        " expert-logprob, 2 x 2,880 items, 50-step students): the reward gap between the two datasets was 1.4"
-        " paired standard errors with random and 11.8 with length (bench/dataset_split.py); in the loop, length"
-        " moved the teacher's mean item level 3.08 -> 6.06 in 8 updates (random: 3.08 -> 2.71 in 9) and the"
-        " baseline's hard-train expert log-likelihood far up, but its promoted student's hard-test pass@32 fell"
-        " to 0.009 (base 0.028, random's 0.075): the teacher learns what the dense reward pays for, which is not"
-        " pass@k, so random stays the default",
+        " teacher's RLOO compares its short items with its long ones (the reward decides which way it moves)."
+        " Measured on the shipped model (arith, expert-logprob, 2 x 2,880 items, 50-step students): the reward"
+        " gap between the two datasets was 1.4 paired standard errors with random and 11.8 with length"
+        " (bench/dataset_split.py); in the loop, length moved the teacher's mean item level 3.08 -> 6.06 in 8"
+        " updates (random: 3.08 -> 2.71 in 9). Trained on long (800 steps, bench/teacher_data.py; hard-test"
+        " pass@32, 107 x 32, base 0.028), its promotion questions reached 0.280 (SOAR-PQ; random's 0.159, +0.121"
+        " +- 0.043 paired) and its late items 0.355 (random's 0.150; the generator's 0.449), so length is the"
+        " default; its 50-step promoted student alone was worse (0.009 against random's 0.075): the morning's"
+        " model is the PQ student (soar eval-pq, soar export --checkpoint pq)",
         choices=("random", "length"),
     )
     lr: float = _opt(1e-4, "teacher learning rate (RLOO over its datasets' rewards)", gt=0.0, le=1.0)

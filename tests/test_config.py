@@ -47,7 +47,7 @@ def test_defaults_match_the_documented_values():
     assert (cfg.domain.name, cfg.domain.hard_train, cfg.domain.hard_test, cfg.domain.transfer) == ("arith", "", "", "")
     t = cfg.teacher
     assert (t.datasets_per_step, t.items_per_dataset, t.temperature, t.max_new_tokens) == (2, 2880, 1.0, 128)
-    assert (t.max_sampling_rounds, t.reward_target, t.split, t.lr) == (8, "verified", "random", 1e-4)
+    assert (t.max_sampling_rounds, t.reward_target, t.split, t.lr) == (8, "verified", "length", 1e-4)
     s = cfg.student
     assert (s.backend, s.students_per_dataset, s.steps, s.extra_steps_after_promotion) == ("sft-rlvr", 1, 50, 5)
     assert (s.batch_prompts, s.group_size, s.temperature, s.max_new_tokens) == (8, 8, 1.0, 384)
