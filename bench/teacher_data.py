@@ -68,7 +68,8 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
     rows = [{"question": p.question, "answer": p.answer, "level": p.level, "steps": list(p.steps)} for p in problems]
     agent.store.close()
     if not rows:
-        raise SystemExit(f"{run_dir}: no curriculum dataset in teacher steps {steps}")
+        what = "promotion questions" if steps == "promoted" else f"curriculum items in teacher steps {steps or 'any'}"
+        raise SystemExit(f"{run_dir}: no {what}")
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return rows
 
