@@ -5,7 +5,7 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
   curated    RL on the domain generator's own problems across its levels (the paper's curated ceiling)
   soar       the teacher-student loop; SOAR-PS = its promoted student, SOAR-PQ = a fresh base student
              trained on its promotion questions plus hard-train (`soar eval-pq`); soar-srl: SRL students
-  soar-length: SOAR with teacher.split = "length" (datasets stratified by question length)
+  soar-random: SOAR with teacher.split = "random" (the paper's i.i.d. datasets; the default is "length")
   The students are the run's default (sft-rlvr: 90% supervised steps on expert solutions, then RLOO);
   hard-only-rloo, curated-rloo, soar-rloo: the same with outcome-RL-only students (the default before
   2026-12-01, when the README's figures for plain `curated` were measured)
@@ -36,11 +36,11 @@ from pathlib import Path
 
 from soar_agent.store import Store
 
-# arm -> (run.mode, extra overrides). The SRL arms (issue 9), the length split and the outcome-RL-only arms
-# are opt-in: --arms hard-only-srl,soar-srl,soar-length,curated-rloo
+# arm -> (run.mode, extra overrides). The SRL arms (issue 9), the paper's random split and the outcome-RL-only
+# arms are opt-in: --arms hard-only-srl,soar-srl,soar-random,curated-rloo
 ARMS = {"hard-only": ("hard-only", []), "curated": ("curated", []), "soar": ("soar", []),
         "hard-only-srl": ("hard-only", ['student.backend="srl"']), "soar-srl": ("soar", ['student.backend="srl"']),
-        "soar-length": ("soar", ['teacher.split="length"']),
+        "soar-random": ("soar", ['teacher.split="random"']),
         **{f"{mode}-rloo": (mode, ['student.backend="rloo"']) for mode in ("hard-only", "curated", "soar")}}
 DEFAULT_ARMS = ("hard-only", "curated", "soar")
 
@@ -49,19 +49,53 @@ def soar_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "soar_agent.cli", *args]
 
 
+def start_run(run_dir: Path, budget: list[str], mode: str, k: int, eval_every: int, config: list[str],
+              overrides: list[str]) -> subprocess.Popen:
+    """A `soar run` of `mode` in run_dir with one torch thread, logging to <run_dir>.log beside it; `budget`
+    is its --hours / --max-teacher-steps argument pair."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = soar_command("run", *config, "--run-dir", str(run_dir), *budget, "--no-export",
+                           "--set", f"run.mode={json.dumps(mode)}", "--set", f"eval.samples={k}",
+                           "--set", f"eval.every_teacher_steps={eval_every}",
+                           *[x for item in overrides for x in ("--set", item)])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    log = open(run_dir.parent / f"{run_dir.name}.log", "a")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
 def run_arm(arm: str, run_dir: Path, hours: float, k: int, eval_every: int, config: list[str],
             overrides: list[str], wait: bool) -> subprocess.Popen:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = soar_command("run", *config, "--run-dir", str(run_dir), "--hours", str(hours), "--no-export",
-                           "--set", f"run.mode={json.dumps(ARMS[arm][0])}", "--set", f"eval.samples={k}",
-                           "--set", f"eval.every_teacher_steps={eval_every}",
-                           *[x for item in overrides + ARMS[arm][1] for x in ("--set", item)])
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    log = open(run_dir.parent / f"{arm}.log", "a")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = start_run(run_dir, ["--hours", str(hours)], ARMS[arm][0], k, eval_every, config,
+                        overrides + ARMS[arm][1])
     if wait:
         process.wait()
     return process
+
+
+def wait_all(out: Path, processes: dict[str, subprocess.Popen]) -> None:
+    """Wait for every named run; a failed one ends the bench, naming its log."""
+    for name, process in processes.items():
+        if process.wait() != 0:
+            raise SystemExit(f"{name} failed: see {out / f'{name}.log'}")
+
+
+def evaluate_all(out: Path, jobs: list[tuple], workers: int) -> dict:
+    """`evaluate_final` of every job, `workers` at a time; the figures by name, also written to out/final.json."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        figures = {r["name"]: r for r in pool.map(evaluate_final, jobs)}
+    (out / "final.json").write_text(json.dumps(figures))
+    return figures
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, out: str, set_help: str) -> None:
+    """The arguments every bench built on this one takes (config, output, final evaluation, overrides, report)."""
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=2027, help="sampling seed of the final evaluations")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the final evaluations")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    parser.add_argument("--report", metavar="OUT", help="only print the figures of a finished bench under OUT")
 
 
 def evaluate_final(job: tuple) -> dict:
@@ -125,11 +159,7 @@ def final_figures(out: Path, arms: list[str], k: int, seed: int, workers: int) -
     jobs = [("base", out / arms[0], k, seed)]
     jobs += [(f"{arm}-ps" if ARMS[arm][0] == "soar" else arm, out / arm, k, seed) for arm in arms]
     jobs += [(f"{arm}-pq", out / arm, k, seed) for arm in arms if ARMS[arm][0] == "soar"]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(evaluate_final, jobs))
-    figures = {r["name"]: r for r in results}
-    (out / "final.json").write_text(json.dumps(figures))
-    return figures
+    return evaluate_all(out, jobs, workers)
 
 
 def report(out: Path, k: int) -> None:
@@ -179,16 +209,9 @@ def main() -> None:
     parser.add_argument("--hours", type=float, help="wall-clock budget of each arm")
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"some of {', '.join(ARMS)}")
     parser.add_argument("--parallel", action="store_true", help="run the arms at the same time, one thread each")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default="runs/bench")
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=2027, help="sampling seed of the final evaluations")
     parser.add_argument("--eval-every", type=int, default=1000,
                         help="in-loop hard-test evaluation every N teacher steps (default: only step 0)")
-    parser.add_argument("--workers", type=int, default=2, help="processes for the final evaluations")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every arm")
-    parser.add_argument("--report", metavar="OUT", help="only print the figures of a finished bench under OUT")
+    add_common_arguments(parser, "runs/bench", "config overrides for every arm")
     args = parser.parse_args()
     if args.report:
         report(Path(args.report), args.k)
@@ -203,9 +226,7 @@ def main() -> None:
     config = [args.config] if args.config else []
     processes = [run_arm(arm, out / arm, args.hours, args.k, args.eval_every, config, args.set,
                          wait=not args.parallel) for arm in arms]
-    for arm, process in zip(arms, processes):
-        if process.wait() != 0:
-            raise SystemExit(f"arm {arm} failed: see {out / f'{arm}.log'}")
+    wait_all(out, dict(zip(arms, processes)))
     final_figures(out, arms, args.k, args.seed, args.workers)
     report(out, args.k)
 

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soar_effect import evaluate_final, mean_error, paired_difference, soar_command  # noqa: E402
+from soar_effect import (add_common_arguments, evaluate_all, mean_error, paired_difference,  # noqa: E402
+                         start_run, wait_all)
 
 
 def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None]:
@@ -75,18 +74,13 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
 
 
 def run_chain(name: str, out: Path, chain_steps: int, k: int, config: list[str], overrides: list[str],
-              curated: Path | None) -> subprocess.Popen:
-    """`name` = "hard-only" runs the hard-only mode; otherwise curated, on `curated` or the generator."""
-    run_dir = out / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    extra = ["--set", f"domain.curated={json.dumps(str(curated))}"] if curated else []
+              curated: Path | None):
+    """`name` = "hard-only" runs the hard-only mode; otherwise curated, on `curated` or the generator. Only the
+    step-0 hard-test evaluation runs inside the chain (the final figures are this bench's own)."""
     mode = "hard-only" if name == "hard-only" else "curated"
-    command = soar_command("run", *config, "--run-dir", str(run_dir), "--max-teacher-steps", str(chain_steps),
-                           "--no-export", "--set", f"run.mode={json.dumps(mode)}", "--set", f"eval.samples={k}",
-                           "--set", "eval.every_teacher_steps=1000", *extra,
-                           *[x for item in overrides for x in ("--set", item)])
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.Popen(command, stdout=open(out / f"{name}.log", "a"), stderr=subprocess.STDOUT, env=env)
+    extra = [f"domain.curated={json.dumps(str(curated))}"] if curated else []
+    return start_run(out / name, ["--max-teacher-steps", str(chain_steps)], mode, k, 1000, config,
+                     overrides + extra)
 
 
 def level_mix(rows: list[dict]) -> dict:
@@ -119,7 +113,7 @@ def report(out: Path, k: int) -> None:
                 print(f"             source: {mix['items']} items ({mix['unique']} distinct), mean level"
                       f" {mix['mean_level']:.2f}, {mix['share_level_5_up']:.0%} at levels >= 5")
             else:
-                print(f"             source: {mix['items']} items")
+                print(f"             source: {mix['items']}")
     print(json.dumps({name: dict(zip(("mean", "stderr"), mean_error(r["values"]))) for name, r in figures.items()}))
 
 
@@ -130,14 +124,8 @@ def main() -> None:
     parser.add_argument("--no-generator", action="store_true", help="leave out the generator chain")
     parser.add_argument("--hard-only", action="store_true", help="add a chain on hard-train (the Hard-Only baseline)")
     parser.add_argument("--chain-steps", type=int, default=8, help="trainings per chain")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--out", default="runs/teacher-data")
-    parser.add_argument("--k", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=2027, help="sampling seed of the final evaluations")
-    parser.add_argument("--workers", type=int, default=2, help="processes for the final evaluations")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every chain (default: one 100-step training per chain step)")
-    parser.add_argument("--report", metavar="OUT", help="only print the figures of a finished bench under OUT")
+    add_common_arguments(parser, "runs/teacher-data",
+                         "config overrides for every chain (default: one 100-step training per chain step)")
     args = parser.parse_args()
     if args.report:
         report(Path(args.report), args.k)
@@ -166,17 +154,11 @@ def main() -> None:
     (out / "sources.json").write_text(json.dumps(mixes))
     overrides = ["teacher.datasets_per_step=1", "student.students_per_dataset=1", "student.steps=100", *args.set]
     config = [args.config] if args.config else []
-    processes = [run_chain(name, out, args.chain_steps, args.k, config, overrides, path) for name, path in chains]
-    for (name, _), process in zip(chains, processes):
-        if process.wait() != 0:
-            raise SystemExit(f"chain {name} failed: see {out / f'{name}.log'}")
-    from concurrent.futures import ProcessPoolExecutor
-
+    wait_all(out, {name: run_chain(name, out, args.chain_steps, args.k, config, overrides, path)
+                   for name, path in chains})
     jobs = [("base", out / chains[0][0], args.k, args.seed)] + [(name, out / name, args.k, args.seed)
                                                                  for name, _ in chains]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        figures = {r["name"]: r for r in pool.map(evaluate_final, jobs)}
-    (out / "final.json").write_text(json.dumps(figures))
+    evaluate_all(out, jobs, args.workers)
     report(out, args.k)
 
 

@@ -474,7 +474,7 @@ def cmd_run(args) -> int:
     if not args.no_export:
         out = agent.export("best", None)
         console.log(f"exported the best checkpoint to {out}")
-    if agent.store.datasets(agent.run_id, kind="promotion"):
+    if agent._promotions():
         # the promoted student is short-trained; a long training on its questions is the better model (pq.py)
         console.log(f"for a student trained long on the promotion questions: soar eval-pq {run_dir}, then"
                     f" soar export {run_dir} --out DIR --checkpoint pq")

@@ -30,7 +30,7 @@ PQ_STEPS, PQ_TRAINING_STEPS = 800, 100  # bench/teacher_data.py's chains: 8 trai
 
 def chain_lengths(steps: int, per_training: int) -> list[int]:
     """`steps` RL steps as consecutive trainings of `per_training` steps (the last one shorter)."""
-    full, rest = divmod(steps, max(1, per_training))
+    full, rest = divmod(steps, per_training)
     return [per_training] * full + ([rest] if rest else [])
 
 

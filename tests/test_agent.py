@@ -142,7 +142,8 @@ def test_sigkill_mid_step_then_resume_loses_and_duplicates_nothing(tmp_path, har
         assert kept == trainings_before
         assert any(e["kind"] == "resume" for e in store.events(run, limit=1000))
         assert store.datasets(run, kind="promotion")  # tau -1: promoted, so the run names the long-trained student
-    assert "eval-pq" in output and "pq" in output.split("eval-pq", 1)[1], output
+    after = output.split("eval-pq", 1)[-1]  # the closing line names eval-pq, then export --checkpoint pq
+    assert "eval-pq" in output and "--checkpoint" in after and "pq" in after.split("--checkpoint", 1)[-1], output
 
     # the same command on the finished run says why it does nothing; --more-steps N adds N steps
     again = soar_process("run", "--run-dir", run_dir, "--max-teacher-steps", "2", "--no-export", cwd=tmp_path)
