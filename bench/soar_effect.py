@@ -4,7 +4,8 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
   hard-only  RL directly on hard-train (the paper's Hard-Only); hard-only-srl: the same with SRL students
   curated    RL on the domain generator's own problems across its levels (the paper's curated ceiling)
   soar       the teacher-student loop; SOAR-PS = its promoted student, SOAR-PQ = a fresh base student
-             trained on its promotion questions plus hard-train (`soar eval-pq`); soar-srl: SRL students
+             trained on its promotion questions plus hard-train: the run's final training, inside its
+             hours (budget.pq_steps), or `soar eval-pq` after the arm when the run has none; soar-srl: SRL students
   soar-random: SOAR with teacher.split = "random" (the paper's i.i.d. datasets; the default is "length")
   The students are the run's default (sft-rlvr: 90% supervised steps on expert solutions, then RLOO);
   hard-only-rloo, curated-rloo, soar-rloo: the same with outcome-RL-only students (the default before
@@ -113,20 +114,24 @@ def evaluate_final(job: tuple) -> dict:
     name, run_dir, k, seed = job
     agent = Agent.open(None, Path(run_dir), log=lambda message: None, existing_only=True)
     cfg = agent.config
-    if name.endswith("-pq"):
+    trained = agent.latest_checkpoint("pq") if name.endswith("-pq") else None
+    if name.endswith("-pq") and trained is None:  # the run stopped before its final training: train it now
         summary = evaluate_pq(agent, seed=seed - 1)  # evaluates hard-test with seed + 1 = the common seed
         evaluation = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")[-1]
         values = [r["pass_at"].get(k, 0.0) for r in agent.store.evaluation_results(evaluation["id"])]
         return {"name": name, "values": values, "steps": summary.get("steps"),
                 "promotion_questions": summary.get("promotion_questions")}
-    checkpoint = agent.latest_checkpoint("baseline") if name != "base" else None
+    # the PQ student the run trained inside its hours (budget.pq_steps), else the latest baseline
+    checkpoint = trained or (agent.latest_checkpoint("baseline") if name != "base" else None)
     model = load_model(checkpoint["path"] if checkpoint else cfg.model.path, cfg.model.dtype)
     hard_test = unique_problems(agent.hard_set("test"))[0]
     results = evaluate_problems(HFEngine(model, load_tokenizer(cfg.model.path)), agent.domain, hard_test,
                                 samples=k, greedy=True, max_new_tokens=cfg.eval.max_new_tokens, seed=seed)
     return {"name": name, "values": [r.pass_at([k])[k] for r in results],
             "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
-            "checkpoint": checkpoint["path"] if checkpoint else "base model"}
+            "checkpoint": checkpoint["path"] if checkpoint else "base model",
+            **({"steps": trained["metrics"].get("steps"),
+                "promotion_questions": trained["metrics"].get("promotion_questions")} if trained else {})}
 
 
 def mean_error(values: list[float]) -> tuple[float, float]:

@@ -222,6 +222,7 @@ class Agent:
     stop_reason: str | None = None
     paused: bool = False
     force_promotion: bool = False
+    final_summary: dict | None = None  # the PQ student's hard-test summary when this session's run ended with it
     progress: callable = None  # (label, done, total) for long phases: the CLI draws bars from it
     _models: dict = field(default_factory=dict)
 
@@ -391,7 +392,7 @@ class Agent:
             release_freed_memory()  # the last step's models and buffers: RSS stays at what is live
             self.poll_commands()
             done = self.completed_steps()
-            reason = self.stop_reason or budget.exhausted(len(done))
+            reason = self.stop_reason or budget.exhausted(len(done)) or self._no_time_for_a_step(budget, done)
             if reason:
                 break
             step = (done[-1]["step"] if done else 0) + 1
@@ -416,9 +417,69 @@ class Agent:
                 continue
             if step % self.config.eval.every_teacher_steps == 0 and not self.stop_reason:
                 self.report_evaluation(step)
+        if not self.stop_reason and self._ends_with_final_training():  # the budget ended, not a stop
+            self.final_summary = self._final_training(budget)
         self.store.set_run_status(self.run_id, "stopped")
         self.store.log_event(run_id=self.run_id, level="info", kind="stopped", message=reason or self.stop_reason)
         return reason or self.stop_reason
+
+    def _ends_with_final_training(self) -> bool:
+        return self.config.run.mode in ("soar", "intrinsic") and self.config.budget.pq_steps > 0
+
+    def _no_time_for_a_step(self, budget: Budget, done: list[dict]) -> str | None:
+        """With a deadline: the reason not to start the next teacher step when it would end (at the run's
+        median step time, plus an evaluation when one is due) after the time the final training needs
+        (pq.measured_costs) has begun, so that the run ends with its model at the deadline rather than one
+        step late. None while it fits, and before the first step (nothing is measured yet)."""
+        from soar_agent.pq import measured_costs
+
+        durations = sorted(s["metrics"]["seconds"] for s in done if s["metrics"].get("seconds"))
+        if budget.deadline is None or not durations:
+            return None
+        costs = measured_costs(self.store, self.run_id)
+        step_seconds = durations[len(durations) // 2]
+        if costs and (done[-1]["step"] + 1) % self.config.eval.every_teacher_steps == 0:
+            step_seconds += costs[1]
+        reserved = (self.config.budget.pq_steps * costs[0] + costs[1]
+                    if costs and self._ends_with_final_training() else 0.0)
+        if time.time() + step_seconds + reserved <= budget.deadline:
+            return None
+        return (f"time budget reached: a teacher step (~{step_seconds / 60:.0f} min) would not end before "
+                + (f"the final training's ~{reserved / 60:.0f} min" if reserved else "the deadline"))
+
+    def _final_training(self, budget: Budget) -> dict | None:
+        """The run's last unit when its budget ends: the PQ student (pq.evaluate_pq) with budget.pq_steps, or as
+        many of them as the time left allows; skipped, with the command that trains it later, when fewer than
+        one training's worth fit. Returns its hard-test summary (None when skipped or stopped)."""
+        from soar_agent.pq import PQ_TRAINING_STEPS, evaluate_pq, measured_costs
+
+        wanted = steps = self.config.budget.pq_steps
+        costs = measured_costs(self.store, self.run_id)
+        if budget.deadline is not None and costs is not None:
+            steps = min(wanted, max(0, int((budget.deadline - time.time() - costs[1]) / costs[0])))
+        if steps < min(wanted, PQ_TRAINING_STEPS):
+            message = (f"no time left for the final training ({steps} of {wanted} steps fit):"
+                       f" soar eval-pq {self.paths.root} trains the PQ student later")
+            self.store.log_event(run_id=self.run_id, level="warning", kind="pq-skipped", message=message)
+            self.log(message)
+            return None
+        promotions = self._promotions()
+        message = (f"final training: a fresh student, {steps} steps on the questions of {promotions} promoted"
+                   f" datasets plus hard-train (SOAR-PQ)")
+        self.store.log_event(run_id=self.run_id, level="info", kind="pq-training", message=message,
+                             data={"steps": steps, "promotions": promotions})
+        self.log(message)
+        started = time.time()
+        summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason)
+        if summary is None:
+            self.log(f"final training stopped: {self.stop_reason}")
+            return None
+        message = ("PQ student: hard-test " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()
+                                                       if k.startswith("pass@")) + f" ({time.time() - started:.0f}s)")
+        self.store.log_event(run_id=self.run_id, level="info", kind="pq-done", message=message,
+                             data={"steps": steps, "seconds": time.time() - started})
+        self.log(message)
+        return summary
 
     def _install_signal_handlers(self) -> None:
         """SIGINT / SIGTERM: the first stops the run after the current unit; the second stops it at once
@@ -915,6 +976,7 @@ class Agent:
         sets = {name: unique_problems(problems)[0] for name, problems in sets.items()}
         summaries = {}
         for name, problems in sets.items():
+            set_started = time.time()
             samples = cfg.eval.samples if name == "hard-test" else 0
             engine.on_rows = self._counter(f"step {step}: {name} evaluation ({len(problems)} problems)",
                                            len(problems) * (1 + samples))
@@ -922,7 +984,7 @@ class Agent:
                                         max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7),
                                         keep_completions=True)
             summary = summarize(results, default_ks(samples) if samples else [])
-            summary["tokens_per_second"] = engine.stats.tokens_per_second
+            summary.update(tokens_per_second=engine.stats.tokens_per_second, seconds=time.time() - set_started)
             # already stored problems map to their existing ids (content hash), new ones are added once
             ids = self.store.add_problems(run_id=self.run_id, problems=problems,
                                           source="seed" if name == "easy" else "hard")

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from soar_agent import __version__
-from soar_agent.pq import PQ_STEPS, PQ_TRAINING_STEPS
+from soar_agent.pq import PQ_TRAINING_STEPS
 
 REPO_CURRICULA = Path(__file__).resolve().parent.parent / "curricula"
 HARD_SET_DIR = REPO_CURRICULA / "hard"
@@ -432,7 +432,9 @@ def _progress_bars(console):
 
 def cmd_run(args) -> int:
     """Run the self-improvement loop until stopped (Ctrl-C / SIGTERM finish the current unit), the time
-    budget ends or the teacher-step limit is reached; then export the best checkpoint.
+    budget ends or the teacher-step limit is reached. A budget's end is followed by the final training (a
+    fresh student trained long on the promotion questions, budget.pq_steps; its time is kept free inside
+    --hours), and that student is exported; after a stop, or without it, the best checkpoint is.
 
     Example: soar run curricula/default.toml --hours 8
              soar run --run-dir runs/default          # resume
@@ -471,11 +473,12 @@ def cmd_run(args) -> int:
         agent.progress = progress
         reason = agent.run(budget)
     console.log(f"stopped: {reason}")
+    # the run's model is the PQ student when it ended with one (pq.py: the promoted student is short-trained)
+    which = "pq" if agent.final_summary else "best"
     if not args.no_export:
-        out = agent.export("best", None)
-        console.log(f"exported the best checkpoint to {out}")
-    if agent._promotions():
-        # the promoted student is short-trained; a long training on its questions is the better model (pq.py)
+        out = agent.export(which, None)
+        console.log(f"exported the {'PQ student' if which == 'pq' else 'best checkpoint'} to {out}")
+    if which == "best" and agent._promotions():
         console.log(f"for a student trained long on the promotion questions: soar eval-pq {run_dir}, then"
                     f" soar export {run_dir} --out DIR --checkpoint pq")
     return 0
@@ -523,6 +526,8 @@ def cmd_eval_pq(args) -> int:
         raise UserError(f"{run_dir}: not a run directory (no soar.db)")
     agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
     _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)
+    if not (args.steps or agent.config.budget.pq_steps):
+        raise UserError(f"{run_dir}: budget.pq_steps is 0 in the run's config: give --steps N")
     summary = evaluate_pq(agent, steps=args.steps)
     print(json.dumps(summary, indent=2) if args.json else
           " ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("pass@")))
@@ -630,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     rn.add_argument("--mode", choices=("soar", "hard-only", "intrinsic", "curated"),
                     help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE)")
-    rn.add_argument("--no-export", action="store_true", help="do not export the best checkpoint at the end")
+    rn.add_argument("--no-export", action="store_true", help="do not export the run's model at the end (the PQ student, else the best)")
     rn.add_argument("--allow-weak-sandbox", action="store_true",
                     help="run the code/program domains even when a sandbox layer is missing on this machine")
 
@@ -642,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", help="the run's directory (holding soar.db)")
     ex.add_argument("--out", required=True, help="directory to write the Hugging Face model to")
     ex.add_argument("--checkpoint", default="best",
-                    help="best | latest | pq (the student `soar eval-pq` trained) | checkpoint id")
+                    help="best | latest | pq (the PQ student a run ends with, or `soar eval-pq` trained) | checkpoint id")
     ex.add_argument("--force", action="store_true",
                     help="replace a non-empty --out directory (never the run itself or the model exported)")
 
@@ -650,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     pq.add_argument("run_dir", help="the run's directory (holding soar.db)")
     pq.add_argument("--steps", type=_integer(1, MAX_PQ_STEPS),
                     help=f"student RL steps in all, as a chain of trainings of {PQ_TRAINING_STEPS} steps each"
-                         f" (default {PQ_STEPS}; at most {MAX_PQ_STEPS})")
+                         f" (default: the run's budget.pq_steps; at most {MAX_PQ_STEPS})")
     pq.add_argument("--json", action="store_true", help="print JSON instead of one line")
     pq.add_argument("--allow-weak-sandbox", action="store_true",
                     help="run the code/program domains even when a sandbox layer is missing on this machine")

@@ -59,7 +59,7 @@ def prune_exports(exports_dir: Path, keep: int) -> list[Path]:
 
 def resolve_checkpoint(store, run_id: int, which: str, best: dict | None) -> dict | None:
     """`best` (the highest estimated improvement on hard-train: Agent.best_checkpoint), `latest` (newest
-    baseline), `pq` (the student `soar eval-pq` trained) or a checkpoint id; None = base model."""
+    baseline), `pq` (the PQ student: the final training of `soar run`, or `soar eval-pq`) or a checkpoint id; None = base model."""
     alive = store.checkpoints(run_id, role="baseline", status="complete")
     if which == "best":
         return best or (alive[-1] if alive else None)
@@ -68,7 +68,7 @@ def resolve_checkpoint(store, run_id: int, which: str, best: dict | None) -> dic
     if which == "pq":
         trained = store.checkpoints(run_id, role="pq", status="complete")
         if not trained:
-            raise ValueError("--checkpoint pq: this run has no SOAR-PQ student yet (run soar eval-pq first)")
+            raise ValueError("--checkpoint pq: this run has no SOAR-PQ student yet (a run trains it when its budget ends; soar eval-pq trains it now)")
         return trained[-1]
     if not (which.isascii() and which.isdigit() and len(which) <= 18):
         raise ValueError(f"--checkpoint: expected best, latest, pq or a checkpoint id, got {which!r}")

@@ -1,13 +1,14 @@
-"""SOAR-PQ: the paper's evaluation of the promotion questions. A *fresh* base student is trained on the
-promotion questions plus hard-train and evaluated on hard-test (reported, never used for reward); the
-student is kept as the run's `pq` checkpoint (`soar export --checkpoint pq`).
+"""SOAR-PQ: the paper's evaluation of the promotion questions, and the model a run ends with. A *fresh* base
+student is trained on the promotion questions plus hard-train and evaluated on hard-test (reported, never
+used for reward); the student is kept as the run's `pq` checkpoint. `soar run` trains it when its budget
+ends (Agent._final_training, budget.pq_steps) and exports it; `soar eval-pq` trains it on demand.
 
 The training is long, as the curated ceiling's is: a chain of trainings of PQ_TRAINING_STEPS each, every
-one continuing from the last (each makes its own pass over the expert solutions, rl.sft), PQ_STEPS in all
-by default: the chains of bench/teacher_data.py. Measured there on the shipped model (bench/README.md,
-"What the teacher's data is worth"; hard-test pass@32, base 0.028): this PQ of a length-split run reached
-0.318 (69% of the generator's gain at the same training, 3.4x Hard-Only), while its promoted student
-(50-step students) was 0.009 and a short PQ (200 steps, the default before 2026-12-01) 0.065."""
+one continuing from the last (each makes its own pass over the expert solutions, rl.sft), budget.pq_steps
+(800) in all by default: the chains of bench/teacher_data.py. Measured there on the shipped model
+(bench/README.md, "What the teacher's data is worth"; hard-test pass@32, base 0.028): this PQ of a
+length-split run reached 0.318 (69% of the generator's gain at the same training, 3.4x Hard-Only), while its
+promoted student (50-step students) was 0.009 and a short PQ (200 steps, the default before 2026-12-01) 0.065."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def promoted_problems(agent) -> list:
     return problems
 
 
-PQ_STEPS, PQ_TRAINING_STEPS = 800, 100  # bench/teacher_data.py's chains: 8 trainings of 100 steps
+PQ_TRAINING_STEPS = 100  # bench/teacher_data.py's chains: trainings of 100 steps (budget.pq_steps in all)
 
 
 def chain_lengths(steps: int, per_training: int) -> list[int]:
@@ -34,7 +35,25 @@ def chain_lengths(steps: int, per_training: int) -> list[int]:
     return [per_training] * full + ([rest] if rest else [])
 
 
-def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS) -> dict:
+def measured_costs(store, run_id: int) -> tuple[float, float] | None:
+    """(seconds per student RL step, seconds of a hard-test evaluation) as this run measured them: the median
+    over its students' trainings (train_seconds / steps) and its latest hard-test evaluation. None until both
+    are measured (a run's first teacher step measures them). The PQ student trains on the same model with
+    the same settings, so its steps cost what the students' did; an estimate from the run's own machine and
+    load rather than a constant, which would be wrong on any other machine."""
+    per_step = sorted(t["metrics"]["train_seconds"] / t["metrics"]["steps"] for t in store.trainings(run_id)
+                      if t["metrics"].get("train_seconds") and t["metrics"].get("steps"))
+    evaluations = [e for e in store.evaluations(run_id, set_name="hard-test") if e["summary"].get("seconds")]
+    if not per_step or not evaluations:
+        return None
+    return per_step[len(per_step) // 2], evaluations[-1]["summary"]["seconds"]
+
+
+def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
+                stop=lambda: None) -> dict | None:
+    """Train the PQ student (`steps` RL steps, default budget.pq_steps), keep it as the run's `pq` checkpoint
+    and evaluate it on hard-test: the evaluation's summary, or None when `stop()` returned a reason between
+    two trainings of the chain (nothing is stored then)."""
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model, save_checkpoint
     from soar_agent.rl import trainer
@@ -43,11 +62,18 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     store, run_id = agent.store, agent.run_id
     promotion_questions = promoted_problems(agent)
     problems = promotion_questions + agent.hard_set("train")
-    steps = steps or PQ_STEPS
+    steps = steps or cfg.budget.pq_steps
+    if not steps:
+        raise ValueError("budget.pq_steps is 0 in the run's config: give the number of steps")
     student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
+    step_done, done = agent._track(f"PQ student: {steps} steps on {len(problems)} problems", steps), 0
     for index, length in enumerate(chain_lengths(steps, training_steps)):
+        if stop():
+            return None
         student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
-                                                  steps=length, seed=seed + index)
+                                                  steps=length, seed=seed + index,
+                                                  log=lambda record, offset=done: step_done(offset + record["step"] + 1))
+        done += length
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
                                          metrics={"steps": steps, "promotion_questions": len(promotion_questions)})
@@ -57,7 +83,10 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     store.mark_checkpoint(checkpoint_id, "complete")
     # a hard-test set stored before repeated lines were skipped may still repeat a question
     hard_test = unique_problems(agent.hard_set("test"))[0]
-    results = evaluate_problems(HFEngine(student, agent.tokenizer), agent.domain, hard_test,
+    engine = HFEngine(student, agent.tokenizer)
+    engine.on_rows = agent._counter(f"PQ student: hard-test evaluation ({len(hard_test)} problems)",
+                                    len(hard_test) * (1 + cfg.eval.samples))
+    results = evaluate_problems(engine, agent.domain, hard_test,
                                 samples=cfg.eval.samples, greedy=True, max_new_tokens=cfg.eval.max_new_tokens,
                                 seed=seed + 1)
     summary = summarize(results, default_ks(cfg.eval.samples))

@@ -24,6 +24,7 @@ def run_status(run_dir: Path) -> dict:
         sessions = [e for e in store.events(run["id"], limit=10_000) if e["kind"] == "session"]
         last_event = store.events(run["id"], limit=1)
         evaluations = store.evaluations(run["id"], set_name="hard-test")
+        pq = store.evaluations(run["id"], set_name="hard-test-pq")
         status = {
             "run": run["name"], "mode": run["mode"], "status": run["status"],
             "phase": last_event[-1]["kind"] if last_event else "created",
@@ -35,6 +36,9 @@ def run_status(run_dir: Path) -> dict:
             "hard_test": ({k: round(v, 4) for k, v in evaluations[-1]["summary"].items() if k.startswith("pass@")}
                           if evaluations else {}),
             "hard_test_step": evaluations[-1]["teacher_step"] if evaluations else None,
+            # the PQ student (the run's final training or soar eval-pq): the model `soar run` exports
+            "pq": ({k: round(v, 4) for k, v in pq[-1]["summary"].items() if k.startswith("pass@") or k == "steps"}
+                   if pq else {}),
             "elapsed_s": round(time.time() - _epoch(run["created_at"])),
             "remaining_s": None,
             # each complete step's grounded reward with its paired standard error (reward.pooled_reward)
@@ -56,7 +60,9 @@ _PHASE_WORDS = {"start": "created", "session": "starting a session (evaluating t
                 "teacher-sampled": "training students on the teacher's problems", "stopped": "stopped",
                 "chain-step": "training the baseline (no teacher in this mode)",
                 "export": "exported", "teacher-garbage": "teacher wrote no usable problems; retrying",
-                "student-collapse": "training students", "hard-set-repeats": "starting"}
+                "student-collapse": "training students", "hard-set-repeats": "starting",
+                "pq-training": "final training: the PQ student on the promotion questions",
+                "pq-done": "final training done", "pq-skipped": "no time left for the final training"}
 
 
 def _duration(seconds: float | None) -> str:
@@ -82,6 +88,10 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
     shown = [k for k in ("pass@1", "pass@8", "pass@32") if k in hard] or list(hard)[:3]
     hard_line = (f"hard-test after step {status['hard_test_step']}: "
                  + ", ".join(f"{k} {hard[k]:.1%}" for k in shown) if hard else "hard-test: not evaluated yet")
+    pq = status.get("pq") or {}
+    if pq:
+        hard_line += ("; PQ student" + (f" ({pq['steps']:.0f} steps)" if "steps" in pq else "") + ": "
+                      + ", ".join(f"{k} {pq[k]:.1%}" for k in ("pass@1", "pass@8", "pass@32") if k in pq))
     average = status.get("latest_reward_moving_average")
     state = f"running: {phase}" if status["status"] == "running" else status["status"]
     lines = [f"run {status['run']} ({status['mode']}): {state}",

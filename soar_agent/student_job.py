@@ -18,6 +18,7 @@ import ctypes
 import functools
 import gc
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -101,6 +102,7 @@ def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_ste
     engine = student_engine(config)
     if engine is not None:
         extra["engine"] = engine
+    started = time.time()
     try:
         student, metrics = trainer(config.student.backend)(
             baseline, tokenizer, job.problems, domain, config.student, steps=job.steps, seed=job.seed,
@@ -108,9 +110,11 @@ def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_ste
             log=None if on_step is None else (lambda record: on_step(record["step"] + 1)), **extra)
     except NonFiniteLoss as error:
         return None, StudentResult(job.key, None, None, {"error": str(error), "non_finite": True}, rollouts)
+    train_seconds = time.time() - started
     after = reward_scores(student, tokenizer, domain, config, job.reward_questions, job.reward_seed)
     directory = save_checkpoint(student, tokenizer, job.out_dir)
-    summary = {k: v for k, v in vars(metrics).items() if k != "per_step"}
+    # the training alone (not its scoring): what the end of a run's time budget is estimated from (pq.py)
+    summary = {k: v for k, v in vars(metrics).items() if k != "per_step"} | {"train_seconds": train_seconds}
     return student, StudentResult(job.key, str(directory), after, summary, rollouts)
 
 

@@ -27,7 +27,8 @@ needs_embedded = pytest.mark.skipif(not (EMBEDDED_MODEL_DIR / "config.json").is_
 FAST = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=4", "teacher.max_new_tokens=60",
         "student.students_per_dataset=1", "student.steps=2", "student.batch_prompts=2", "student.group_size=4",
         "student.max_new_tokens=120", "reward.questions=6", "eval.samples=2", "eval.every_teacher_steps=1",
-        "eval.max_new_tokens=120", "promotion.tau=-1.0"]
+        "eval.max_new_tokens=120", "promotion.tau=-1.0",
+        "budget.pq_steps=0"]  # the final training has its own tests (test_outer_loop.py)
 
 
 @pytest.fixture

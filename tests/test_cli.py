@@ -124,7 +124,7 @@ def test_status_text_is_a_short_report_a_person_reads(tmp_path):
     assert lines[0] == "run demo (soar): running: training students"
     assert re.fullmatch(r"time: \d+d \d\dh elapsed, 0m 00s left", lines[1]), lines[1]  # the pinned deadline passed
     assert lines[2] == "teacher steps: 4 complete, none in progress; promotions: 2"
-    assert lines[3] == "hard-test after step 4: pass@1 30.0%"
+    assert lines[3] == "hard-test after step 4: pass@1 30.0%; PQ student: pass@1 31.0%"  # the model run exports
     assert lines[4].startswith("teacher reward: greedy, moving average ")
     assert lines[5].split() == ["step", "reward", "±", "stderr", "moving", "average", "promoted"]
     assert [line.split()[0] for line in lines[6:]] == ["1", "2", "3", "4"]

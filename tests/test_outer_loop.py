@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import soar_agent.pq as pq
 import soar_agent.rl as rl
 import soar_agent.teacher as teacher
 from soar_agent.agent import Agent, Budget, best_by_reward, promoted_student, promotion_decision
@@ -21,7 +22,8 @@ from soar_agent.tasks import arith, generate_problems, teacher_prompt
 TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=2", "teacher.max_new_tokens=8",
         "student.students_per_dataset=2", "student.steps=1", "student.batch_prompts=2", "student.group_size=2",
         "student.max_new_tokens=8", "reward.questions=4", "eval.samples=1", "eval.every_teacher_steps=100",
-        "eval.max_new_tokens=8", "promotion.tau=-1.0", "student.extra_steps_after_promotion=2"]
+        "eval.max_new_tokens=8", "promotion.tau=-1.0", "student.extra_steps_after_promotion=2",
+        "budget.pq_steps=0"]  # the final training's tests set their own
 
 
 # ---------------------------------------------------------------------------------------------- the teacher
@@ -324,9 +326,9 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     from safetensors.torch import load_file
 
     from soar_agent.export import resolve_checkpoint
-    from soar_agent.pq import PQ_STEPS, PQ_TRAINING_STEPS, chain_lengths, evaluate_pq
+    from soar_agent.pq import PQ_TRAINING_STEPS, chain_lengths, evaluate_pq
 
-    assert chain_lengths(PQ_STEPS, PQ_TRAINING_STEPS) == [100] * 8
+    assert chain_lengths(load_config(None).budget.pq_steps, PQ_TRAINING_STEPS) == [100] * 8
     assert chain_lengths(7, 3) == [3, 3, 1] and chain_lengths(2, 5) == [2]
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
     # room for the expert solutions, so that each training's supervised steps move the weights
@@ -357,6 +359,87 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     exported = load_file(str(next(Path(out).glob("*.safetensors"))))
     saved = load_file(str(next(Path(newest["path"]).glob("*.safetensors"))))
     assert all(torch.equal(exported[name], saved[name]) for name in saved)
+
+
+def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch, capsys):
+    """When the budget ends, the run's last unit is the PQ student (budget.pq_steps on the promotion
+    questions plus hard-train, from the base model), kept as `pq`, reported by `soar status` and exported by
+    `soar run`; a stop skips it, and so do the modes without a teacher."""
+    from safetensors.torch import load_file
+
+    from soar_agent import cli
+    from soar_agent.status import format_status, run_status
+
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    calls = record_trainings(monkeypatch)
+    overrides = TINY + hard_files + [f"model.path={json.dumps(str(random_tiny_dir))}", "budget.pq_steps=3"]
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", "--run-dir", str(run_dir), "--max-teacher-steps", "1",
+                     *[x for item in overrides for x in ("--set", item)]]) == 0
+    output = capsys.readouterr().out
+    assert [c["steps"] for c in calls] == [1] * 4 + [3]  # 2 datasets x 2 students, then the final training
+    final = calls[-1]
+    agent = Agent.open(None, run_dir, log=lambda m: None, existing_only=True)
+    assert [(p.question, p.answer) for p in final["problems"]] == [
+        (p.question, p.answer) for p in pq.promoted_problems(agent) + agent.hard_set("train")]
+    base = load_file(str(next(Path(random_tiny_dir).glob("*.safetensors"))))
+    assert all(torch.equal(final["baseline"].state_dict()[name], base[name]) for name in base)  # a fresh student
+    (checkpoint,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
+    assert checkpoint["metrics"] == {"steps": 3, "promotion_questions": 2}
+    (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
+    assert evaluation["checkpoint_id"] == checkpoint["id"]
+    kinds = [e["kind"] for e in agent.store.events(agent.run_id, limit=100)]
+    assert kinds.index("pq-training") < kinds.index("pq-done") < kinds.index("stopped")
+    exported = sorted((run_dir / "exports").iterdir())[-1]
+    assert "exported the PQ student" in output and "eval-pq" not in output, output
+    saved = load_file(str(next(Path(checkpoint["path"]).glob("*.safetensors"))))
+    assert all(torch.equal(load_file(str(next(exported.glob("*.safetensors"))))[name], saved[name]) for name in saved)
+    status = run_status(run_dir)
+    assert status["pq"]["steps"] == 3 and "pass@1" in status["pq"]
+    assert "PQ student (3 steps)" in format_status(status)
+
+    stopped = tiny_agent(tmp_path / "stopped", hard_files, random_tiny_dir, "budget.pq_steps=3")
+    stopped.stop_reason = "SIGINT received: stopping after the current unit"
+    stopped.run(Budget(max_teacher_steps=1))
+    hard_only = tiny_agent(tmp_path / "hard-only", hard_files, random_tiny_dir, "budget.pq_steps=3", "run.mode=hard-only")
+    hard_only.run(Budget(max_teacher_steps=1))
+    for agent in (stopped, hard_only):
+        assert agent.final_summary is None and not agent.store.checkpoints(agent.run_id, role="pq")
+
+
+def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, hard_files, random_tiny_dir,
+                                                                      monkeypatch):
+    """No teacher step starts that would end inside the time the final training needs (estimated from the
+    run's own measurements); the final training takes as many steps as still fit, and none when fewer than
+    one training's worth do, saying how to train it later."""
+    import time
+
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "budget.pq_steps=0")
+    agent.run(Budget(max_teacher_steps=1))  # measures a step, the students' steps and a hard-test evaluation
+    per_step, evaluation = pq.measured_costs(agent.store, agent.run_id)
+    trainings = agent.store.trainings(agent.run_id)
+    assert per_step == sorted(t["metrics"]["train_seconds"] / t["metrics"]["steps"] for t in trainings)[len(trainings) // 2]
+    assert evaluation == agent.store.evaluations(agent.run_id, set_name="hard-test")[-1]["summary"]["seconds"] > 0
+    # pretend a student step costs 10 s and an evaluation 50 s, so that the test does not depend on the clock
+    monkeypatch.setattr(pq, "measured_costs", lambda store, run_id: (10.0, 50.0))
+    agent.config.budget.pq_steps = 300  # ~51 minutes kept free
+    calls = record_trainings(monkeypatch)
+    reason = agent.run(Budget(deadline=time.time() + 50 + 150 * 10 + 5, max_teacher_steps=5))
+    assert "final training" in reason and len(agent.completed_steps()) == 1  # no step started
+    assert 145 <= sum(c["steps"] for c in calls) <= 150  # the steps that still fit, not the 300 wanted
+    assert [c["steps"] for c in calls][:1] == [100] and agent.final_summary is not None
+
+    in_50_minutes = Budget(deadline=time.time() + 3000)  # less than the 300 steps' 3,050 s
+    assert "final training's ~51 min" in agent._no_time_for_a_step(in_50_minutes, agent.completed_steps())
+    agent.config.budget.pq_steps = 0  # without a final training only the step's own time counts
+    assert agent._no_time_for_a_step(in_50_minutes, agent.completed_steps()) is None
+    agent.config.budget.pq_steps = 300
+    calls.clear()
+    agent.run(Budget(deadline=time.time() + 60, max_teacher_steps=5))  # one step of the 300 would fit: none
+    assert calls == [] and agent.store.events(agent.run_id, limit=2)[0]["kind"] == "pq-skipped"
+    assert "soar eval-pq" in agent.store.events(agent.run_id, limit=2)[0]["message"]
 
 
 def test_teacher_items_carry_the_domains_difficulty_as_their_level():

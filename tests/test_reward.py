@@ -26,7 +26,7 @@ needs_embedded = pytest.mark.skipif(not (EMBEDDED_MODEL_DIR / "config.json").is_
 TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=2", "teacher.max_new_tokens=8",
         "student.students_per_dataset=2", "student.steps=1", "student.batch_prompts=2", "student.group_size=2",
         "student.max_new_tokens=8", "reward.questions=4", "reward.samples=2", "eval.samples=1",
-        "eval.every_teacher_steps=100", "eval.max_new_tokens=8", "promotion.tau=-1.0"]
+        "eval.every_teacher_steps=100", "eval.max_new_tokens=8", "promotion.tau=-1.0", "budget.pq_steps=0"]
 
 
 def test_paired_reward_is_the_mean_difference_with_its_standard_error():

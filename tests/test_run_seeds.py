@@ -16,7 +16,7 @@ from soar_agent.tasks import generate_problems, get_domain
 TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=2", "teacher.max_new_tokens=8",
         "student.students_per_dataset=1", "student.steps=1", "student.batch_prompts=2", "student.group_size=2",
         "student.max_new_tokens=8", "reward.questions=2", "eval.samples=1", "eval.every_teacher_steps=1",
-        "eval.max_new_tokens=8", "promotion.tau=-1.0"]
+        "eval.max_new_tokens=8", "promotion.tau=-1.0", "budget.pq_steps=0"]
 
 # Seeds whose generated easy set repeats questions (checked below, so the test cannot silently go stale).
 SEEDS = {"arith": (1, 7, 14), "program": (0, 4, 5)}

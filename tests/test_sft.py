@@ -183,7 +183,7 @@ def test_a_soar_step_trains_sft_rlvr_students_on_the_teachers_verified_items_onl
                                 "teacher.max_new_tokens=60", "student.students_per_dataset=1", "student.steps=2",
                                 "student.batch_prompts=2", "student.group_size=4", "student.max_new_tokens=120",
                                 "reward.questions=6", "reward.samples=2", "eval.samples=2", "eval.max_new_tokens=120",
-                                'student.backend="sft-rlvr"'])
+                                'student.backend="sft-rlvr"', "budget.pq_steps=0"])
     agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
     agent.run(Budget(max_teacher_steps=1))
     (step,) = agent.store.teacher_steps(agent.run_id)
@@ -237,7 +237,7 @@ def test_a_run_on_a_domain_without_expert_solutions_says_its_students_train_with
     config = load_config(None, [f"model.path={json.dumps(str(random_tiny_dir))}", 'domain.name="math"',
                                 f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
                                 f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}",
-                                'student.backend="sft-rlvr"'])
+                                'student.backend="sft-rlvr"', "budget.pq_steps=0"])
     agent = Agent.open(config, tmp_path / "run", log=said.append)
     (event,) = [e for e in agent.store.events(agent.run_id) if e["kind"] == "no-expert-solutions"]
     assert event["level"] == "warning" and "math domain has no expert solutions" in event["message"]
