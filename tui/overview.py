@@ -14,15 +14,18 @@ from tui.tab import TabBody
 from tui.widgets import Chart
 
 
+def smallest_and_largest_k(summary: dict) -> str:
+    keys = pass_keys(summary)
+    return " · ".join(f"{k} {summary[k]:.3f}" for k in dict.fromkeys([*keys[:1], *keys[-1:]])) or "-"
+
+
 def stats_table(o: Overview) -> Table:
     run = o.run
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     step = str(o.teacher_step) + (f" ({o.in_progress_step} in progress)" if o.in_progress_step else "")
-    latest = o.hard_test[-1][1] if o.hard_test else {}
-    keys = pass_keys(latest)
-    hard = " · ".join(f"{k} {latest[k]:.3f}" for k in dict.fromkeys([*keys[:1], *keys[-1:]])) or "-"
+    hard = smallest_and_largest_k(o.hard_test[-1][1] if o.hard_test else {})
     if o.attached:
         agent = f"[green]attached[/] ({fmt.duration(o.heartbeat_age_s)} ago)"
     elif o.heartbeat_age_s is None:
@@ -39,11 +42,11 @@ def stats_table(o: Overview) -> Table:
         ("step", step),
         ("elapsed", fmt.duration(o.elapsed_s) + (f" · left {fmt.duration(o.remaining_s)}"
                                                   if o.remaining_s is not None else "")),
-        ("last step", fmt.duration(o.last_step_seconds)),
-        ("tokens/s", fmt.number(o.tokens_per_second, 0)),
+        ("last step", f"{fmt.duration(o.last_step_seconds)} · {fmt.number(o.tokens_per_second, 0)} tokens/s"),
         ("promotions", str(o.promotions)),
         ("reward", reward),
         ("hard-test", hard),
+        ("PQ student", smallest_and_largest_k(o.pq)),  # the final training's student: the model `soar run` exports
         ("agent", agent),
     ]
     for key, value in rows:

@@ -72,6 +72,7 @@ class Overview:
     moving_average: list[tuple[int, float]] = field(default_factory=list)
     student_reward: list[tuple[int, float]] = field(default_factory=list)  # (step, mean reward_mean)
     hard_test: list[tuple[int, dict]] = field(default_factory=list)  # (teacher_step, {pass@k: value})
+    pq: dict = field(default_factory=dict)  # the latest PQ student's hard-test summary (the model a run exports)
     commands: list[dict] = field(default_factory=list)  # the latest commands, oldest first
     marks: dict = field(default_factory=dict)  # newest ids per table: tabs reload when theirs changes
 
@@ -99,6 +100,8 @@ def overview(store: Store, run_id: int, now: float) -> Overview:
                            " WHERE run_id = ?)", (run_id, run_id))
     hard = _rows(store, "SELECT teacher_step, summary_json FROM evaluations WHERE run_id = ? AND set_name = 'hard-test'"
                         " ORDER BY id", (run_id,))
+    pq = _value(store, "SELECT summary_json FROM evaluations WHERE run_id = ? AND set_name = 'hard-test-pq'"
+                       " ORDER BY id DESC LIMIT 1", (run_id,))
     commands = _rows(store, "SELECT * FROM (SELECT id, command, args_json, created_at, acked_at, ack_message"
                             " FROM commands WHERE run_id = ? ORDER BY id DESC LIMIT 20) ORDER BY id", (run_id,))
     checkpoints = store.db.execute("SELECT max(id), count(*), sum(status = 'complete') FROM checkpoints"
@@ -128,6 +131,7 @@ def overview(store: Store, run_id: int, now: float) -> Overview:
         student_reward=[(r["teacher_step"], r["reward"]) for r in student if r["reward"] is not None],
         hard_test=[(r["teacher_step"] or 0, {k: v for k, v in json.loads(r["summary_json"]).items()
                                              if k.startswith("pass@") or k == "greedy_acc"}) for r in hard],
+        pq={k: v for k, v in json.loads(pq).items() if k.startswith("pass@")} if pq else {},
         commands=[{**{k: v for k, v in c.items() if k != "args_json"}, "args": json.loads(c["args_json"])}
                   for c in commands],
         marks=marks,
