@@ -462,8 +462,11 @@ def cmd_run(args) -> int:
     if args.more_steps is not None:  # argparse: at least 1
         limit = done + args.more_steps
     elif limit and done >= limit:
+        untrained = agent._ends_with_final_training() and not agent.latest_checkpoint("pq")
         raise UserError(f"{run_dir}: the run already has {done} teacher steps and --max-teacher-steps counts the"
-                        f" run's total ({limit}): use --more-steps N to add N steps")
+                        f" run's total ({limit}): use --more-steps N to add N steps"
+                        + (f" (or soar eval-pq {run_dir} for its final training, which did not finish)"
+                           if untrained else ""))
     budget = Budget(deadline, limit)
     if budget.deadline is None and agent.config.budget.hours:
         import time

@@ -398,6 +398,13 @@ def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
     status = run_status(run_dir)
     assert status["pq"]["steps"] == 3 and "pass@1" in status["pq"]
     assert "PQ student (3 steps)" in format_status(status)
+    # the same budget again is refused; when the final training did not finish (a crash), the refusal names
+    # the command that trains it
+    assert cli.main(["run", "--run-dir", str(run_dir), "--max-teacher-steps", "1"]) == 2
+    assert "--more-steps" in (refusal := "".join(capsys.readouterr())) and "eval-pq" not in refusal, refusal
+    agent.store.mark_checkpoint(checkpoint["id"], "deleted")
+    assert cli.main(["run", "--run-dir", str(run_dir), "--max-teacher-steps", "1"]) == 2
+    assert f"soar eval-pq {run_dir}" in "".join(capsys.readouterr())
 
     stopped = tiny_agent(tmp_path / "stopped", hard_files, random_tiny_dir, "budget.pq_steps=3")
     stopped.stop_reason = "SIGINT received: stopping after the current unit"
