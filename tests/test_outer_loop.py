@@ -450,6 +450,11 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     assert "final training's ~51 min" in agent._no_time_for_a_step(in_50_minutes, agent.completed_steps())
     agent.config.budget.pq_steps = 0  # without a final training only the step's own time counts
     assert agent._no_time_for_a_step(in_50_minutes, agent.completed_steps()) is None
+    # steps grow longer as the teacher writes longer questions: the next is taken to last as the longest of
+    # the last three
+    growing = [{"step": n, "metrics": {"seconds": seconds}} for n, seconds in enumerate([900, 10, 10, 10, 100], 1)]
+    assert agent._no_time_for_a_step(Budget(deadline=time.time() + 90), growing)
+    assert agent._no_time_for_a_step(Budget(deadline=time.time() + 90), growing[:4]) is None
     agent.config.budget.pq_steps = 300
     calls.clear()
     agent.run(Budget(deadline=time.time() + 60, max_teacher_steps=5))  # one step of the 300 would fit: none
