@@ -12,6 +12,8 @@ promoted student (50-step students) was 0.009 and a short PQ (200 steps, the def
 
 from __future__ import annotations
 
+import time
+
 from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
 
 
@@ -71,6 +73,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         raise ValueError("budget.pq_steps is 0 in the run's config: give the number of steps")
     student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
     step_done, done = agent._track(f"PQ student: {steps} steps on {len(problems)} problems", steps), 0
+    started = time.time()
     for index, length in enumerate(chain_lengths(steps, training_steps)):
         if stop():
             return None
@@ -78,6 +81,11 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                                   steps=length, seed=seed + index,
                                                   log=lambda record, offset=done: step_done(offset + record["step"] + 1))
         done += length
+        # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
+        eta = (time.time() - started) / done * (steps - done)
+        message = f"PQ student: {done} of {steps} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
+        store.log_event(run_id=run_id, level="info", kind="pq-training", message=message, data={"steps_done": done})
+        agent.log(message)
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
                                          metrics={"steps": steps, "promotion_questions": len(promotion_questions)})

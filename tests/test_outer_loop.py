@@ -389,8 +389,10 @@ def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
     assert checkpoint["metrics"] == {"steps": 3, "promotion_questions": 2}
     (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
     assert evaluation["checkpoint_id"] == checkpoint["id"]
-    kinds = [e["kind"] for e in agent.store.events(agent.run_id, limit=100)]
+    events = agent.store.events(agent.run_id, limit=100)
+    kinds = [e["kind"] for e in events]
     assert kinds.index("pq-training") < kinds.index("pq-done") < kinds.index("stopped")
+    assert any(e["message"].startswith("PQ student: 3 of 3 steps trained") for e in events)  # its progress
     exported = sorted((run_dir / "exports").iterdir())[-1]
     assert "exported the PQ student" in output and "eval-pq" not in output, output
     saved = load_file(str(next(Path(checkpoint["path"]).glob("*.safetensors"))))
