@@ -473,10 +473,12 @@ class Agent:
                              data={"steps": steps, "promotions": promotions})
         self.log(message)
         started = time.time()
-        summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason)
+        summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason,
+                              deadline=budget.deadline, evaluation_seconds=costs[1] if costs else 0.0)
         if summary is None:
             self.log(f"final training stopped: {self.stop_reason}")
             return None
+        steps = summary["steps"]  # fewer when the chain met the deadline
         message = ("PQ student: hard-test " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()
                                                        if k.startswith("pass@")) + f" ({time.time() - started:.0f}s)")
         self.store.log_event(run_id=self.run_id, level="info", kind="pq-done", message=message,

@@ -56,10 +56,13 @@ def measured_costs(store, run_id: int) -> tuple[float, float] | None:
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
-                stop=lambda: None) -> dict | None:
+                stop=lambda: None, deadline: float | None = None, evaluation_seconds: float = 0.0) -> dict | None:
     """Train the PQ student (`steps` RL steps, default budget.pq_steps), keep it as the run's `pq` checkpoint
     and evaluate it on hard-test: the evaluation's summary, or None when `stop()` returned a reason between
-    two trainings of the chain (nothing is stored then)."""
+    two trainings of the chain (nothing is stored then). With a `deadline` (epoch seconds), a training of the
+    chain that would not end `evaluation_seconds` before it (at the pace of the ones before) is not started:
+    the student trained so far is kept and evaluated, and its steps are what the summary reports. The pace
+    of the chain's own trainings is the one exact measure of its cost (the run's students only estimate it)."""
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model, save_checkpoint
     from soar_agent.rl import trainer
@@ -77,6 +80,14 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     for index, length in enumerate(chain_lengths(steps, training_steps)):
         if stop():
             return None
+        if done and deadline is not None and \
+                time.time() + (time.time() - started) / done * length + evaluation_seconds > deadline:
+            message = f"PQ student: {done} of {steps} steps fit before the deadline; evaluating it now"
+            store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
+                            data={"steps_done": done})
+            agent.log(message)
+            steps = done
+            break
         student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
                                                   steps=length, seed=seed + index,
                                                   log=lambda record, offset=done: step_done(offset + record["step"] + 1))

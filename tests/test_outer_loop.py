@@ -352,6 +352,15 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     assert saved.keys() == base.keys()
     assert any(not torch.equal(saved[name], base[name]) for name in saved)
     assert resolve_checkpoint(agent.store, agent.run_id, "pq", None)["id"] == checkpoint["id"]
+    # a chain that meets its deadline keeps and evaluates the student it has: here one training fits, as
+    # the evaluation takes all the time left
+    import time
+
+    calls.clear()
+    summary = evaluate_pq(agent, steps=3, training_steps=1, deadline=time.time() + 600, evaluation_seconds=600)
+    assert [call["steps"] for call in calls] == [1] and summary["steps"] == 1
+    assert agent.store.checkpoints(agent.run_id, role="pq", status="complete")[-1]["metrics"]["steps"] == 1
+    assert evaluate_pq(agent, steps=3, training_steps=1, deadline=time.time() + 600)["steps"] == 3
     evaluate_pq(agent, steps=1)  # a second PQ replaces the first: `pq` names the newest
     (newest,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
     assert newest["id"] != checkpoint["id"]
