@@ -436,8 +436,10 @@ class Agent:
         time counts only its remainder."""
         from soar_agent.pq import measured_costs
 
+        if budget.deadline is None:
+            return None
         durations = [s["metrics"]["seconds"] for s in done[-3:] if s["metrics"].get("seconds")]
-        if budget.deadline is None or not durations:
+        if not durations:
             return None
         costs = measured_costs(self.store, self.run_id)
         step_seconds = max(durations)

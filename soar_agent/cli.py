@@ -529,8 +529,6 @@ def cmd_eval_pq(args) -> int:
         raise UserError(f"{run_dir}: not a run directory (no soar.db)")
     agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
     _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)
-    if not (args.steps or agent.config.budget.pq_steps):
-        raise UserError(f"{run_dir}: budget.pq_steps is 0 in the run's config: give --steps N")
     summary = evaluate_pq(agent, steps=args.steps)
     print(json.dumps(summary, indent=2) if args.json else
           " ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("pass@")))

@@ -73,7 +73,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     problems = promotion_questions + agent.hard_set("train")
     steps = steps or cfg.budget.pq_steps
     if not steps:
-        raise ValueError("budget.pq_steps is 0 in the run's config: give the number of steps")
+        raise ValueError(f"{agent.paths.root}: budget.pq_steps is 0 in the run's config: give the number of"
+                         f" steps (soar eval-pq --steps N)")
     student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
     step_done, done = agent._track(f"PQ student: {steps} steps on {len(problems)} problems", steps), 0
     started = time.time()

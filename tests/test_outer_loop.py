@@ -427,7 +427,7 @@ def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
 
 
 def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, hard_files, random_tiny_dir,
-                                                                      monkeypatch):
+                                                                      monkeypatch, capsys):
     """No teacher step starts that would end inside the time the final training needs (estimated from the
     run's own measurements); the final training takes as many steps as still fit, and none when fewer than
     one training's worth do, saying how to train it later."""
@@ -471,6 +471,14 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     agent.run(Budget(deadline=time.time() + 60, max_teacher_steps=5))  # one step of the 300 would fit: none
     assert calls == [] and agent.store.events(agent.run_id, limit=2)[0]["kind"] == "pq-skipped"
     assert "soar eval-pq" in agent.store.events(agent.run_id, limit=2)[0]["message"]
+    # the run's stored config has no final training: eval-pq asks for the steps, in one line, training nothing
+    from soar_agent import cli
+
+    pq_students = len(agent.store.checkpoints(agent.run_id, role="pq"))
+    assert cli.main(["eval-pq", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'run'}: budget.pq_steps is 0" in error and "--steps N" in error and error.count("\n") == 1
+    assert len(agent.store.checkpoints(agent.run_id, role="pq")) == pq_students
 
 
 def test_teacher_items_carry_the_domains_difficulty_as_their_level():
