@@ -434,7 +434,7 @@ class Agent:
         The last three, not the median of all: steps grow longer as the teacher learns to write longer
         questions (5.8 -> 9.2 minutes over 7 steps of a default run on one thread), and a resumed step's
         time counts only its remainder."""
-        from soar_agent.pq import measured_costs
+        from soar_agent.pq import final_training_seconds, measured_costs
 
         if budget.deadline is None:
             return None
@@ -444,8 +444,8 @@ class Agent:
         costs = measured_costs(self.store, self.run_id)
         step_seconds = max(durations)
         if costs and (done[-1]["step"] + 1) % self.config.eval.every_teacher_steps == 0:
-            step_seconds += costs[1]
-        reserved = (self.config.budget.pq_steps * costs[0] + costs[1]
+            step_seconds += costs.evaluation
+        reserved = (final_training_seconds(self, self.config.budget.pq_steps, costs)
                     if costs and self._ends_with_final_training() else 0.0)
         if time.time() + step_seconds + reserved <= budget.deadline:
             return None
@@ -456,12 +456,13 @@ class Agent:
         """The run's last unit when its budget ends: the PQ student (pq.evaluate_pq) with budget.pq_steps, or as
         many of them as the time left allows; skipped, with the command that trains it later, when fewer than
         one training's worth fit. Returns its hard-test summary (None when skipped or stopped)."""
-        from soar_agent.pq import PQ_TRAINING_STEPS, evaluate_pq, measured_costs
+        from soar_agent.pq import PQ_TRAINING_STEPS, evaluate_pq, final_training_seconds, measured_costs
 
         wanted = steps = self.config.budget.pq_steps
         costs = measured_costs(self.store, self.run_id)
         if budget.deadline is not None and costs is not None:
-            steps = min(wanted, max(0, int((budget.deadline - time.time() - costs[1]) / costs[0])))
+            per_step = (final_training_seconds(self, PQ_TRAINING_STEPS, costs) - costs.evaluation) / PQ_TRAINING_STEPS
+            steps = min(wanted, max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step)))
         if steps < min(wanted, PQ_TRAINING_STEPS):
             message = (f"no time left for the final training ({steps} of {wanted} steps fit):"
                        f" soar eval-pq {self.paths.root} trains the PQ student later")
@@ -476,7 +477,7 @@ class Agent:
         self.log(message)
         started = time.time()
         summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason,
-                              deadline=budget.deadline, evaluation_seconds=costs[1] if costs else 0.0)
+                              deadline=budget.deadline, evaluation_seconds=costs.evaluation if costs else 0.0)
         if summary is None:
             self.log(f"final training stopped: {self.stop_reason}")
             return None

@@ -13,6 +13,7 @@ promoted student (50-step students) was 0.009 and a short PQ (200 steps, the def
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
 
@@ -28,6 +29,12 @@ def promoted_problems(agent) -> list:
     return problems
 
 
+def training_problems(agent) -> tuple[list, list]:
+    """(the promotion questions, what the PQ student trains on: those plus hard-train)."""
+    promotion_questions = promoted_problems(agent)
+    return promotion_questions, promotion_questions + agent.hard_set("train")
+
+
 PQ_TRAINING_STEPS = 100  # bench/teacher_data.py's chains: trainings of 100 steps (budget.pq_steps in all)
 
 
@@ -37,22 +44,65 @@ def chain_lengths(steps: int, per_training: int) -> list[int]:
     return [per_training] * full + ([rest] if rest else [])
 
 
-def measured_costs(store, run_id: int) -> tuple[float, float] | None:
-    """(seconds per student RL step, seconds of a hard-test evaluation) as this run measured them: the median
-    over its students' trainings (train_seconds / steps) on the promoted datasets, which are the PQ student's
-    questions (over all its trainings before a promotion), and its latest hard-test evaluation. None until
-    both are measured (a run's first teacher step measures them). An estimate from the run's own machine and
-    load rather than a constant, which would be wrong on any other machine; the promoted datasets' rather
-    than all, because a step's cost follows its questions' length (with the length split, a long dataset's
-    student took twice the short one's time: 1.9 against 0.9 s per step on 2 cores)."""
+@dataclass(frozen=True)
+class Costs:
+    """What the final training costs on this run's machine, in seconds (measured_costs)."""
+    sft_step: float  # one supervised step (sft-rlvr's first phase)
+    rl_step: float  # one RL step: it samples group_size completions per prompt, several supervised steps' cost
+    per_training: float  # a training's own work outside its steps (copying the model, tokenizing solutions)
+    evaluation: float  # one hard-test evaluation
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def measured_costs(store, run_id: int) -> Costs | None:
+    """The final training's costs as this run measured them: medians over its students' trainings on the
+    promoted datasets, which are the PQ student's questions (over all its trainings before a promotion), and
+    its latest hard-test evaluation. None until both are measured (a run's first teacher step measures them).
+    Estimated from the run's own machine and load rather than a constant, which would be wrong on any other
+    machine; from the promoted datasets' students rather than all, because a step's cost follows its
+    questions' length (with the length split, a long dataset's student took twice the short one's time: 1.9
+    against 0.9 s per step on 2 cores); supervised and RL steps apart, because the final training's mix of
+    them is not a student's (see chain_seconds). Trainings stored before the phases were timed count their
+    mean step time for both."""
     promoted = {d["meta"].get("from_dataset") for d in store.datasets(run_id, kind="promotion")}
     timed = [t for t in store.trainings(run_id) if t["metrics"].get("train_seconds") and t["metrics"].get("steps")]
-    timed = [t for t in timed if t["dataset_id"] in promoted] or timed
-    per_step = sorted(t["metrics"]["train_seconds"] / t["metrics"]["steps"] for t in timed)
+    timed = [t["metrics"] for t in ([t for t in timed if t["dataset_id"] in promoted] or timed)]
     evaluations = [e for e in store.evaluations(run_id, set_name="hard-test") if e["summary"].get("seconds")]
-    if not per_step or not evaluations:
+    if not timed or not evaluations:
         return None
-    return per_step[len(per_step) // 2], evaluations[-1]["summary"]["seconds"]
+    mean_step = _median([m["train_seconds"] / m["steps"] for m in timed])
+    phased = [m for m in timed if "sft_seconds" in m]
+    sft_step = _median([m["sft_seconds"] / m["sft_steps"] for m in phased if m["sft_steps"]])
+    rl_step = _median([m["rl_seconds"] / (m["steps"] - m["sft_steps"]) for m in phased if m["steps"] > m["sft_steps"]])
+    return Costs(sft_step=sft_step or rl_step or mean_step, rl_step=rl_step or sft_step or mean_step,
+                 per_training=_median([max(0.0, m["train_seconds"] - m["sft_seconds"] - m["rl_seconds"])
+                                       for m in phased]) or 0.0,
+                 evaluation=evaluations[-1]["summary"]["seconds"])
+
+
+def chain_seconds(costs: Costs, student, steps: int, experts: int) -> float:
+    """Seconds the final training's chain of `steps` takes at `costs` (the evaluation not included), with
+    `experts` expert solutions among its questions: each training of the chain makes its own supervised
+    phase (sft-rlvr: sft_share of its steps, at most one pass over the solutions), the rest are RL steps. A
+    run with few promotion questions spends most of each training on RL: measured, night-s2's 2,986
+    questions gave 47 supervised and 53 RL steps per 100 and 3.3 s per step, against its students' 2.0
+    (45 and 5 of 50)."""
+    from soar_agent.rl.sft import sft_steps_of
+
+    total = 0.0
+    for length in chain_lengths(steps, PQ_TRAINING_STEPS):
+        supervised = sft_steps_of(student, length, experts) if student.backend == "sft-rlvr" and experts else 0
+        total += supervised * costs.sft_step + (length - supervised) * costs.rl_step + costs.per_training
+    return total
+
+
+def final_training_seconds(agent, steps: int, costs: Costs) -> float:
+    """chain_seconds for this run's PQ student as its questions stand now, plus its hard-test evaluation."""
+    problems = training_problems(agent)[1]
+    return chain_seconds(costs, agent.config.student, steps, sum(1 for p in problems if p.steps)) + costs.evaluation
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
@@ -69,8 +119,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
-    promotion_questions = promoted_problems(agent)
-    problems = promotion_questions + agent.hard_set("train")
+    promotion_questions, problems = training_problems(agent)
     steps = steps or cfg.budget.pq_steps
     if not steps:
         raise ValueError(f"{agent.paths.root}: budget.pq_steps is 0 in the run's config: give the number of"

@@ -436,20 +436,31 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "budget.pq_steps=0")
     agent.run(Budget(max_teacher_steps=1))  # measures a step, the students' steps and a hard-test evaluation
-    per_step, evaluation = pq.measured_costs(agent.store, agent.run_id)
+    costs = pq.measured_costs(agent.store, agent.run_id)
     trainings = agent.store.trainings(agent.run_id)
-    assert 0 < per_step < 300 and all(t["metrics"]["train_seconds"] > 0 for t in trainings)
-    assert evaluation == agent.store.evaluations(agent.run_id, set_name="hard-test")[-1]["summary"]["seconds"] > 0
-    # the PQ student's questions are the promoted dataset's: its students' step time counts, not the others'
+    assert 0 < costs.rl_step < 100 and all(t["metrics"]["train_seconds"] > 0 for t in trainings)
+    # student.max_new_tokens 8 fits no expert solution: every step is RL, which stands for both phases
+    assert all(t["metrics"]["sft_steps"] == 0 and t["metrics"]["rl_seconds"] > 0 for t in trainings)
+    assert costs.sft_step == costs.rl_step
+    assert costs.evaluation == agent.store.evaluations(agent.run_id, set_name="hard-test")[-1]["summary"]["seconds"] > 0
+    # the PQ student's questions are the promoted dataset's: its students' step times count, not the others',
+    # supervised and RL steps apart, and a training's work outside its steps apart
     (promotion,) = agent.store.datasets(agent.run_id, kind="promotion")
     other = next(t["dataset_id"] for t in trainings if t["dataset_id"] != promotion["meta"]["from_dataset"])
-    for index, (dataset_id, seconds) in enumerate([(promotion["meta"]["from_dataset"], 300.0)] * 3 + [(other, 1.0)] * 5):
+    for index, (dataset_id, seconds) in enumerate([(promotion["meta"]["from_dataset"], 100.0)] * 3 + [(other, 1.0)] * 5):
         agent.store.add_training(run_id=agent.run_id, teacher_step=99, dataset_id=dataset_id, student_index=index,
                                  reward=0.0, accuracy_before=0.0, accuracy_after=0.0, checkpoint_path=None,
-                                 metrics={"train_seconds": seconds, "steps": 1})
-    assert pq.measured_costs(agent.store, agent.run_id)[0] == 300.0  # the median of the promoted dataset's five
+                                 metrics={"train_seconds": 5.1 * seconds, "steps": 3, "sft_steps": 2,
+                                          "sft_seconds": 2 * seconds, "rl_seconds": 3 * seconds})
+    costs = pq.measured_costs(agent.store, agent.run_id)  # the medians of the promoted dataset's five
+    assert (costs.sft_step, costs.rl_step, round(costs.per_training, 6)) == (100.0, 300.0, 10.0)
+    # each training of the chain has its own supervised phase, at most one pass over the expert solutions:
+    # few of them (one promotion) leave most of its steps to RL, several times a supervised step's cost
+    student = agent.config.student  # sft-rlvr, sft_share 0.9, 2 x 2 solutions per supervised step
+    assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 250, experts=1000) == 2 * (90 + 10 * 5 + 2) + (45 + 5 * 5 + 2)
+    assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 100, experts=120) == 30 + 70 * 5 + 2
     # pretend a student step costs 10 s and an evaluation 50 s, so that the test does not depend on the clock
-    monkeypatch.setattr(pq, "measured_costs", lambda store, run_id: (10.0, 50.0))
+    monkeypatch.setattr(pq, "measured_costs", lambda store, run_id: pq.Costs(10.0, 10.0, 0.0, 50.0))
     agent.config.budget.pq_steps = 300  # ~51 minutes kept free
     calls = record_trainings(monkeypatch)
     reason = agent.run(Budget(deadline=time.time() + 50 + 150 * 10 + 5, max_teacher_steps=5))
