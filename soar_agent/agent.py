@@ -441,7 +441,7 @@ class Agent:
         durations = [s["metrics"]["seconds"] for s in done[-3:] if s["metrics"].get("seconds")]
         if not durations:
             return None
-        costs = measured_costs(self.store, self.run_id)
+        costs = measured_costs(self.store, self.run_id, self.config.promotion.tau)
         step_seconds = max(durations)
         if costs and (done[-1]["step"] + 1) % self.config.eval.every_teacher_steps == 0:
             step_seconds += costs.evaluation
@@ -456,10 +456,11 @@ class Agent:
         """The run's last unit when its budget ends: the PQ student (pq.evaluate_pq) with budget.pq_steps, or as
         many of them as the time left allows; skipped, with the command that trains it later, when fewer than
         one training's worth fit. Returns its hard-test summary (None when skipped or stopped)."""
-        from soar_agent.pq import PQ_TRAINING_STEPS, evaluate_pq, final_training_seconds, measured_costs
+        from soar_agent.pq import (PQ_TRAINING_STEPS, evaluate_pq, final_training_seconds, measured_costs,
+                                   rewarded_datasets)
 
         wanted = steps = self.config.budget.pq_steps
-        costs = measured_costs(self.store, self.run_id)
+        costs = measured_costs(self.store, self.run_id, self.config.promotion.tau)
         if budget.deadline is not None and costs is not None:
             per_step = (final_training_seconds(self, PQ_TRAINING_STEPS, costs) - costs.evaluation) / PQ_TRAINING_STEPS
             steps = min(wanted, max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step)))
@@ -470,10 +471,11 @@ class Agent:
             self.log(message)
             return None
         promotions = self._promotions()
-        message = (f"final training: a fresh student, {steps} steps on the questions of {promotions} promoted"
-                   f" datasets plus hard-train (SOAR-PQ)")
+        rewarded = len(rewarded_datasets(self.store, self.run_id, self.config.promotion.tau))
+        message = (f"final training: a fresh student, {steps} steps on the questions of the {rewarded} datasets"
+                   f" whose reward beat tau ({promotions} promoted) plus hard-train (SOAR-PQ)")
         self.store.log_event(run_id=self.run_id, level="info", kind="pq-training", message=message,
-                             data={"steps": steps, "promotions": promotions})
+                             data={"steps": steps, "promotions": promotions, "datasets": rewarded})
         self.log(message)
         started = time.time()
         summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason,

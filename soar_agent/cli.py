@@ -433,7 +433,7 @@ def _progress_bars(console):
 def cmd_run(args) -> int:
     """Run the self-improvement loop until stopped (Ctrl-C / SIGTERM finish the current unit), the time
     budget ends or the teacher-step limit is reached. A budget's end is followed by the final training (a
-    fresh student trained long on the promotion questions, budget.pq_steps; its time is kept free inside
+    fresh student trained long on the questions the reward found helpful, budget.pq_steps; its time is kept free inside
     --hours), and that student is exported; after a stop, or without it, the best checkpoint is.
 
     Example: soar run curricula/default.toml --hours 8
@@ -482,7 +482,7 @@ def cmd_run(args) -> int:
         out = agent.export(which, None)
         console.log(f"exported the {'PQ student' if which == 'pq' else 'best checkpoint'} to {out}")
     if which == "best" and agent._promotions():
-        console.log(f"for a student trained long on the promotion questions: soar eval-pq {run_dir}, then"
+        console.log(f"for a student trained long on the rewarded questions: soar eval-pq {run_dir}, then"
                     f" soar export {run_dir} --out DIR --checkpoint pq")
     return 0
 
@@ -516,7 +516,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval_pq(args) -> int:
-    """SOAR-PQ: train a fresh base student on the promotion questions plus hard-train, report hard-test pass@k.
+    """SOAR-PQ: train a fresh base student on the rewarded questions (every dataset whose reward beat
+    promotion.tau, the promoted ones among them) plus hard-train, report hard-test pass@k.
 
     The student is kept as the run's `pq` checkpoint: soar export RUN --checkpoint pq --out DIR writes it.
     Example: soar eval-pq runs/default --json

@@ -1,12 +1,13 @@
-"""SOAR-PQ: the paper's evaluation of the promotion questions, and the model a run ends with. A *fresh* base
-student is trained on the promotion questions plus hard-train and evaluated on hard-test (reported, never
-used for reward); the student is kept as the run's `pq` checkpoint. `soar run` trains it when its budget
+"""The model a run ends with (SOAR-PQ, grown): a *fresh* base student trained long on the questions the
+run's grounded reward measured as helpful (rewarded_problems: every dataset whose reward beat tau, the
+promoted ones among them; the paper's PQ is the promoted ones alone) plus hard-train, evaluated on hard-test
+(reported, never used for reward) and kept as the run's `pq` checkpoint. `soar run` trains it when its budget
 ends (Agent._final_training, budget.pq_steps) and exports it; `soar eval-pq` trains it on demand.
 
 The training is long, as the curated ceiling's is: a chain of trainings of PQ_TRAINING_STEPS each, every
 one continuing from the last (each makes its own pass over the expert solutions, rl.sft), budget.pq_steps
 (800) in all by default: the chains of bench/teacher_data.py. Measured there on the shipped model
-(bench/README.md, "What the teacher's data is worth"; hard-test pass@32, base 0.028): this PQ of a
+(bench/README.md, "What the teacher's data is worth"; hard-test pass@32, base 0.028): the PQ of a
 length-split run reached 0.318 (69% of the generator's gain at the same training, 3.4x Hard-Only), while its
 promoted student (50-step students) was 0.009 and a short PQ (200 steps, the default before 2026-12-01) 0.065."""
 
@@ -29,10 +30,42 @@ def promoted_problems(agent) -> list:
     return problems
 
 
-def training_problems(agent) -> tuple[list, list]:
-    """(the promotion questions, what the PQ student trains on: those plus hard-train)."""
-    promotion_questions = promoted_problems(agent)
-    return promotion_questions, promotion_questions + agent.hard_set("train")
+def rewarded_problems(agent) -> tuple[list, int]:
+    """(the questions the run's grounded reward measured as helpful, how many of them are promotion questions):
+    the items of every curriculum dataset whose reward beat promotion.tau, that is whose students, trained on
+    it from their step's baseline, moved the reward on hard-train by more than a promotion's bar, and of every
+    promoted dataset (a forced promotion may be below it); each dataset once, its items as the teacher wrote
+    them (agent.curriculum_problems). The promoted datasets are the paper's PQ: a step promotes only when
+    the moving average of its datasets' mean reward beats tau, so with the length split, whose short
+    dataset's reward is below zero at every step, one run of 9 steps promoted once while its long dataset beat
+    tau at all 9 (runs/night-s1). Measured (bench/README.md, "The final training's questions"; hard-test pass@32,
+    107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions reached 0.299 against 0.131 on the
+    promoted one's 2,880 (+0.168 +- 0.047 paired), and on another run's 7 against its one 0.290 and 0.187."""
+    promoted = promoted_dataset_ids(agent.store, agent.run_id)
+    problems, promotion_questions = [], 0
+    for dataset in rewarded_datasets(agent.store, agent.run_id, agent.config.promotion.tau):
+        items = agent._dataset_problems(dataset)
+        problems += items
+        promotion_questions += len(items) if dataset["id"] in promoted else 0
+    return problems, promotion_questions
+
+
+def promoted_dataset_ids(store, run_id: int) -> set[int]:
+    return {d["meta"].get("from_dataset") for d in store.datasets(run_id, kind="promotion")}
+
+
+def rewarded_datasets(store, run_id: int, tau: float) -> list[dict]:
+    """The curriculum datasets rewarded_problems takes: those whose reward beat tau, and the promoted ones."""
+    promoted = promoted_dataset_ids(store, run_id)
+    return [d for d in store.datasets(run_id, kind="curriculum")
+            if d["id"] in promoted or (d["reward"] is not None and d["reward"] > tau)]
+
+
+def training_problems(agent) -> tuple[list, list, int]:
+    """(the rewarded questions, what the PQ student trains on: those plus hard-train, how many of them are
+    promotion questions)."""
+    questions, promotion_questions = rewarded_problems(agent)
+    return questions, questions + agent.hard_set("train"), promotion_questions
 
 
 PQ_TRAINING_STEPS = 100  # bench/teacher_data.py's chains: trainings of 100 steps (budget.pq_steps in all)
@@ -57,19 +90,19 @@ def _median(values: list[float]) -> float | None:
     return sorted(values)[len(values) // 2] if values else None
 
 
-def measured_costs(store, run_id: int) -> Costs | None:
+def measured_costs(store, run_id: int, tau: float) -> Costs | None:
     """The final training's costs as this run measured them: medians over its students' trainings on the
-    promoted datasets, which are the PQ student's questions (over all its trainings before a promotion), and
-    its latest hard-test evaluation. None until both are measured (a run's first teacher step measures them).
+    rewarded datasets, which are the PQ student's questions (rewarded_problems; over all its trainings before
+    one), and its latest hard-test evaluation. None until both are measured (a run's first teacher step measures them).
     Estimated from the run's own machine and load rather than a constant, which would be wrong on any other
-    machine; from the promoted datasets' students rather than all, because a step's cost follows its
+    machine; from the rewarded datasets' students rather than all, because a step's cost follows its
     questions' length (with the length split, a long dataset's student took twice the short one's time: 1.9
     against 0.9 s per step on 2 cores); supervised and RL steps apart, because the final training's mix of
     them is not a student's (see chain_seconds). Trainings stored before the phases were timed count their
     mean step time for both."""
-    promoted = {d["meta"].get("from_dataset") for d in store.datasets(run_id, kind="promotion")}
+    rewarded = {d["id"] for d in rewarded_datasets(store, run_id, tau)}
     timed = [t for t in store.trainings(run_id) if t["metrics"].get("train_seconds") and t["metrics"].get("steps")]
-    timed = [t["metrics"] for t in ([t for t in timed if t["dataset_id"] in promoted] or timed)]
+    timed = [t["metrics"] for t in ([t for t in timed if t["dataset_id"] in rewarded] or timed)]
     evaluations = [e for e in store.evaluations(run_id, set_name="hard-test") if e["summary"].get("seconds")]
     if not timed or not evaluations:
         return None
@@ -119,7 +152,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
-    promotion_questions, problems = training_problems(agent)
+    questions, problems, promotion_questions = training_problems(agent)
     steps = steps or cfg.budget.pq_steps
     if not steps:
         raise ValueError(f"{agent.paths.root}: budget.pq_steps is 0 in the run's config: give the number of"
@@ -149,7 +182,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         agent.log(message)
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
-                                         metrics={"steps": steps, "promotion_questions": len(promotion_questions)})
+                                         metrics={"steps": steps, "questions": len(questions),
+                                                  "promotion_questions": promotion_questions})
     save_checkpoint(student, agent.tokenizer, directory)
     for older in store.checkpoints(run_id, role="pq", status="complete"):  # `pq` names the newest
         store.mark_checkpoint(older["id"], "deleted")
@@ -163,7 +197,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                 samples=cfg.eval.samples, greedy=True, max_new_tokens=cfg.eval.max_new_tokens,
                                 seed=seed + 1)
     summary = summarize(results, default_ks(cfg.eval.samples))
-    summary.update(promotion_questions=len(promotion_questions), steps=steps)
+    summary.update(questions=len(questions), promotion_questions=promotion_questions, steps=steps)
     ids = store.add_problems(run_id=run_id, problems=[r.problem for r in results], source="hard")
     rows = [{"problem_id": pid, "samples": r.samples, "correct": r.correct, "greedy_correct": r.greedy_correct,
              "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for pid, r in zip(ids, results)]

@@ -61,7 +61,7 @@ _PHASE_WORDS = {"start": "created", "session": "starting a session (evaluating t
                 "chain-step": "training the baseline (no teacher in this mode)",
                 "export": "exported", "teacher-garbage": "teacher wrote no usable problems; retrying",
                 "student-collapse": "training students", "hard-set-repeats": "starting",
-                "pq-training": "final training: the PQ student on the promotion questions",
+                "pq-training": "final training: the PQ student on the rewarded questions",
                 "pq-done": "final training done", "pq-skipped": "no time left for the final training"}
 
 

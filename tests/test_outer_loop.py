@@ -299,21 +299,32 @@ def test_intrinsic_mode_rewards_the_teacher_with_seeded_success_rates(tmp_path, 
     assert step["metrics"]["mode"] == "intrinsic"
 
 
-def test_eval_pq_trains_a_fresh_student_on_the_promotion_questions_and_hard_train(
+def test_eval_pq_trains_a_fresh_student_on_the_rewarded_questions_and_hard_train(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    """The PQ student's questions are those the grounded reward measured as helpful: every dataset whose
+    reward beat tau, and the promoted ones (a forced promotion may be below it), each as the teacher wrote
+    it, plus hard-train."""
     from soar_agent.pq import evaluate_pq
 
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir)
-    agent.run(Budget(max_teacher_steps=1))
+    agent.run(Budget(max_teacher_steps=1))  # tau -1: step 1 promotes one of its datasets
+    agent.config.promotion.tau = 10.0
+    agent.run(Budget(max_teacher_steps=2))  # step 2 none
+    promoted_id = agent.store.datasets(agent.run_id, kind="promotion")[0]["meta"]["from_dataset"]
+    datasets = agent.store.datasets(agent.run_id, kind="curriculum")
+    rewarded = next(d for d in datasets if d["teacher_step"] == 2)
+    agent.config.promotion.tau = 0.01
+    for dataset in datasets:  # below tau but the promoted one and `rewarded`
+        agent.store.set_dataset_reward(dataset["id"], 0.02 if dataset is rewarded else 0.01)
     calls = record_trainings(monkeypatch)
     summary = evaluate_pq(agent, steps=1)
-    (promotion,) = agent.store.datasets(agent.run_id, kind="promotion")
-    promoted = agent._dataset_problems(agent.store.get_dataset(promotion["meta"]["from_dataset"]))
-    assert summary["promotion_questions"] == len(promoted) == 2
+    chosen = [d for d in agent.store.datasets(agent.run_id, kind="curriculum") if d["id"] in (promoted_id, rewarded["id"])]
+    questions = [p for d in chosen for p in agent._dataset_problems(d)]
+    assert summary["questions"] == len(questions) == 4 and summary["promotion_questions"] == 2
     (call,) = calls
     assert [(p.question, p.answer) for p in call["problems"]] == [
-        (p.question, p.answer) for p in promoted + agent.hard_set("train")]
+        (p.question, p.answer) for p in questions + agent.hard_set("train")]
     (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
     assert "pass@1" in evaluation["summary"]
 
@@ -372,7 +383,7 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
 
 def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
         tmp_path, hard_files, random_tiny_dir, monkeypatch, capsys):
-    """When the budget ends, the run's last unit is the PQ student (budget.pq_steps on the promotion
+    """When the budget ends, the run's last unit is the PQ student (budget.pq_steps on the rewarded
     questions plus hard-train, from the base model), kept as `pq`, reported by `soar status` and exported by
     `soar run`; a stop skips it, and so do the modes without a teacher."""
     from safetensors.torch import load_file
@@ -391,11 +402,11 @@ def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
     final = calls[-1]
     agent = Agent.open(None, run_dir, log=lambda m: None, existing_only=True)
     assert [(p.question, p.answer) for p in final["problems"]] == [
-        (p.question, p.answer) for p in pq.promoted_problems(agent) + agent.hard_set("train")]
+        (p.question, p.answer) for p in pq.rewarded_problems(agent)[0] + agent.hard_set("train")]
     base = load_file(str(next(Path(random_tiny_dir).glob("*.safetensors"))))
     assert all(torch.equal(final["baseline"].state_dict()[name], base[name]) for name in base)  # a fresh student
     (checkpoint,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
-    assert checkpoint["metrics"] == {"steps": 3, "promotion_questions": 2}
+    assert checkpoint["metrics"] == {"steps": 3, "questions": 4, "promotion_questions": 2}
     (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
     assert evaluation["checkpoint_id"] == checkpoint["id"]
     events = agent.store.events(agent.run_id, limit=100)
@@ -436,15 +447,16 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "budget.pq_steps=0")
     agent.run(Budget(max_teacher_steps=1))  # measures a step, the students' steps and a hard-test evaluation
-    costs = pq.measured_costs(agent.store, agent.run_id)
+    costs = pq.measured_costs(agent.store, agent.run_id, agent.config.promotion.tau)
     trainings = agent.store.trainings(agent.run_id)
     assert 0 < costs.rl_step < 100 and all(t["metrics"]["train_seconds"] > 0 for t in trainings)
     # student.max_new_tokens 8 fits no expert solution: every step is RL, which stands for both phases
     assert all(t["metrics"]["sft_steps"] == 0 and t["metrics"]["rl_seconds"] > 0 for t in trainings)
     assert costs.sft_step == costs.rl_step
     assert costs.evaluation == agent.store.evaluations(agent.run_id, set_name="hard-test")[-1]["summary"]["seconds"] > 0
-    # the PQ student's questions are the promoted dataset's: its students' step times count, not the others',
-    # supervised and RL steps apart, and a training's work outside its steps apart
+    # the PQ student's questions are the rewarded datasets' (here the promoted one): its students' step times
+    # count, not the others', supervised and RL steps apart, and a training's work outside its steps apart
+    agent.config.promotion.tau = 0.5
     (promotion,) = agent.store.datasets(agent.run_id, kind="promotion")
     other = next(t["dataset_id"] for t in trainings if t["dataset_id"] != promotion["meta"]["from_dataset"])
     for index, (dataset_id, seconds) in enumerate([(promotion["meta"]["from_dataset"], 100.0)] * 3 + [(other, 1.0)] * 5):
@@ -452,7 +464,7 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
                                  reward=0.0, accuracy_before=0.0, accuracy_after=0.0, checkpoint_path=None,
                                  metrics={"train_seconds": 5.1 * seconds, "steps": 3, "sft_steps": 2,
                                           "sft_seconds": 2 * seconds, "rl_seconds": 3 * seconds})
-    costs = pq.measured_costs(agent.store, agent.run_id)  # the medians of the promoted dataset's five
+    costs = pq.measured_costs(agent.store, agent.run_id, agent.config.promotion.tau)  # the promoted dataset's five
     assert (costs.sft_step, costs.rl_step, round(costs.per_training, 6)) == (100.0, 300.0, 10.0)
     # each training of the chain has its own supervised phase, at most one pass over the expert solutions:
     # few of them (one promotion) leave most of its steps to RL, several times a supervised step's cost
@@ -460,7 +472,7 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 250, experts=1000) == 2 * (90 + 10 * 5 + 2) + (45 + 5 * 5 + 2)
     assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 100, experts=120) == 30 + 70 * 5 + 2
     # pretend a student step costs 10 s and an evaluation 50 s, so that the test does not depend on the clock
-    monkeypatch.setattr(pq, "measured_costs", lambda store, run_id: pq.Costs(10.0, 10.0, 0.0, 50.0))
+    monkeypatch.setattr(pq, "measured_costs", lambda store, run_id, tau: pq.Costs(10.0, 10.0, 0.0, 50.0))
     agent.config.budget.pq_steps = 300  # ~51 minutes kept free
     calls = record_trainings(monkeypatch)
     reason = agent.run(Budget(deadline=time.time() + 50 + 150 * 10 + 5, max_teacher_steps=5))
