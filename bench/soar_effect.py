@@ -22,6 +22,11 @@ with the whole machine. Figures carry their standard error over hard-test proble
 
     python bench/soar_effect.py --hours 1.5 --parallel [--arms hard-only,curated,soar] [--set key=value]
     python bench/soar_effect.py --report runs/bench     # print the figures of a finished bench again
+    python bench/soar_effect.py --final runs/night-s1 --final runs/night-s2 --out runs/final-q
+
+--final RUN_DIR (repeatable) measures a finished run's final training as the code now trains it: a fresh PQ
+student on the run's questions (pq.evaluate_pq, trained again even when the run has one, kept as its `pq`
+checkpoint: give a copy of a run whose own should stay), paired with base.
 """
 
 from __future__ import annotations
@@ -111,15 +116,15 @@ def evaluate_final(job: tuple) -> dict:
     from soar_agent.models import load_model, load_tokenizer
     from soar_agent.pq import evaluate_pq
 
-    name, run_dir, k, seed = job
+    name, run_dir, k, seed, *retrain = job  # retrain: [True] trains the PQ student even when the run has one
     agent = Agent.open(None, Path(run_dir), log=lambda message: None, existing_only=True)
     cfg = agent.config
-    trained = agent.latest_checkpoint("pq") if name.endswith("-pq") else None
+    trained = agent.latest_checkpoint("pq") if name.endswith("-pq") and not any(retrain) else None
     if name.endswith("-pq") and trained is None:  # the run stopped before its final training: train it now
         summary = evaluate_pq(agent, seed=seed - 1)  # evaluates hard-test with seed + 1 = the common seed
         evaluation = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")[-1]
         values = [r["pass_at"].get(k, 0.0) for r in agent.store.evaluation_results(evaluation["id"])]
-        return {"name": name, "values": values, "steps": summary.get("steps"),
+        return {"name": name, "values": values, "steps": summary.get("steps"), "questions": summary.get("questions"),
                 "promotion_questions": summary.get("promotion_questions")}
     # the PQ student the run trained inside its hours (budget.pq_steps), else the latest baseline
     checkpoint = trained or (agent.latest_checkpoint("baseline") if name != "base" else None)
@@ -130,7 +135,7 @@ def evaluate_final(job: tuple) -> dict:
     return {"name": name, "values": [r.pass_at([k])[k] for r in results],
             "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
             "checkpoint": checkpoint["path"] if checkpoint else "base model",
-            **({"steps": trained["metrics"].get("steps"),
+            **({"steps": trained["metrics"].get("steps"), "questions": trained["metrics"].get("questions"),
                 "promotion_questions": trained["metrics"].get("promotion_questions")} if trained else {})}
 
 
@@ -177,7 +182,8 @@ def report(out: Path, k: int) -> None:
         mean, error = mean_error(r["values"])
         diff = paired_difference(r["values"], base_values)
         extra = f"  greedy {r['greedy']:.3f}" if "greedy" in r else ""
-        extra += f"  ({r['promotion_questions']} promotion questions, {r['steps']} steps)" if name.endswith("-pq") else ""
+        extra += (f"  ({r.get('questions') or '?'} questions, {r['promotion_questions']} of them promoted,"
+                  f" {r['steps']} steps)" if name.endswith("-pq") else "")
         print(f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{extra}")
     for arm in ARMS:
         if (out / arm / "soar.db").is_file():
@@ -216,10 +222,20 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true", help="run the arms at the same time, one thread each")
     parser.add_argument("--eval-every", type=int, default=1000,
                         help="in-loop hard-test evaluation every N teacher steps (default: only step 0)")
+    parser.add_argument("--final", action="append", default=[], metavar="RUN_DIR",
+                        help="train and evaluate this finished run's final training again (see above)")
     add_common_arguments(parser, "runs/bench", "config overrides for every arm")
     args = parser.parse_args()
     if args.report:
         report(Path(args.report), args.k)
+        return
+    if args.final:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        evaluate_all(out, [("base", Path(args.final[0]), args.k, args.seed)]
+                     + [(f"{Path(run).name}-pq", Path(run), args.k, args.seed, True) for run in args.final],
+                     args.workers)
+        report(out, args.k)
         return
     if not args.hours:
         parser.error("--hours is required (or --report OUT)")
