@@ -473,7 +473,7 @@ class Agent:
         promotions = self._promotions()
         rewarded = len(rewarded_datasets(self.store, self.run_id, self.config.promotion.tau))
         message = (f"final training: a fresh student, {steps} steps on the questions of the {rewarded} datasets"
-                   f" whose reward beat tau ({promotions} promoted) plus hard-train (SOAR-PQ)")
+                   f" the reward found helpful ({promotions} promoted) plus hard-train (SOAR-PQ)")
         self.store.log_event(run_id=self.run_id, level="info", kind="pq-training", message=message,
                              data={"steps": steps, "promotions": promotions, "datasets": rewarded})
         self.log(message)

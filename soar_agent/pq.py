@@ -133,9 +133,14 @@ def chain_seconds(costs: Costs, student, steps: int, experts: int) -> float:
 
 
 def final_training_seconds(agent, steps: int, costs: Costs) -> float:
-    """chain_seconds for this run's PQ student as its questions stand now, plus its hard-test evaluation."""
-    problems = training_problems(agent)[1]
-    return chain_seconds(costs, agent.config.student, steps, sum(1 for p in problems if p.steps)) + costs.evaluation
+    """chain_seconds for this run's PQ student as its questions stand now, plus its hard-test evaluation. The
+    expert solutions are counted on the stored rows, not re-checked item by item as rewarded_problems does
+    (an estimate made before every teacher step: 0.8 against 9.5 s for 25,920 items)."""
+    store, run_id = agent.store, agent.run_id
+    experts = sum(1 for dataset in rewarded_datasets(store, run_id, agent.config.promotion.tau)
+                  for row in store.dataset_problems(dataset["id"]) if row.get("steps"))
+    experts += sum(1 for problem in agent.hard_set("train") if problem.steps)
+    return chain_seconds(costs, agent.config.student, steps, experts) + costs.evaluation
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
