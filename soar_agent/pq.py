@@ -162,6 +162,12 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     if not steps:
         raise ValueError(f"{agent.paths.root}: budget.pq_steps is 0 in the run's config: give the number of"
                          f" steps (soar eval-pq --steps N)")
+    extra = {}
+    if cfg.student.backend == "sft-rlvr":  # one tokenization of the pool's expert solutions for the whole
+        # chain, not one per training (measured: 10 s for 26,000 on one busy thread; a night's pool is 200,000)
+        from soar_agent.rl.sft import writable_experts
+
+        extra["experts"] = writable_experts(agent.tokenizer, agent.domain, problems, cfg.student.max_new_tokens)
     student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
     step_done, done = agent._track(f"PQ student: {steps} steps on {len(problems)} problems", steps), 0
     started = time.time()
@@ -178,7 +184,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
             break
         student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
                                                   steps=length, seed=seed + index,
-                                                  log=lambda record, offset=done: step_done(offset + record["step"] + 1))
+                                                  log=lambda record, offset=done: step_done(offset + record["step"] + 1),
+                                                  **extra)
         done += length
         # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
         eta = (time.time() - started) / done * (steps - done)

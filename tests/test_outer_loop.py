@@ -348,8 +348,14 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     with pytest.raises(ValueError, match="no SOAR-PQ student yet"):
         resolve_checkpoint(agent.store, agent.run_id, "pq", None)
     calls = record_trainings(monkeypatch)
+    from soar_agent.rl import sft
+
+    tokenized = []
+    real_experts = sft.writable_experts
+    monkeypatch.setattr(sft, "writable_experts", lambda *args: tokenized.append(len(args[2])) or real_experts(*args))
     evaluate_pq(agent, steps=5, training_steps=2)
     assert [call["steps"] for call in calls] == [2, 2, 1]
+    assert len(tokenized) == 1  # the pool's expert solutions, tokenized once for the chain
     for before, after in zip(calls, calls[1:]):
         assert after["baseline"] is before["student"]
     (checkpoint,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")

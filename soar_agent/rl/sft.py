@@ -137,14 +137,16 @@ def problems_drawn(cfg, steps: int) -> int:
 
 
 def train_sft_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int | None = None, seed: int = 0,
-                        reference=None, log=None, on_rollout=None, engine=None):
+                        reference=None, log=None, on_rollout=None, engine=None, experts: Rollout | None = None):
     """round(sft_share * steps) SFT steps on the problems' expert solutions (at most one pass over them), then
     outcome-reward RL (`train_student`, RLOO) from the SFT weights on the same problems, with the SFT weights
     as KL reference. Same contract as `train_student`; its StudentMetrics means cover the RL steps, per_step
     every step. Without a writable expert solution every step is RL (see the module docstring). `reference`
-    is accepted for the common signature and unused."""
+    is accepted for the common signature and unused. `experts`: the problems' `writable_experts`, when the
+    caller has them (a chain of trainings on one pool tokenizes its solutions once: pq.evaluate_pq)."""
     total = cfg.steps if steps is None else steps
-    experts = writable_experts(tokenizer, domain, problems, cfg.max_new_tokens)
+    if experts is None:
+        experts = writable_experts(tokenizer, domain, problems, cfg.max_new_tokens)
     if not experts.problems:
         return train_student(baseline, tokenizer, problems, domain, cfg, steps=total, seed=seed,
                              reference=None, log=log, on_rollout=on_rollout, engine=engine)
