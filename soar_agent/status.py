@@ -37,8 +37,8 @@ def run_status(run_dir: Path) -> dict:
                           if evaluations else {}),
             "hard_test_step": evaluations[-1]["teacher_step"] if evaluations else None,
             # the PQ student (the run's final training or soar eval-pq): the model `soar run` exports
-            "pq": ({k: round(v, 4) for k, v in pq[-1]["summary"].items() if k.startswith("pass@") or k == "steps"}
-                   if pq else {}),
+            "pq": ({k: round(v, 4) for k, v in pq[-1]["summary"].items()
+                    if k.startswith("pass@") or k in ("steps", "questions")} if pq else {}),
             "elapsed_s": round(time.time() - _epoch(run["created_at"])),
             "remaining_s": None,
             # each complete step's grounded reward with its paired standard error (reward.pooled_reward)
@@ -90,7 +90,9 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
                  + ", ".join(f"{k} {hard[k]:.1%}" for k in shown) if hard else "hard-test: not evaluated yet")
     pq = status.get("pq") or {}
     if pq:
-        hard_line += ("; PQ student" + (f" ({pq['steps']:.0f} steps)" if "steps" in pq else "") + ": "
+        trained = [f"{pq['steps']:.0f} steps"] if "steps" in pq else []
+        trained += [f"{pq['questions']:,.0f} questions"] if "questions" in pq else []
+        hard_line += ("; PQ student" + (f" ({', '.join(trained)})" if trained else "") + ": "
                       + ", ".join(f"{k} {pq[k]:.1%}" for k in ("pass@1", "pass@8", "pass@32") if k in pq))
     average = status.get("latest_reward_moving_average")
     state = f"running: {phase}" if status["status"] == "running" else status["status"]

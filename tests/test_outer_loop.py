@@ -425,7 +425,7 @@ def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
     assert all(torch.equal(load_file(str(next(exported.glob("*.safetensors"))))[name], saved[name]) for name in saved)
     status = run_status(run_dir)
     assert status["pq"]["steps"] == 3 and "pass@1" in status["pq"]
-    assert "PQ student (3 steps)" in format_status(status)
+    assert status["pq"]["questions"] == 4 and "PQ student (3 steps, 4 questions)" in format_status(status)
     # the same budget again is refused; when the final training did not finish (a crash), the refusal names
     # the command that trains it
     assert cli.main(["run", "--run-dir", str(run_dir), "--max-teacher-steps", "1"]) == 2
