@@ -434,7 +434,7 @@ class Agent:
         The last three, not the median of all: steps grow longer as the teacher learns to write longer
         questions (5.8 -> 9.2 minutes over 7 steps of a default run on one thread), and a resumed step's
         time counts only its remainder."""
-        from soar_agent.pq import final_training_seconds, measured_costs
+        from soar_agent.pq import chain_seconds, expert_solutions, measured_costs
 
         if budget.deadline is None:
             return None
@@ -445,8 +445,8 @@ class Agent:
         step_seconds = max(durations)
         if costs and (done[-1]["step"] + 1) % self.config.eval.every_teacher_steps == 0:
             step_seconds += costs.evaluation
-        reserved = (final_training_seconds(self, self.config.budget.pq_steps, costs)
-                    if costs and self._ends_with_final_training() else 0.0)
+        reserved = (chain_seconds(costs, self.config.student, self.config.budget.pq_steps, expert_solutions(self))
+                    + costs.evaluation if costs and self._ends_with_final_training() else 0.0)
         if time.time() + step_seconds + reserved <= budget.deadline:
             return None
         return (f"time budget reached: a teacher step (~{step_seconds / 60:.0f} min) would not end before "
@@ -456,13 +456,14 @@ class Agent:
         """The run's last unit when its budget ends: the PQ student (pq.evaluate_pq) with budget.pq_steps, or as
         many of them as the time left allows; skipped, with the command that trains it later, when fewer than
         one training's worth fit. Returns its hard-test summary (None when skipped or stopped)."""
-        from soar_agent.pq import (PQ_TRAINING_STEPS, evaluate_pq, final_training_seconds, measured_costs,
+        from soar_agent.pq import (PQ_TRAINING_STEPS, chain_seconds, evaluate_pq, expert_solutions, measured_costs,
                                    rewarded_datasets)
 
         wanted = steps = self.config.budget.pq_steps
         costs = measured_costs(self.store, self.run_id, self.config.promotion.tau)
         if budget.deadline is not None and costs is not None:
-            per_step = (final_training_seconds(self, PQ_TRAINING_STEPS, costs) - costs.evaluation) / PQ_TRAINING_STEPS
+            training = chain_seconds(costs, self.config.student, PQ_TRAINING_STEPS, expert_solutions(self))
+            per_step = training / PQ_TRAINING_STEPS
             steps = min(wanted, max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step)))
         if steps < min(wanted, PQ_TRAINING_STEPS):
             message = (f"no time left for the final training ({steps} of {wanted} steps fit):"

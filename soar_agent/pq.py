@@ -61,13 +61,6 @@ def rewarded_datasets(store, run_id: int, tau: float) -> list[dict]:
             if d["id"] in promoted or (d["reward"] is not None and d["reward"] > tau)]
 
 
-def training_problems(agent) -> tuple[list, list, int]:
-    """(the rewarded questions, what the PQ student trains on: those plus hard-train, how many of them are
-    promotion questions)."""
-    questions, promotion_questions = rewarded_problems(agent)
-    return questions, questions + agent.hard_set("train"), promotion_questions
-
-
 PQ_TRAINING_STEPS = 100  # bench/teacher_data.py's chains: trainings of 100 steps (budget.pq_steps in all)
 
 
@@ -132,15 +125,14 @@ def chain_seconds(costs: Costs, student, steps: int, experts: int) -> float:
     return total
 
 
-def final_training_seconds(agent, steps: int, costs: Costs) -> float:
-    """chain_seconds for this run's PQ student as its questions stand now, plus its hard-test evaluation. The
-    expert solutions are counted on the stored rows, not re-checked item by item as rewarded_problems does
-    (an estimate made before every teacher step: 0.8 against 9.5 s for 25,920 items)."""
+def expert_solutions(agent) -> int:
+    """How many expert solutions the PQ student's questions have (chain_seconds' `experts`), counted on the
+    stored rows, not re-checked item by item as rewarded_problems does (an estimate made before every teacher
+    step: 0.8 against 9.5 s for 25,920 items)."""
     store, run_id = agent.store, agent.run_id
-    experts = sum(1 for dataset in rewarded_datasets(store, run_id, agent.config.promotion.tau)
-                  for row in store.dataset_problems(dataset["id"]) if row.get("steps"))
-    experts += sum(1 for problem in agent.hard_set("train") if problem.steps)
-    return chain_seconds(costs, agent.config.student, steps, experts) + costs.evaluation
+    rows = sum(1 for dataset in rewarded_datasets(store, run_id, agent.config.promotion.tau)
+               for row in store.dataset_problems(dataset["id"]) if row.get("steps"))
+    return rows + sum(1 for problem in agent.hard_set("train") if problem.steps)
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
@@ -157,7 +149,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
-    questions, problems, promotion_questions = training_problems(agent)
+    questions, promotion_questions = rewarded_problems(agent)
+    problems = questions + agent.hard_set("train")
     steps = steps or cfg.budget.pq_steps
     if not steps:
         raise ValueError(f"{agent.paths.root}: budget.pq_steps is 0 in the run's config: give the number of"

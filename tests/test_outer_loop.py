@@ -477,6 +477,9 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     student = agent.config.student  # sft-rlvr, sft_share 0.9, 2 x 2 solutions per supervised step
     assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 250, experts=1000) == 2 * (90 + 10 * 5 + 2) + (45 + 5 * 5 + 2)
     assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 100, experts=120) == 30 + 70 * 5 + 2
+    # the estimate's expert solutions: those of the questions the final training will train on
+    questions, _ = pq.rewarded_problems(agent)
+    assert pq.expert_solutions(agent) == sum(1 for p in questions + agent.hard_set("train") if p.steps) > 0
     # pretend a student step costs 10 s and an evaluation 50 s, so that the test does not depend on the clock
     monkeypatch.setattr(pq, "measured_costs", lambda store, run_id, tau: pq.Costs(10.0, 10.0, 0.0, 50.0))
     agent.config.budget.pq_steps = 300  # ~51 minutes kept free
