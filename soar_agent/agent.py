@@ -59,6 +59,7 @@ class RunPaths:
 class Budget:
     deadline: float | None = None  # epoch seconds
     max_teacher_steps: int = 0  # 0 = no limit (counts completed steps of the whole run)
+    started: float = field(default_factory=time.time)  # the session's start: budget.pq_share is of deadline - started
 
     def exhausted(self, completed_steps: int) -> str | None:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -428,9 +429,10 @@ class Agent:
 
     def _no_time_for_a_step(self, budget: Budget, done: list[dict]) -> str | None:
         """With a deadline: the reason not to start the next teacher step when it would end (taking as long
-        as the longest of the last three, plus an evaluation when one is due) after the time the final
-        training needs (pq.measured_costs) has begun, so that the run ends with its model at the deadline
-        rather than one step late. None while it fits, and before the first step (nothing is measured yet).
+        as the longest of the last three, plus an evaluation when one is due) inside the time kept for the final
+        training: budget.pq_share of the session's budget, or budget.pq_steps' time (pq.measured_costs) when
+        that is longer, so that the run ends with its model at the deadline rather than one step late. None
+        while it fits, and before the first step (nothing is measured yet).
         The last three, not the median of all: steps grow longer as the teacher learns to write longer
         questions (5.8 -> 9.2 minutes over 7 steps of a default run on one thread), and a resumed step's
         time counts only its remainder."""
@@ -445,17 +447,23 @@ class Agent:
         step_seconds = max(durations)
         if costs and (done[-1]["step"] + 1) % self.config.eval.every_teacher_steps == 0:
             step_seconds += costs.evaluation
-        reserved = (chain_seconds(costs, self.config.student, self.config.budget.pq_steps, expert_solutions(self))
-                    + costs.evaluation if costs and self._ends_with_final_training() else 0.0)
+        reserved = 0.0
+        if self._ends_with_final_training():
+            reserved = self.config.budget.pq_share * (budget.deadline - budget.started)
+            if costs:
+                reserved = max(reserved, costs.evaluation + chain_seconds(
+                    costs, self.config.student, self.config.budget.pq_steps, expert_solutions(self)))
         if time.time() + step_seconds + reserved <= budget.deadline:
             return None
         return (f"time budget reached: a teacher step (~{step_seconds / 60:.0f} min) would not end before "
                 + (f"the final training's ~{reserved / 60:.0f} min" if reserved else "the deadline"))
 
     def _final_training(self, budget: Budget) -> dict | None:
-        """The run's last unit when its budget ends: the PQ student (pq.evaluate_pq) with budget.pq_steps, or as
-        many of them as the time left allows; skipped, with the command that trains it later, when fewer than
-        one training's worth fit. Returns its hard-test summary (None when skipped or stopped)."""
+        """The run's last unit when its budget ends: the PQ student (pq.evaluate_pq) with budget.pq_steps, or,
+        with a deadline, as many steps as the time left allows (more than budget.pq_steps when the teacher steps
+        left more: the final training's length follows the budget); skipped, with the command that trains it
+        later, when fewer than one training's worth fit. Returns its hard-test summary (None when skipped or
+        stopped)."""
         from soar_agent.pq import (PQ_TRAINING_STEPS, chain_seconds, evaluate_pq, expert_solutions, measured_costs,
                                    rewarded_datasets)
 
@@ -464,7 +472,7 @@ class Agent:
         if budget.deadline is not None and costs is not None:
             training = chain_seconds(costs, self.config.student, PQ_TRAINING_STEPS, expert_solutions(self))
             per_step = training / PQ_TRAINING_STEPS
-            steps = min(wanted, max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step)))
+            steps = max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step))
         if steps < min(wanted, PQ_TRAINING_STEPS):
             message = (f"no time left for the final training ({steps} of {wanted} steps fit):"
                        f" soar eval-pq {self.paths.root} trains the PQ student later")

@@ -2,7 +2,8 @@
 run's grounded reward measured as helpful (rewarded_problems: every dataset whose reward beat tau, the
 promoted ones among them; the paper's PQ is the promoted ones alone) plus hard-train, evaluated on hard-test
 (reported, never used for reward) and kept as the run's `pq` checkpoint. `soar run` trains it when its budget
-ends (Agent._final_training, budget.pq_steps) and exports it; `soar eval-pq` trains it on demand.
+ends (Agent._final_training: budget.pq_steps, or with --hours every step that fits in the time the teacher
+steps leave, at least budget.pq_share of the budget) and exports it; `soar eval-pq` trains it on demand.
 
 The training is long, as the curated ceiling's is: a chain of trainings of PQ_TRAINING_STEPS each, every
 one continuing from the last (each makes its own pass over the expert solutions, rl.sft), budget.pq_steps
@@ -140,8 +141,9 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     """Train the PQ student (`steps` RL steps, default budget.pq_steps), keep it as the run's `pq` checkpoint
     and evaluate it on hard-test: the evaluation's summary, or None when `stop()` returned a reason between
     two trainings of the chain (nothing is stored then). With a `deadline` (epoch seconds), a training of the
-    chain that would not end `evaluation_seconds` before it (at the pace of the ones before) is not started:
-    the student trained so far is kept and evaluated, and its steps are what the summary reports. The pace
+    chain that would not end `evaluation_seconds` before it (at the pace of the ones before) is shortened to
+    the steps that fit, and not started when fewer than a tenth of a training's fit: the student trained so
+    far is kept and evaluated, and its steps are what the summary reports. The pace
     of the chain's own trainings is the one exact measure of its cost (the run's students only estimate it)."""
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model, save_checkpoint
@@ -167,14 +169,18 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     for index, length in enumerate(chain_lengths(steps, training_steps)):
         if stop():
             return None
-        if done and deadline is not None and \
-                time.time() + (time.time() - started) / done * length + evaluation_seconds > deadline:
-            message = f"PQ student: {done} of {steps} steps fit before the deadline; evaluating it now"
-            store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
-                            data={"steps_done": done})
-            agent.log(message)
-            steps = done
-            break
+        if done and deadline is not None:
+            fits = int((deadline - time.time() - evaluation_seconds) / ((time.time() - started) / done))
+            if fits < max(1, training_steps // 10):  # a training's own overhead is worth at least a tenth of one
+                message = f"PQ student: {done} of {steps} steps fit before the deadline; evaluating it now"
+                store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
+                                data={"steps_done": done})
+                agent.log(message)
+                steps = done
+                break
+            if fits < length:  # the last training, shortened to end before the deadline
+                length = fits
+                steps = done + fits
         student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
                                                   steps=length, seed=seed + index,
                                                   log=lambda record, offset=done: step_done(offset + record["step"] + 1),

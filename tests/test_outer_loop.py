@@ -378,6 +378,26 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     assert [call["steps"] for call in calls] == [1] and summary["steps"] == 1
     assert agent.store.checkpoints(agent.run_id, role="pq", status="complete")[-1]["metrics"]["steps"] == 1
     assert evaluate_pq(agent, steps=3, training_steps=1, deadline=time.time() + 600)["steps"] == 3
+    # the training that would end after the deadline is shortened to the steps that fit at the chain's pace
+    # (a clock that moves 10 s per step), and none starts once fewer than a tenth of a training's fit
+    clock = [time.time()]
+    monkeypatch.setattr(pq, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
+    lengths = []
+
+    def ten_seconds_a_step(backend):
+        def train(student, *args, steps, **kwargs):
+            clock[0] += 10 * steps
+            lengths.append(steps)
+            return student, {}
+        return train
+
+    monkeypatch.setattr(rl, "trainer", ten_seconds_a_step)
+    summary = evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20)
+    assert lengths == [20, 20, 5] and summary["steps"] == 45
+    assert agent.store.checkpoints(agent.run_id, role="pq", status="complete")[-1]["metrics"]["steps"] == 45
+    lengths.clear()
+    assert evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 235, evaluation_seconds=20)["steps"] == 20
+    assert lengths == [20]  # room for one step after the first training: less than a tenth of one
     evaluate_pq(agent, steps=1)  # a second PQ replaces the first: `pq` names the newest
     (newest,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
     assert newest["id"] != checkpoint["id"]
@@ -498,6 +518,21 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     growing = [{"step": n, "metrics": {"seconds": seconds}} for n, seconds in enumerate([900, 10, 10, 10, 100], 1)]
     assert agent._no_time_for_a_step(Budget(deadline=time.time() + 90), growing)
     assert agent._no_time_for_a_step(Budget(deadline=time.time() + 90), growing[:4]) is None
+    # the final training's length follows the budget: with more time left than budget.pq_steps need, it
+    # takes every step that fits (here ~245 of 10 s, not the 100 asked for) ...
+    agent.config.budget.pq_steps = 100
+    calls.clear()
+    agent.run(Budget(deadline=time.time() + 50 + 250 * 10 + 5, max_teacher_steps=1))
+    assert 240 <= sum(c["steps"] for c in calls) <= 250 and [c["steps"] for c in calls][:2] == [100, 100]
+    assert agent.final_summary["steps"] == sum(c["steps"] for c in calls)
+    # ... and budget.pq_share of the session's budget is kept for it when that is longer than pq_steps' time
+    half_of_an_hour = Budget(deadline=time.time() + 3600, started=time.time())
+    agent.config.budget.pq_share = 0.5
+    assert agent._no_time_for_a_step(half_of_an_hour, growing[:4]) is None  # 15 min steps: 30 min fit
+    two_minutes_short = [{"step": 1, "metrics": {"seconds": 1800 + 120}}]
+    assert "final training's ~30 min" in agent._no_time_for_a_step(half_of_an_hour, two_minutes_short)
+    agent.config.budget.pq_share = 0.0
+    assert agent._no_time_for_a_step(half_of_an_hour, two_minutes_short) is None  # pq_steps' ~18 min only
     agent.config.budget.pq_steps = 300
     calls.clear()
     agent.run(Budget(deadline=time.time() + 60, max_teacher_steps=5))  # one step of the 300 would fit: none
