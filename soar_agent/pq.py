@@ -165,22 +165,25 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         extra["experts"] = writable_experts(agent.tokenizer, agent.domain, problems, cfg.student.max_new_tokens)
     student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
     step_done, done = agent._track(f"PQ student: {steps} steps on {len(problems)} problems", steps), 0
-    started = time.time()
-    for index, length in enumerate(chain_lengths(steps, training_steps)):
+    started, planned = time.time(), steps
+    for index, length in enumerate(chain_lengths(planned, training_steps)):
         if stop():
             return None
         if done and deadline is not None:
             fits = int((deadline - time.time() - evaluation_seconds) / ((time.time() - started) / done))
-            if fits < max(1, training_steps // 10):  # a training's own overhead is worth at least a tenth of one
-                message = f"PQ student: {done} of {steps} steps fit before the deadline; evaluating it now"
-                store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
-                                data={"steps_done": done})
-                agent.log(message)
+            if fits < min(length, max(1, training_steps // 10)):  # a training's overhead: worth a tenth of one
                 steps = done
-                break
-            if fits < length:  # the last training, shortened to end before the deadline
-                length = fits
-                steps = done + fits
+            elif fits < length:  # the last training, shortened to end before the deadline
+                length, steps = fits, done + fits
+            if steps < planned:
+                message = (f"PQ student: {steps} of {planned} steps fit before the deadline"
+                           + (f" (the last training shortened to {length})" if steps > done else "")
+                           + "; evaluating it " + ("after them" if steps > done else "now"))
+                store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
+                                data={"steps_done": done, "steps": steps})
+                agent.log(message)
+                if steps == done:
+                    break
         student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
                                                   steps=length, seed=seed + index,
                                                   log=lambda record, offset=done: step_done(offset + record["step"] + 1),
@@ -191,6 +194,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         message = f"PQ student: {done} of {steps} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
         store.log_event(run_id=run_id, level="info", kind="pq-training", message=message, data={"steps_done": done})
         agent.log(message)
+        if done == steps:
+            break
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
                                          metrics={"steps": steps, "questions": len(questions),

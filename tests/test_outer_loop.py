@@ -394,10 +394,14 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     monkeypatch.setattr(rl, "trainer", ten_seconds_a_step)
     summary = evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20)
     assert lengths == [20, 20, 5] and summary["steps"] == 45
+    assert "PQ student: 45 of 60 steps fit before the deadline (the last training shortened to 5); evaluating it" \
+        " after them" in [e["message"] for e in agent.store.events(agent.run_id, limit=3)]
     assert agent.store.checkpoints(agent.run_id, role="pq", status="complete")[-1]["metrics"]["steps"] == 45
     lengths.clear()
     assert evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 235, evaluation_seconds=20)["steps"] == 20
     assert lengths == [20]  # room for one step after the first training: less than a tenth of one
+    assert "PQ student: 20 of 60 steps fit before the deadline; evaluating it now" in [
+        e["message"] for e in agent.store.events(agent.run_id, limit=3)]
     evaluate_pq(agent, steps=1)  # a second PQ replaces the first: `pq` names the newest
     (newest,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
     assert newest["id"] != checkpoint["id"]
