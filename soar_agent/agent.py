@@ -488,7 +488,8 @@ class Agent:
         self.log(message)
         started = time.time()
         summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason,
-                              deadline=budget.deadline, evaluation_seconds=costs.evaluation if costs else 0.0)
+                              deadline=budget.deadline, evaluation_seconds=costs.evaluation if costs else 0.0,
+                              fill=True)  # the estimate of steps may be short or long: the deadline ends it
         if summary is None:
             self.log(f"final training stopped: {self.stop_reason}")
             return None

@@ -14,6 +14,7 @@ promoted student (50-step students) was 0.009 and a short PQ (200 steps, the def
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -137,13 +138,15 @@ def expert_solutions(agent) -> int:
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
-                stop=lambda: None, deadline: float | None = None, evaluation_seconds: float = 0.0) -> dict | None:
+                stop=lambda: None, deadline: float | None = None, evaluation_seconds: float = 0.0,
+                fill: bool = False) -> dict | None:
     """Train the PQ student (`steps` RL steps, default budget.pq_steps), keep it as the run's `pq` checkpoint
     and evaluate it on hard-test: the evaluation's summary, or None when `stop()` returned a reason between
     two trainings of the chain (nothing is stored then). With a `deadline` (epoch seconds), a training of the
     chain that would not end `evaluation_seconds` before it (at the pace of the ones before) is shortened to
     the steps that fit, and not started when fewer than a tenth of a training's fit: the student trained so
-    far is kept and evaluated, and its steps are what the summary reports. The pace
+    far is kept and evaluated, and its steps are what the summary reports; with `fill` as well, the chain
+    goes on past `steps` (then only an estimate) while trainings fit, so that it ends at the deadline. The pace
     of the chain's own trainings is the one exact measure of its cost (the run's students only estimate it)."""
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model, save_checkpoint
@@ -166,19 +169,22 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
     step_done, done = agent._track(f"PQ student: {steps} steps on {len(problems)} problems", steps), 0
     started, planned = time.time(), steps
-    for index, length in enumerate(chain_lengths(planned, training_steps)):
+    lengths = chain_lengths(planned, training_steps)
+    if fill and deadline is not None:  # past the estimate while trainings fit: the deadline ends the chain
+        lengths = itertools.chain(lengths, itertools.repeat(training_steps))
+    for index, length in enumerate(lengths):
         if stop():
             return None
+        steps, cut = max(steps, done + length), None
         if done and deadline is not None:
             fits = int((deadline - time.time() - evaluation_seconds) / ((time.time() - started) / done))
             if fits < min(length, max(1, training_steps // 10)):  # a training's overhead: worth a tenth of one
-                steps = done
+                steps, cut = done, ""
             elif fits < length:  # the last training, shortened to end before the deadline
-                length, steps = fits, done + fits
-            if steps < planned:
-                message = (f"PQ student: {steps} of {planned} steps fit before the deadline"
-                           + (f" (the last training shortened to {length})" if steps > done else "")
-                           + "; evaluating it " + ("after them" if steps > done else "now"))
+                length, steps, cut = fits, done + fits, f" (the last training shortened to {fits})"
+            if cut is not None:
+                message = (f"PQ student: {steps} steps fit before the deadline ({planned} planned){cut};"
+                           f" evaluating it {'after them' if steps > done else 'now'}")
                 store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
                                 data={"steps_done": done, "steps": steps})
                 agent.log(message)
@@ -194,7 +200,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         message = f"PQ student: {done} of {steps} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
         store.log_event(run_id=run_id, level="info", kind="pq-training", message=message, data={"steps_done": done})
         agent.log(message)
-        if done == steps:
+        if cut:  # the shortened last training
             break
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",

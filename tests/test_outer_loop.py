@@ -394,14 +394,21 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     monkeypatch.setattr(rl, "trainer", ten_seconds_a_step)
     summary = evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20)
     assert lengths == [20, 20, 5] and summary["steps"] == 45
-    assert "PQ student: 45 of 60 steps fit before the deadline (the last training shortened to 5); evaluating it" \
-        " after them" in [e["message"] for e in agent.store.events(agent.run_id, limit=3)]
+    assert "PQ student: 45 steps fit before the deadline (60 planned) (the last training shortened to 5);" \
+        " evaluating it after them" in [e["message"] for e in agent.store.events(agent.run_id, limit=3)]
     assert agent.store.checkpoints(agent.run_id, role="pq", status="complete")[-1]["metrics"]["steps"] == 45
     lengths.clear()
     assert evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 235, evaluation_seconds=20)["steps"] == 20
     assert lengths == [20]  # room for one step after the first training: less than a tenth of one
-    assert "PQ student: 20 of 60 steps fit before the deadline; evaluating it now" in [
+    assert "PQ student: 20 steps fit before the deadline (60 planned); evaluating it now" in [
         e["message"] for e in agent.store.events(agent.run_id, limit=3)]
+    # the final training's chain (fill) goes on past its estimate while trainings fit, to the deadline
+    lengths.clear()
+    summary = evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20, fill=True)
+    assert lengths == [20, 20, 5] and summary["steps"] == 45
+    lengths.clear()
+    assert evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20)["steps"] == 20
+    assert lengths == [20]
     evaluate_pq(agent, steps=1)  # a second PQ replaces the first: `pq` names the newest
     (newest,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
     assert newest["id"] != checkpoint["id"]
@@ -508,6 +515,18 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     monkeypatch.setattr(pq, "measured_costs", lambda store, run_id, tau: pq.Costs(10.0, 10.0, 0.0, 50.0))
     agent.config.budget.pq_steps = 300  # ~51 minutes kept free
     calls = record_trainings(monkeypatch)
+    # ... and the chain's own pace is 10 s a step too (its clock moves on by 10 s per step trained)
+    ahead, pace = [0.0], [10.0]
+    monkeypatch.setattr(pq, "time", type("Clock", (), {"time": staticmethod(lambda: time.time() + ahead[0])}))
+    spy = rl.trainer
+
+    def ten_seconds_a_step(backend):
+        def train(*args, steps=None, **kwargs):
+            ahead[0] += pace[0] * steps
+            return spy(backend)(*args, steps=steps, **kwargs)
+        return train
+
+    monkeypatch.setattr(rl, "trainer", ten_seconds_a_step)
     reason = agent.run(Budget(deadline=time.time() + 50 + 150 * 10 + 5, max_teacher_steps=5))
     assert "final training" in reason and len(agent.completed_steps()) == 1  # no step started
     assert 145 <= sum(c["steps"] for c in calls) <= 150  # the steps that still fit, not the 300 wanted
@@ -526,9 +545,16 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     # takes every step that fits (here ~245 of 10 s, not the 100 asked for) ...
     agent.config.budget.pq_steps = 100
     calls.clear()
+    ahead[0] = 0.0
     agent.run(Budget(deadline=time.time() + 50 + 250 * 10 + 5, max_teacher_steps=1))
     assert 240 <= sum(c["steps"] for c in calls) <= 250 and [c["steps"] for c in calls][:2] == [100, 100]
     assert agent.final_summary["steps"] == sum(c["steps"] for c in calls)
+    # the estimate is only the plan: a chain twice as fast goes on to the deadline (~490 steps)
+    calls.clear()
+    ahead[0], pace[0] = 0.0, 5.0
+    agent.run(Budget(deadline=time.time() + 50 + 250 * 10 + 5, max_teacher_steps=1))
+    trained = sum(c["steps"] for c in calls)
+    assert 480 <= trained <= 500 and agent.final_summary["steps"] == trained
     # ... and budget.pq_share of the session's budget is kept for it when that is longer than pq_steps' time
     half_of_an_hour = Budget(deadline=time.time() + 3600, started=time.time())
     agent.config.budget.pq_share = 0.5
