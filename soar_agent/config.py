@@ -357,7 +357,7 @@ class BudgetSection:
         " that fits before the deadline, so its length follows the night's budget. Measured on the shipped model"
         " (`soar run --hours 1`; hard-test pass@32, 107 x 32, seed 2027, base 0.028): 0.5 gave 4 teacher steps"
         " and 989 final steps, PQ 0.318; 0.7 gave 2 teacher steps and 1,583 final steps, PQ 0.374 (+0.056 ± 0.046"
-        " over 0.5, within noise); where a single teacher step fitted (0.8, or 0.7 with slow steps) 0.09-0.13:"
+        " over 0.5, within noise); where a single teacher step fitted (0.8, or 0.7 with slow steps) 0.13-0.14:"
         " the final training needs the questions of more than one step, so 0.6 (curated's one-hour chain: 0.720)",
         ge=0.0, lt=1.0)
 
