@@ -175,20 +175,19 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     for index, length in enumerate(lengths):
         if stop():
             return None
-        steps, cut = max(steps, done + length), None
+        last = False
         if done and deadline is not None:
             fits = int((deadline - time.time() - evaluation_seconds) / ((time.time() - started) / done))
-            if fits < min(length, max(1, training_steps // 10)):  # a training's overhead: worth a tenth of one
-                steps, cut = done, ""
-            elif fits < length:  # the last training, shortened to end before the deadline
-                length, steps, cut = fits, done + fits, f" (the last training shortened to {fits})"
-            if cut is not None:
-                message = (f"PQ student: {steps} steps fit before the deadline ({planned} planned){cut};"
-                           f" evaluating it {'after them' if steps > done else 'now'}")
+            if fits < length:  # the last training: shortened to end before the deadline, or none when fewer
+                last = True  # than a tenth of a training's steps fit (its own overhead is worth that much)
+                length = fits if fits >= min(length, max(1, training_steps // 10)) else 0
+                message = (f"PQ student: {done + length} steps fit before the deadline ({planned} planned)"
+                           + (f" (the last training shortened to {length})" if length else "")
+                           + f"; evaluating it {'after them' if length else 'now'}")
                 store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
-                                data={"steps_done": done, "steps": steps})
+                                data={"steps_done": done, "steps": done + length})
                 agent.log(message)
-                if steps == done:
+                if not length:
                     break
         student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
                                                   steps=length, seed=seed + index,
@@ -196,12 +195,14 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                                   **extra)
         done += length
         # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
-        eta = (time.time() - started) / done * (steps - done)
-        message = f"PQ student: {done} of {steps} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
+        target = done if last else max(planned, done)
+        eta = (time.time() - started) / done * (target - done)
+        message = f"PQ student: {done} of {target} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
         store.log_event(run_id=run_id, level="info", kind="pq-training", message=message, data={"steps_done": done})
         agent.log(message)
-        if cut:  # the shortened last training
+        if last:
             break
+    steps = done  # what was trained: the plan, or fewer or more when the deadline ended the chain
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
                                          metrics={"steps": steps, "questions": len(questions),
