@@ -23,10 +23,13 @@ with the whole machine. Figures carry their standard error over hard-test proble
     python bench/soar_effect.py --hours 1.5 --parallel [--arms hard-only,curated,soar] [--set key=value]
     python bench/soar_effect.py --report runs/bench     # print the figures of a finished bench again
     python bench/soar_effect.py --final runs/night-s1 --final runs/night-s2 --out runs/final-q
+    python bench/soar_effect.py --evaluate runs/run-a --evaluate runs/run-b --out runs/eval-ab
 
 --final RUN_DIR (repeatable) measures a finished run's final training as the code now trains it: a fresh PQ
 student on the run's questions (pq.evaluate_pq, trained again even when the run has one, kept as its `pq`
-checkpoint: give a copy of a run whose own should stay), paired with base.
+checkpoint: give a copy of a run whose own should stay), paired with base. --evaluate RUN_DIR (repeatable)
+evaluates finished runs as they ended: the PQ student each trained (NAME-pq) and its latest promoted
+student (NAME-ps), paired with base and with the first run's PQ student.
 """
 
 from __future__ import annotations
@@ -136,7 +139,8 @@ def evaluate_final(job: tuple) -> dict:
             "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
             "checkpoint": checkpoint["path"] if checkpoint else "base model",
             **({"steps": trained["metrics"].get("steps"), "questions": trained["metrics"].get("questions"),
-                "promotion_questions": trained["metrics"].get("promotion_questions")} if trained else {})}
+                "promotion_questions": trained["metrics"].get("promotion_questions"),
+                "fresh_questions": trained["metrics"].get("fresh_questions", 0)} if trained else {})}
 
 
 def mean_error(values: list[float]) -> tuple[float, float]:
@@ -183,7 +187,8 @@ def report(out: Path, k: int) -> None:
         diff = paired_difference(r["values"], base_values)
         extra = f"  greedy {r['greedy']:.3f}" if "greedy" in r else ""
         extra += (f"  ({r.get('questions') or '?'} questions, {r['promotion_questions']} of them promoted,"
-                  f" {r['steps']} steps)" if name.endswith("-pq") else "")
+                  f" {r.get('fresh_questions') or 0} fresh from the final teacher, {r['steps']} steps)"
+                  if name.endswith("-pq") else "")
         print(f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{extra}")
     for arm in ARMS:
         if (out / arm / "soar.db").is_file():
@@ -224,6 +229,8 @@ def main() -> None:
                         help="in-loop hard-test evaluation every N teacher steps (default: only step 0)")
     parser.add_argument("--final", action="append", default=[], metavar="RUN_DIR",
                         help="train and evaluate this finished run's final training again (see above)")
+    parser.add_argument("--evaluate", action="append", default=[], metavar="RUN_DIR",
+                        help="evaluate this finished run's PQ and promoted students as they are (see above)")
     add_common_arguments(parser, "runs/bench", "config overrides for every arm")
     args = parser.parse_args()
     if args.report:
@@ -236,6 +243,18 @@ def main() -> None:
                      + [(f"{Path(run).name}-pq", Path(run), args.k, args.seed, True) for run in args.final],
                      args.workers)
         report(out, args.k)
+        return
+    if args.evaluate:
+        out, runs = Path(args.out), [Path(run) for run in args.evaluate]
+        out.mkdir(parents=True, exist_ok=True)
+        figures = evaluate_all(out, [("base", runs[0], args.k, args.seed)]
+                               + [(f"{run.name}-{role}", run, args.k, args.seed) for run in runs for role in ("pq", "ps")],
+                               args.workers)
+        report(out, args.k)
+        first = figures[f"{runs[0].name}-pq"]["values"]
+        for run in runs[1:]:
+            difference, error = paired_difference(figures[f"{run.name}-pq"]["values"], first)
+            print(f"{run.name}-pq - {runs[0].name}-pq: {difference:+.3f} +- {error:.3f} (paired)")
         return
     if not args.hours:
         parser.error("--hours is required (or --report OUT)")

@@ -373,6 +373,10 @@ def test_the_final_training_tops_up_with_the_final_teachers_questions_of_the_kin
     fresh_questions = {p.question for d in agent.store.datasets(agent.run_id, kind="final")
                        for p in agent._dataset_problems(d)}
     assert fresh_questions <= trained and summary["fresh_questions"] == added + more
+    from soar_agent.status import format_status, run_status
+
+    shown = " ".join(format_status(run_status(tmp_path / "run")).split())
+    assert f"{added + more} of them fresh from the final teacher" in shown
     # no dataset of the latest step beat tau: the reward found nothing of the teacher's worth more of
     agent.store.set_dataset_reward(long["id"], 0.0)
     assert pq.top_up(agent, steps + 1000) == 0

@@ -19,7 +19,8 @@ from tui.queries import PAGE, Overview
 from tui.tab import Source, TabBody
 from tui.widgets import PagedTable
 
-KINDS = {"curriculum": "curricula", "promotion": "promotion questions"}
+KINDS = {"curriculum": "curricula", "promotion": "promotion questions",
+         "final": "the final teacher's fresh questions (the final training's, with the rewarded curricula)"}
 
 
 def cursor_key(table: DataTable) -> str | None:
@@ -42,6 +43,7 @@ class CurriculaTab(TabBody):
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter"),
         Binding("p", "toggle_promotions", "Promotion Qs"),
+        Binding("f", "toggle_final", "Final Qs"),
         Binding("m", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
     ]
@@ -142,7 +144,14 @@ class CurriculaTab(TabBody):
         self.query_one("#filter").focus()
 
     def action_toggle_promotions(self) -> None:
-        self.kind = "promotion" if self.kind == "curriculum" else "curriculum"
+        self._toggle("promotion")
+
+    def action_toggle_final(self) -> None:
+        self._toggle("final")
+
+    def _toggle(self, kind: str) -> None:
+        """Show the datasets of `kind`, or the curricula when they are shown."""
+        self.kind = "curriculum" if self.kind == kind else kind
         self._describe()
         self.reload()
 
