@@ -247,9 +247,8 @@ def main() -> None:
     if args.evaluate:
         out, runs = Path(args.out), [Path(run) for run in args.evaluate]
         out.mkdir(parents=True, exist_ok=True)
-        figures = evaluate_all(out, [("base", runs[0], args.k, args.seed)]
-                               + [(f"{run.name}-{role}", run, args.k, args.seed) for run in runs for role in ("pq", "ps")],
-                               args.workers)
+        jobs = [(f"{run.name}-{role}", run, args.k, args.seed) for run in runs for role in ("pq", "ps")]
+        figures = evaluate_all(out, [("base", runs[0], args.k, args.seed)] + jobs, args.workers)
         report(out, args.k)
         first = figures[f"{runs[0].name}-pq"]["values"]
         for run in runs[1:]:

@@ -39,11 +39,11 @@ def rewarded_problems(agent) -> tuple[list, int, int]:
     whose students, trained on it from their step's baseline, moved the reward on hard-train by more than a
     promotion's bar, and of every promoted dataset (a forced promotion may be below it); then the final
     teacher's fresh questions (top_up: the kind of dataset the reward chose at its step); each dataset once,
-    its items as the teacher wrote them (agent.curriculum_problems). The promoted datasets are the paper's PQ: a step promotes only when
-    the moving average of its datasets' mean reward beats tau, so with the length split, whose short
-    dataset's reward is below zero at every step, one run of 9 steps promoted once while its long dataset beat
-    tau at all 9 (runs/night-s1). Measured (bench/README.md, "The final training's questions"; hard-test pass@32,
-    107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions reached 0.299 against 0.131 on the
+    its items as the teacher wrote them (agent.curriculum_problems). The promoted datasets are the paper's PQ:
+    a step promotes only when the moving average of its datasets' mean reward beats tau, so with the length
+    split, whose short dataset's reward is below zero at every step, one run of 9 steps promoted once while its
+    long dataset beat tau at all 9 (runs/night-s1). Measured (bench/README.md, "The final training's
+    questions"; hard-test pass@32, 107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions reached 0.299 against 0.131 on the
     promoted one's 2,880 (+0.168 +- 0.047 paired), and on another run's 7 against its one 0.290 and 0.187."""
     store = agent.store
     promoted = promoted_dataset_ids(store, agent.run_id)
