@@ -43,8 +43,9 @@ def rewarded_problems(agent) -> tuple[list, int, int]:
     a step promotes only when the moving average of its datasets' mean reward beats tau, so with the length
     split, whose short dataset's reward is below zero at every step, one run of 9 steps promoted once while its
     long dataset beat tau at all 9 (runs/night-s1). Measured (bench/README.md, "The final training's
-    questions"; hard-test pass@32, 107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions reached 0.299 against 0.131 on the
-    promoted one's 2,880 (+0.168 +- 0.047 paired), and on another run's 7 against its one 0.290 and 0.187."""
+    questions"; hard-test pass@32, 107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions
+    reached 0.299 against 0.131 on the promoted one's 2,880 (+0.168 +- 0.047 paired), and on another run's 7
+    against its one 0.290 and 0.187."""
     store = agent.store
     promoted = promoted_dataset_ids(store, agent.run_id)
     problems, promotion_questions, fresh = [], 0, 0
