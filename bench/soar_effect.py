@@ -28,8 +28,8 @@ with the whole machine. Figures carry their standard error over hard-test proble
 --final RUN_DIR (repeatable) measures a finished run's final training as the code now trains it: a fresh PQ
 student on the run's questions (pq.evaluate_pq, trained again even when the run has one, kept as its `pq`
 checkpoint: give a copy of a run whose own should stay), paired with base. --evaluate RUN_DIR (repeatable)
-evaluates finished runs as they ended: the PQ student each trained (NAME-pq) and its latest promoted
-student (NAME-ps), paired with base and with the first run's PQ student.
+evaluates finished runs as they ended: the PQ student each trained (NAME-pq: the model a run exports),
+paired with base and with the first run's PQ student.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--final", action="append", default=[], metavar="RUN_DIR",
                         help="train and evaluate this finished run's final training again (see above)")
     parser.add_argument("--evaluate", action="append", default=[], metavar="RUN_DIR",
-                        help="evaluate this finished run's PQ and promoted students as they are (see above)")
+                        help="evaluate this finished run's PQ student as it is (see above)")
     add_common_arguments(parser, "runs/bench", "config overrides for every arm")
     args = parser.parse_args()
     if args.report:
@@ -247,7 +247,7 @@ def main() -> None:
     if args.evaluate:
         out, runs = Path(args.out), [Path(run) for run in args.evaluate]
         out.mkdir(parents=True, exist_ok=True)
-        jobs = [(f"{run.name}-{role}", run, args.k, args.seed) for run in runs for role in ("pq", "ps")]
+        jobs = [(f"{run.name}-pq", run, args.k, args.seed) for run in runs]
         figures = evaluate_all(out, [("base", runs[0], args.k, args.seed)] + jobs, args.workers)
         report(out, args.k)
         first = figures[f"{runs[0].name}-pq"]["values"]
