@@ -28,8 +28,8 @@ with the whole machine. Figures carry their standard error over hard-test proble
 --final RUN_DIR (repeatable) measures a finished run's final training as the code now trains it: a fresh PQ
 student on the run's questions (pq.evaluate_pq, trained again even when the run has one, kept as its `pq`
 checkpoint: give a copy of a run whose own should stay), paired with base. --evaluate RUN_DIR (repeatable)
-evaluates finished runs as they ended: the PQ student each trained (NAME-pq: the model a run exports),
-paired with base and with the first run's PQ student.
+evaluates finished runs as they ended: the PQ student each trained (NAME-pq: the model a run exports), or
+for a run without one (hard-only, curated) its latest baseline (NAME), paired with base and with the first.
 """
 
 from __future__ import annotations
@@ -139,8 +139,12 @@ def evaluate_final(job: tuple) -> dict:
             "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
             "checkpoint": checkpoint["path"] if checkpoint else "base model",
             **({"steps": trained["metrics"].get("steps"), "questions": trained["metrics"].get("questions"),
-                "promotion_questions": trained["metrics"].get("promotion_questions"),
-                "fresh_questions": trained["metrics"].get("fresh_questions", 0)} if trained else {})}
+                "promotion_questions": trained["metrics"].get("promotion_questions")} if trained else {})}
+
+
+def has_pq_student(run_dir: Path) -> bool:
+    with Store(run_dir / "soar.db", readonly=True) as store:
+        return bool(store.checkpoints(store.latest_run()["id"], role="pq", status="complete"))
 
 
 def mean_error(values: list[float]) -> tuple[float, float]:
@@ -187,8 +191,7 @@ def report(out: Path, k: int) -> None:
         diff = paired_difference(r["values"], base_values)
         extra = f"  greedy {r['greedy']:.3f}" if "greedy" in r else ""
         extra += (f"  ({r.get('questions') or '?'} questions, {r['promotion_questions']} of them promoted,"
-                  f" {r.get('fresh_questions') or 0} fresh from the final teacher, {r['steps']} steps)"
-                  if name.endswith("-pq") else "")
+                  f" {r['steps']} steps)" if name.endswith("-pq") else "")
         print(f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{extra}")
     for arm in ARMS:
         if (out / arm / "soar.db").is_file():
@@ -230,7 +233,7 @@ def main() -> None:
     parser.add_argument("--final", action="append", default=[], metavar="RUN_DIR",
                         help="train and evaluate this finished run's final training again (see above)")
     parser.add_argument("--evaluate", action="append", default=[], metavar="RUN_DIR",
-                        help="evaluate this finished run's PQ student as it is (see above)")
+                        help="evaluate this finished run's exported student as it is (see above)")
     add_common_arguments(parser, "runs/bench", "config overrides for every arm")
     args = parser.parse_args()
     if args.report:
@@ -247,13 +250,13 @@ def main() -> None:
     if args.evaluate:
         out, runs = Path(args.out), [Path(run) for run in args.evaluate]
         out.mkdir(parents=True, exist_ok=True)
-        jobs = [(f"{run.name}-pq", run, args.k, args.seed) for run in runs]
+        names = [f"{run.name}-pq" if has_pq_student(run) else run.name for run in runs]
+        jobs = [(name, run, args.k, args.seed) for name, run in zip(names, runs)]
         figures = evaluate_all(out, [("base", runs[0], args.k, args.seed)] + jobs, args.workers)
         report(out, args.k)
-        first = figures[f"{runs[0].name}-pq"]["values"]
-        for run in runs[1:]:
-            difference, error = paired_difference(figures[f"{run.name}-pq"]["values"], first)
-            print(f"{run.name}-pq - {runs[0].name}-pq: {difference:+.3f} +- {error:.3f} (paired)")
+        for name in names[1:]:
+            difference, error = paired_difference(figures[name]["values"], figures[names[0]]["values"])
+            print(f"{name} - {names[0]}: {difference:+.3f} +- {error:.3f} (paired)")
         return
     if not args.hours:
         parser.error("--hours is required (or --report OUT)")

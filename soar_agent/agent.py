@@ -207,19 +207,6 @@ def curriculum_problems(dataset: dict, rows: list[dict], domain, reward_target: 
     return without_questions(problems, forbidden)
 
 
-def teacher_dataset(name: str, step: int, index: int, items: list, token_ids: bool = True) -> dict:
-    """One dataset of teacher items as store.add_curriculum takes it: its problems with their provenance, and
-    the raw texts (an item that repeats a stored problem maps to that row: curriculum_problems re-reads the
-    text) and sampled token ids (the teacher update's; not kept for questions no update reads)."""
-    meta = {"index": index, "texts": [i.text for i in items]}
-    if token_ids:
-        meta["token_ids"] = [i.token_ids for i in items]
-    return {"name": name, "problems": [i.problem for i in items],
-            "provenance": [{"teacher_step": step, "dataset": index, "text": i.text, "teacher_answer": i.teacher_answer}
-                           for i in items],
-            "answer_verified": [i.verified for i in items], "meta": meta}
-
-
 def without_questions(problems: list[Problem], forbidden: set[str]) -> list[Problem]:
     """The problems whose content hash is not in `forbidden` (hard-set questions must never be trained on
     with their answers outside hard-only)."""
@@ -477,42 +464,29 @@ class Agent:
         left more: the final training's length follows the budget); skipped, with the command that trains it
         later, when fewer than one training's worth fit. Returns its hard-test summary (None when skipped or
         stopped)."""
-        from soar_agent.pq import (PQ_TRAINING_STEPS, TOP_UP_SHARE, chain_seconds, evaluate_pq, expert_solutions,
-                                   measured_costs, rewarded_datasets, top_up)
+        from soar_agent.pq import (PQ_TRAINING_STEPS, chain_seconds, evaluate_pq, expert_solutions, measured_costs,
+                                   rewarded_datasets)
 
-        wanted = self.config.budget.pq_steps
+        wanted = steps = self.config.budget.pq_steps
         costs = measured_costs(self.store, self.run_id, self.config.promotion.tau)
-
-        def steps_that_fit() -> int:
-            if budget.deadline is None or costs is None:
-                return wanted
-            per_step = chain_seconds(costs, self.config.student, PQ_TRAINING_STEPS,
-                                     expert_solutions(self)) / PQ_TRAINING_STEPS
-            return max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step))
-
-        steps = steps_that_fit()
+        if budget.deadline is not None and costs is not None:
+            training = chain_seconds(costs, self.config.student, PQ_TRAINING_STEPS, expert_solutions(self))
+            per_step = training / PQ_TRAINING_STEPS
+            steps = max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step))
         if steps < min(wanted, PQ_TRAINING_STEPS):
             message = (f"no time left for the final training ({steps} of {wanted} steps fit):"
                        f" soar eval-pq {self.paths.root} trains the PQ student later")
             self.store.log_event(run_id=self.run_id, level="warning", kind="pq-skipped", message=message)
             self.log(message)
             return None
-        started = time.time()
-        if budget.deadline is None:
-            top_up(self, steps)
-        elif top_up(self, int(steps * (1 - TOP_UP_SHARE)), until=started + TOP_UP_SHARE * (budget.deadline - started)):
-            steps = max(1, steps_that_fit())
         promotions = self._promotions()
         rewarded = len(rewarded_datasets(self.store, self.run_id, self.config.promotion.tau))
-        fresh = self.store.datasets(self.run_id, kind="final")
         message = (f"final training: a fresh student, {steps} steps on the questions of the {rewarded} datasets"
-                   f" the reward found helpful ({promotions} promoted)"
-                   + (f", {len(fresh)} datasets of the final teacher's fresh questions" if fresh else "")
-                   + " plus hard-train (SOAR-PQ)")
+                   f" the reward found helpful ({promotions} promoted) plus hard-train (SOAR-PQ)")
         self.store.log_event(run_id=self.run_id, level="info", kind="pq-training", message=message,
-                             data={"steps": steps, "promotions": promotions, "datasets": rewarded,
-                                   "fresh_datasets": len(fresh)})
+                             data={"steps": steps, "promotions": promotions, "datasets": rewarded})
         self.log(message)
+        started = time.time()
         summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason,
                               deadline=budget.deadline, evaluation_seconds=costs.evaluation if costs else 0.0,
                               fill=True)  # the estimate of steps may be short or long: the deadline ends it
@@ -623,8 +597,15 @@ class Agent:
                                         **({"fits": fits} if (fits := self._fits_students()) else {}))
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
-        datasets = [teacher_dataset(f"step-{step}-dataset-{k}", step, k, chunk)
-                    for k, chunk in enumerate(split_items(items, t.datasets_per_step, t.split))]
+        datasets = []
+        for k, chunk in enumerate(split_items(items, t.datasets_per_step, t.split)):
+            datasets.append({
+                "name": f"step-{step}-dataset-{k}", "problems": [i.problem for i in chunk],
+                "provenance": [{"teacher_step": step, "dataset": k, "text": i.text, "teacher_answer": i.teacher_answer}
+                               for i in chunk],
+                # the raw texts live with the dataset: an item that repeats a stored problem maps to that row
+                "answer_verified": [i.verified for i in chunk], "meta": {"index": k, "texts": [i.text for i in chunk],
+                                                                   "token_ids": [i.token_ids for i in chunk]}})
         self.store.add_curriculum(run_id=self.run_id, teacher_step=step, datasets=datasets)
         verified = sum(bool(i.verified) for i in items)
         self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",

@@ -15,7 +15,6 @@ promoted student (50-step students) was 0.009 and a short PQ (200 steps, the def
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass
 
@@ -33,33 +32,24 @@ def promoted_problems(agent) -> list:
     return problems
 
 
-def rewarded_problems(agent) -> tuple[list, int, int]:
-    """(the final training's questions, how many of them are promotion questions, how many were written for it
-    by the final teacher): the items of every curriculum dataset whose reward beat promotion.tau, that is
-    whose students, trained on it from their step's baseline, moved the reward on hard-train by more than a
-    promotion's bar, and of every promoted dataset (a forced promotion may be below it); then the final
-    teacher's fresh questions (top_up: the kind of dataset the reward chose at its step); each dataset once,
-    its items as the teacher wrote them (agent.curriculum_problems). The promoted datasets are the paper's PQ:
-    a step promotes only when the moving average of its datasets' mean reward beats tau, so with the length
-    split, whose short dataset's reward is below zero at every step, one run of 9 steps promoted once while its
-    long dataset beat tau at all 9 (runs/night-s1). Measured (bench/README.md, "The final training's
-    questions"; hard-test pass@32, 107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions
-    reached 0.299 against 0.131 on the promoted one's 2,880 (+0.168 +- 0.047 paired), and on another run's 7
-    against its one 0.290 and 0.187."""
-    store = agent.store
-    promoted = promoted_dataset_ids(store, agent.run_id)
-    problems, promotion_questions, fresh = [], 0, 0
-    for dataset in final_datasets(store, agent.run_id, agent.config.promotion.tau):
+def rewarded_problems(agent) -> tuple[list, int]:
+    """(the questions the run's grounded reward measured as helpful, how many of them are promotion questions):
+    the items of every curriculum dataset whose reward beat promotion.tau, that is whose students, trained on
+    it from their step's baseline, moved the reward on hard-train by more than a promotion's bar, and of every
+    promoted dataset (a forced promotion may be below it); each dataset once, its items as the teacher wrote
+    them (agent.curriculum_problems). The promoted datasets are the paper's PQ: a step promotes only when
+    the moving average of its datasets' mean reward beats tau, so with the length split, whose short
+    dataset's reward is below zero at every step, one run of 9 steps promoted once while its long dataset beat
+    tau at all 9 (runs/night-s1). Measured (bench/README.md, "The final training's questions"; hard-test pass@32,
+    107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions reached 0.299 against 0.131 on the
+    promoted one's 2,880 (+0.168 +- 0.047 paired), and on another run's 7 against its one 0.290 and 0.187."""
+    promoted = promoted_dataset_ids(agent.store, agent.run_id)
+    problems, promotion_questions = [], 0
+    for dataset in rewarded_datasets(agent.store, agent.run_id, agent.config.promotion.tau):
         items = agent._dataset_problems(dataset)
         problems += items
         promotion_questions += len(items) if dataset["id"] in promoted else 0
-        fresh += len(items) if dataset["kind"] == "final" else 0
-    return problems, promotion_questions, fresh
-
-
-def final_datasets(store, run_id: int, tau: float) -> list[dict]:
-    """The datasets the final training trains on: the rewarded ones and the final teacher's fresh ones (top_up)."""
-    return rewarded_datasets(store, run_id, tau) + store.datasets(run_id, kind="final")
+    return problems, promotion_questions
 
 
 def promoted_dataset_ids(store, run_id: int) -> set[int]:
@@ -142,84 +132,9 @@ def expert_solutions(agent) -> int:
     stored rows, not re-checked item by item as rewarded_problems does (an estimate made before every teacher
     step: 0.8 against 9.5 s for 25,920 items)."""
     store, run_id = agent.store, agent.run_id
-    rows = sum(1 for dataset in final_datasets(store, run_id, agent.config.promotion.tau)
+    rows = sum(1 for dataset in rewarded_datasets(store, run_id, agent.config.promotion.tau)
                for row in store.dataset_problems(dataset["id"]) if row.get("steps"))
     return rows + sum(1 for problem in agent.hard_set("train") if problem.steps)
-
-
-# The final training's questions are topped up with fresh ones from the final teacher (top_up) until its
-# supervised phases would pass over each about TOP_UP_PASSES times, spending at most TOP_UP_SHARE of the time
-# left. Measured (bench/README.md, "The final training's questions"; hard-test pass@32, base 0.028): 1,400
-# steps on 25,920 rewarded questions (3.1 passes) reached 0.561, 1,583 steps on 5,760 (16 passes) 0.374.
-TOP_UP_PASSES = 3
-TOP_UP_SHARE = 0.2
-
-
-def questions_wanted(student, steps: int) -> int:
-    """How many questions a final training of `steps` wants: the problems its trainings draw (for sft-rlvr
-    mostly expert solutions, batch_prompts x group_size per supervised step) over TOP_UP_PASSES."""
-    from soar_agent.rl.sft import problems_drawn
-
-    drawn = sum(problems_drawn(student, length) for length in chain_lengths(steps, PQ_TRAINING_STEPS))
-    return math.ceil(drawn / TOP_UP_PASSES)
-
-
-def top_up(agent, steps: int, until: float | None = None) -> int:
-    """Fresh questions for a final training of `steps` from the run's latest teacher: rounds of a teacher
-    step's g x n items, split as a step's (teacher.split), of which the datasets at the places whose dataset
-    beat promotion.tau at the latest step are kept (with the length split, the long half), stored as datasets
-    of kind "final" (one transaction a round: a resumed run keeps them and goes on), until the final training's
-    questions reach questions_wanted(steps), or before a round that would end after `until` (epoch seconds),
-    or when the teacher writes garbage. None are written when no dataset of the latest step beat tau (the
-    reward found nothing of the teacher's worth training on). Returns how many questions were added.
-    Why: a teacher step writes its n x g items in about a quarter of its time (the students, the scoring and
-    the update take the rest), so once the teacher has learnt, more of its questions cost a quarter of what
-    measured ones do; the ones kept are of the kind the reward chose, not each measured."""
-    from soar_agent.agent import _seed, teacher_dataset
-    from soar_agent.engine import HFEngine
-    from soar_agent.teacher import TeacherGarbage, sample_items, split_items
-
-    cfg, store, run_id = agent.config, agent.store, agent.run_id
-    done = agent.completed_steps()
-    if not done or cfg.run.mode not in ("soar", "intrinsic"):
-        return 0
-    step, t = done[-1]["step"], cfg.teacher
-    chosen = sorted(d["meta"]["index"] for d in store.datasets(run_id, kind="curriculum")
-                    if d["teacher_step"] == step and d["reward"] is not None and d["reward"] > cfg.promotion.tau)
-    have = sum(len(store.dataset_problems(d["id"])) for d in final_datasets(store, run_id, cfg.promotion.tau))
-    wanted = questions_wanted(cfg.student, steps)
-    if not chosen or have >= wanted:
-        return 0
-    engine, fits = HFEngine(agent.model("teacher"), agent.tokenizer), agent._fits_students()
-    rounds = len({d["meta"].get("round") for d in store.datasets(run_id, kind="final")})
-    added, round_seconds, count = 0, 0.0, t.datasets_per_step * t.items_per_dataset
-    while have + added < wanted and not agent.stop_reason:
-        if until is not None and time.time() + round_seconds > until:
-            break
-        started = time.time()
-        try:
-            items, _ = sample_items(engine, agent.domain, count, t, seed=_seed(cfg.run.seed, step, 1000 + rounds),
-                                    progress=agent._track(f"final training: the step-{step} teacher writing"
-                                                          f" questions", count), **({"fits": fits} if fits else {}))
-        except TeacherGarbage as error:
-            message = f"final training: no fresh questions ({error})"
-            store.log_event(run_id=run_id, level="warning", kind="teacher-garbage", message=message)
-            agent.log(message)
-            break
-        chunks = split_items(items, t.datasets_per_step, t.split)
-        datasets = [teacher_dataset(f"final-{rounds}-dataset-{k}", step, k, chunks[k], token_ids=False)
-                    for k in chosen]
-        for dataset in datasets:
-            dataset["meta"]["round"] = rounds
-        store.add_curriculum(run_id=run_id, teacher_step=step, datasets=datasets, kind="final")
-        added += sum(len(d["problems"]) for d in datasets)
-        rounds, round_seconds = rounds + 1, time.time() - started
-        message = (f"final training: {added} fresh questions from the step-{step} teacher"
-                   f" ({have + added} of the {wanted} its {steps} steps want; {round_seconds:.0f} s a round)")
-        store.log_event(run_id=run_id, level="info", kind="pq-training", message=message,
-                        data={"fresh": added, "questions": have + added, "wanted": wanted})
-        agent.log(message)
-    return added
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
@@ -239,7 +154,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
-    questions, promotion_questions, fresh = rewarded_problems(agent)
+    questions, promotion_questions = rewarded_problems(agent)
     problems = questions + agent.hard_set("train")
     steps = steps or cfg.budget.pq_steps
     if not steps:
@@ -291,8 +206,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
                                          metrics={"steps": steps, "questions": len(questions),
-                                                  "promotion_questions": promotion_questions,
-                                                  "fresh_questions": fresh})
+                                                  "promotion_questions": promotion_questions})
     save_checkpoint(student, agent.tokenizer, directory)
     for older in store.checkpoints(run_id, role="pq", status="complete"):  # `pq` names the newest
         store.mark_checkpoint(older["id"], "deleted")
@@ -306,8 +220,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                 samples=cfg.eval.samples, greedy=True, max_new_tokens=cfg.eval.max_new_tokens,
                                 seed=seed + 1)
     summary = summarize(results, default_ks(cfg.eval.samples))
-    summary.update(questions=len(questions), promotion_questions=promotion_questions, fresh_questions=fresh,
-                   steps=steps)
+    summary.update(questions=len(questions), promotion_questions=promotion_questions, steps=steps)
     ids = store.add_problems(run_id=run_id, problems=[r.problem for r in results], source="hard")
     rows = [{"problem_id": pid, "samples": r.samples, "correct": r.correct, "greedy_correct": r.greedy_correct,
              "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for pid, r in zip(ids, results)]

@@ -38,7 +38,7 @@ def run_status(run_dir: Path) -> dict:
             "hard_test_step": evaluations[-1]["teacher_step"] if evaluations else None,
             # the PQ student (the run's final training or soar eval-pq): the model `soar run` exports
             "pq": ({k: round(v, 4) for k, v in pq[-1]["summary"].items()
-                    if k.startswith("pass@") or k in ("steps", "questions", "fresh_questions")} if pq else {}),
+                    if k.startswith("pass@") or k in ("steps", "questions")} if pq else {}),
             "elapsed_s": round(time.time() - _epoch(run["created_at"])),
             "remaining_s": None,
             # each complete step's grounded reward with its paired standard error (reward.pooled_reward)
@@ -61,7 +61,7 @@ _PHASE_WORDS = {"start": "created", "session": "starting a session (evaluating t
                 "chain-step": "training the baseline (no teacher in this mode)",
                 "export": "exported", "teacher-garbage": "teacher wrote no usable problems; retrying",
                 "student-collapse": "training students", "hard-set-repeats": "starting",
-                "pq-training": "final training: the PQ student on the rewarded and the final teacher's questions",
+                "pq-training": "final training: the PQ student on the rewarded questions",
                 "pq-done": "final training done", "pq-skipped": "no time left for the final training"}
 
 
@@ -91,9 +91,7 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
     pq = status.get("pq") or {}
     if pq:
         trained = [f"{pq['steps']:.0f} steps"] if "steps" in pq else []
-        trained += [f"{pq['questions']:,.0f} questions"
-                    + (f", {pq['fresh_questions']:,.0f} of them fresh from the final teacher"
-                       if pq.get("fresh_questions") else "")] if "questions" in pq else []
+        trained += [f"{pq['questions']:,.0f} questions"] if "questions" in pq else []
         hard_line += ("; PQ student" + (f" ({', '.join(trained)})" if trained else "") + ": "
                       + ", ".join(f"{k} {pq[k]:.1%}" for k in ("pass@1", "pass@8", "pass@32") if k in pq))
     average = status.get("latest_reward_moving_average")

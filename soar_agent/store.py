@@ -52,7 +52,7 @@ LOCK_BACKOFF_S = 0.05
 # alter a CHECK without rebuilding the table, so sets that are likely to grow are enforced here instead.
 PROBLEM_SOURCES = ("seed", "hard", "teacher", "promotion")
 PROBLEM_SPLITS = ("train", "test")
-DATASET_KINDS = ("curriculum", "final", "hard-train", "hard-test", "promotion", "seed", "transfer")
+DATASET_KINDS = ("curriculum", "hard-train", "hard-test", "promotion", "seed", "transfer")
 CHECKPOINT_ROLES = ("baseline", "student", "teacher", "export", "pq")
 CHECKPOINT_STATUSES = ("writing", "complete", "deleted")
 EVENT_LEVELS = ("debug", "info", "warning", "error")  # in increasing severity
@@ -725,23 +725,18 @@ class Store:
 
     # -- agent units of work (each one transaction: a crash leaves the unit either done or not started) --
 
-    def add_curriculum(self, *, run_id: int, teacher_step: int, datasets: Sequence[dict],
-                       kind: str = "curriculum") -> list[int]:
+    def add_curriculum(self, *, run_id: int, teacher_step: int, datasets: Sequence[dict]) -> list[int]:
         """The teacher's datasets of one step with their problems, atomically. Each dict: name, problems,
-        provenance (list), answer_verified (list), meta. Returns the dataset ids. kind "final": questions the
-        step's teacher wrote for the final training (pq.top_up), no step of the loop: teacher_steps is left
-        as it is."""
-        _check(kind, ("curriculum", "final"), "kind")
+        provenance (list), answer_verified (list), meta. Returns the dataset ids."""
         prepared = [(d, _problem_rows(run_id, d["problems"], "teacher", None, d.get("provenance"),
                                       d.get("answer_verified"), None)) for d in datasets]
 
         def insert(conn: sqlite3.Connection) -> list[int]:
-            if kind == "curriculum":
-                conn.execute("INSERT OR IGNORE INTO teacher_steps (run_id, step, status, started_at)"
-                             " VALUES (?, ?, ?, ?)", (run_id, teacher_step, "sampled", _now()))
-                conn.execute("UPDATE teacher_steps SET status = 'sampled' WHERE run_id = ? AND step = ?",
-                             (run_id, teacher_step))
-            return [_insert_dataset(conn, run_id, d["name"], kind, _insert_problem_rows(conn, rows),
+            conn.execute("INSERT OR IGNORE INTO teacher_steps (run_id, step, status, started_at) VALUES (?, ?, ?, ?)",
+                         (run_id, teacher_step, "sampled", _now()))
+            conn.execute("UPDATE teacher_steps SET status = 'sampled' WHERE run_id = ? AND step = ?",
+                         (run_id, teacher_step))
+            return [_insert_dataset(conn, run_id, d["name"], "curriculum", _insert_problem_rows(conn, rows),
                                     teacher_step, d.get("meta")) for d, rows in prepared]
 
         return self._write(insert)

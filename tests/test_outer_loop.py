@@ -329,59 +329,6 @@ def test_eval_pq_trains_a_fresh_student_on_the_rewarded_questions_and_hard_train
     assert "pass@1" in evaluation["summary"]
 
 
-def test_the_final_training_tops_up_with_the_final_teachers_questions_of_the_kind_the_reward_chose(
-        tmp_path, hard_files, random_tiny_dir, monkeypatch):
-    """top_up: rounds of fresh items from the latest teacher, split as a step's, keeping the places whose
-    dataset beat tau at the latest step (here the long half), stored as "final" datasets, until the final
-    training's questions reach what its steps want; each round with its own seed, none after `until` or
-    when no dataset beat tau; the PQ student trains on them."""
-    seeds = []
-
-    def short_and_long(engine, domain, count, cfg, seed, progress=None, fits=None):
-        seeds.append(seed)
-        texts = [f"<question>{i}+{i}</question><answer>{2 * i}</answer>" if i % 2 else
-                 f"<question>{seed % 900 + 100}+{i}</question><answer>{seed % 900 + 100 + i}</answer>"
-                 for i in range(count)]  # odd places short, even long (in sampling order)
-        return [teacher.check_item(domain, t, cfg.reward_target) for t in texts], {"rejected": {}}
-
-    monkeypatch.setattr(teacher, "sample_items", short_and_long)
-    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "teacher.items_per_dataset=3")
-    agent.run(Budget(max_teacher_steps=1))
-    agent.config.promotion.tau = 0.01
-    short, long = sorted(agent.store.datasets(agent.run_id, kind="curriculum"), key=lambda d: d["meta"]["index"])
-    agent.store.set_dataset_reward(short["id"], -0.5)
-    agent.store.set_dataset_reward(long["id"], 0.5)
-    have = sum(len(agent.store.dataset_problems(d["id"])) for d in pq.final_datasets(agent.store, agent.run_id, 0.01))
-    steps = next(s for s in range(1, 100) if pq.questions_wanted(agent.config.student, s) > have + 3)
-    assert pq.top_up(agent, steps, until=0.0) == 0 and seeds == [seeds[0]]  # nothing after `until`
-    seeds.clear()
-    added = pq.top_up(agent, steps)
-    fresh = agent.store.datasets(agent.run_id, kind="final")
-    assert added == 3 * len(fresh) >= pq.questions_wanted(agent.config.student, steps) - have > 0
-    assert [d["name"] for d in fresh] == [f"final-{r}-dataset-1" for r in range(len(fresh))]
-    assert len(set(seeds)) == len(seeds) == len(fresh) and all(d["teacher_step"] == 1 for d in fresh)
-    questions = [p.question for d in fresh for p in agent._dataset_problems(d)]
-    assert all(len(q.split("+")[0]) == 3 for q in questions)  # the long half of each round
-    assert pq.top_up(agent, steps) == 0  # enough now
-    # resumed with more steps: the rounds go on with new seeds
-    more = pq.top_up(agent, steps + 20)
-    assert more > 0 and len(set(seeds)) == len(seeds) == len(agent.store.datasets(agent.run_id, kind="final"))
-    # the PQ student trains on them, and its checkpoint says how many there were
-    calls = record_trainings(monkeypatch)
-    summary = pq.evaluate_pq(agent, steps=1)
-    trained = {p.question for p in calls[0]["problems"]}
-    fresh_questions = {p.question for d in agent.store.datasets(agent.run_id, kind="final")
-                       for p in agent._dataset_problems(d)}
-    assert fresh_questions <= trained and summary["fresh_questions"] == added + more
-    from soar_agent.status import format_status, run_status
-
-    shown = " ".join(format_status(run_status(tmp_path / "run")).split())
-    assert f"{added + more} of them fresh from the final teacher" in shown
-    # no dataset of the latest step beat tau: the reward found nothing of the teacher's worth more of
-    agent.store.set_dataset_reward(long["id"], 0.0)
-    assert pq.top_up(agent, steps + 1000) == 0
-
-
 def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
     """PQ's training is a chain of trainings, each from the last one's student (the
@@ -496,7 +443,7 @@ def test_a_run_ends_with_the_final_training_and_the_cli_exports_its_student(
     base = load_file(str(next(Path(random_tiny_dir).glob("*.safetensors"))))
     assert all(torch.equal(final["baseline"].state_dict()[name], base[name]) for name in base)  # a fresh student
     (checkpoint,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
-    assert checkpoint["metrics"] == {"steps": 3, "questions": 4, "promotion_questions": 2, "fresh_questions": 0}
+    assert checkpoint["metrics"] == {"steps": 3, "questions": 4, "promotion_questions": 2}
     (evaluation,) = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")
     assert evaluation["checkpoint_id"] == checkpoint["id"]
     events = agent.store.events(agent.run_id, limit=100)
@@ -562,7 +509,7 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 250, experts=1000) == 2 * (90 + 10 * 5 + 2) + (45 + 5 * 5 + 2)
     assert pq.chain_seconds(pq.Costs(1.0, 5.0, 2.0, 0.0), student, 100, experts=120) == 30 + 70 * 5 + 2
     # the estimate's expert solutions: those of the questions the final training will train on
-    questions, _, _ = pq.rewarded_problems(agent)
+    questions, _ = pq.rewarded_problems(agent)
     assert pq.expert_solutions(agent) == sum(1 for p in questions + agent.hard_set("train") if p.steps) > 0
     # pretend a student step costs 10 s and an evaluation 50 s, so that the test does not depend on the clock
     monkeypatch.setattr(pq, "measured_costs", lambda store, run_id, tau: pq.Costs(10.0, 10.0, 0.0, 50.0))

@@ -303,29 +303,6 @@ async def test_filter_curricula_and_drill_into_a_problem(fixture_db):
 
 
 @pytest.mark.asyncio
-async def test_the_final_teachers_fresh_questions_have_their_own_view(run_db):
-    with Store(run_db) as store:
-        run = store.latest_run()["id"]
-        store.add_curriculum(run_id=run, teacher_step=4, kind="final", datasets=[{
-            "name": "final-0-dataset-1", "meta": {"index": 1, "round": 0},
-            "problems": [arith(900 + i, 5) for i in range(4)]}])
-    app = make_app(run_db)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("2", "f")
-        await settle(pilot)
-        table = app.screen.query_one("#datasets", DataTable)
-        assert cells(table, 1) == ["final-0-dataset-1"]
-        assert "fresh questions" in str(app.screen.query_one("#view", Static).render())
-        await pilot.press("p")  # from there to the promotion questions, and back to the curricula
-        await settle(pilot)
-        assert "final-0-dataset-1" not in cells(table, 1) and table.row_count == 2
-        await pilot.press("p")
-        await settle(pilot)
-        assert table.row_count == 8
-
-
-@pytest.mark.asyncio
 async def test_rollouts_page_by_keyset_as_the_cursor_moves(fixture_db):
     with Store(fixture_db, readonly=True) as store:
         (hard_test,) = store.datasets(1, kind="hard-test")

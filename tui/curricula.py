@@ -19,8 +19,7 @@ from tui.queries import PAGE, Overview
 from tui.tab import Source, TabBody
 from tui.widgets import PagedTable
 
-KINDS = {"curriculum": "curricula", "promotion": "promotion questions",
-         "final": "the final teacher's fresh questions (the final training's, with the rewarded curricula)"}
+KINDS = {"curriculum": "curricula", "promotion": "promotion questions"}
 
 
 def cursor_key(table: DataTable) -> str | None:
@@ -43,7 +42,6 @@ class CurriculaTab(TabBody):
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter"),
         Binding("p", "toggle_promotions", "Promotion Qs"),
-        Binding("f", "toggle_final", "Final Qs"),
         Binding("m", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
     ]
@@ -144,14 +142,7 @@ class CurriculaTab(TabBody):
         self.query_one("#filter").focus()
 
     def action_toggle_promotions(self) -> None:
-        self._toggle("promotion")
-
-    def action_toggle_final(self) -> None:
-        self._toggle("final")
-
-    def _toggle(self, kind: str) -> None:
-        """Show the datasets of `kind`, or the curricula when they are shown."""
-        self.kind = "curriculum" if self.kind == kind else kind
+        self.kind = "promotion" if self.kind == "curriculum" else "curriculum"
         self._describe()
         self.reload()
 
