@@ -358,7 +358,9 @@ class BudgetSection:
         " (`soar run --hours 1`; hard-test pass@32, 107 x 32, seed 2027, base 0.028): 0.5 gave 4 teacher steps"
         " and 989 final steps, PQ 0.318; 0.7 gave 2 teacher steps and 1,583 final steps, PQ 0.374 (+0.056 ± 0.046"
         " over 0.5, within noise); where a single teacher step fitted (0.8, or 0.7 with slow steps) 0.13-0.14:"
-        " the final training needs the questions of more than one step, so 0.6 (curated's one-hour chain: 0.720)",
+        " the final training needs the questions of more than one step, so 0.6. At 0.6 on a faster day (4 teacher"
+        " steps, ~2,390 final steps): 0.533 and 0.495 (seeds 1, 2), where curated's hour reached 0.935 the same day"
+        " (51-56% of its gain; bench/README.md, \"The default at one hour\")",
         ge=0.0, lt=1.0)
 
 

@@ -172,12 +172,16 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     lengths = chain_lengths(planned, training_steps)
     if fill and deadline is not None:  # past the estimate while trainings fit: the deadline ends the chain
         lengths = itertools.chain(lengths, itertools.repeat(training_steps))
+
+    def steps_that_fit() -> int:  # before the deadline, at the pace of the chain's trainings so far
+        return int((deadline - time.time() - evaluation_seconds) / ((time.time() - started) / done))
+
     for index, length in enumerate(lengths):
         if stop():
             return None
         last = False
         if done and deadline is not None:
-            fits = int((deadline - time.time() - evaluation_seconds) / ((time.time() - started) / done))
+            fits = steps_that_fit()
             if fits < length:  # the last training: shortened to end before the deadline, or none when fewer
                 last = True  # than a tenth of a training's steps fit (its own overhead is worth that much)
                 length = fits if fits >= min(length, max(1, training_steps // 10)) else 0
@@ -195,7 +199,12 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                                   **extra)
         done += length
         # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
-        target = done if last else max(planned, done)
+        if last:
+            target = done
+        elif fill and deadline is not None:  # the deadline, not the plan, says how many steps the chain will have
+            target = done + max(0, steps_that_fit())
+        else:
+            target = planned
         eta = (time.time() - started) / done * (target - done)
         message = f"PQ student: {done} of {target} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
         store.log_event(run_id=run_id, level="info", kind="pq-training", message=message, data={"steps_done": done})

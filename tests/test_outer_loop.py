@@ -406,6 +406,10 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     lengths.clear()
     summary = evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20, fill=True)
     assert lengths == [20, 20, 5] and summary["steps"] == 45
+    # its progress counts towards the steps the deadline leaves, not the plan it has passed
+    progress = [e["message"] for e in agent.store.events(agent.run_id, limit=20) if "steps trained" in e["message"]]
+    assert progress[-3:] == [f"PQ student: {done} of 45 steps trained, ETA {eta} min (then its hard-test"
+                             f" evaluation)" for done, eta in ((20, 4), (40, 1), (45, 0))]
     lengths.clear()
     assert evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20)["steps"] == 20
     assert lengths == [20]
