@@ -21,6 +21,25 @@ def test_greedy_matches_transformers_generate_with_mixed_lengths(random_tiny):
         assert completion.text == tokenizer.decode(reference, skip_special_tokens=True)
 
 
+def test_samples_of_a_prompt_share_its_prefill_and_continue_as_alone(random_tiny):
+    model, tokenizer = random_tiny
+    engine = HFEngine(model, tokenizer, max_batch_size=64)
+    widths = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        shared = engine.generate(PROMPTS, n=3, temperature=0, max_new_tokens=20)
+    finally:
+        hook.remove()
+    assert widths[0][0] == len(PROMPTS)  # one prefill row per distinct prompt, not per sample
+    assert all(shape[1] == 1 for shape in widths[1:])
+    alone = engine.generate(PROMPTS, n=1, temperature=0, max_new_tokens=20)
+    for (reference,), row in zip(alone, shared):
+        assert [c.token_ids for c in row] == [reference.token_ids] * 3
+        for completion in row:
+            assert torch.allclose(torch.tensor(completion.logprobs), torch.tensor(reference.logprobs), atol=1e-5)
+
+
 def test_logprobs_are_those_of_the_model(random_tiny):
     model, tokenizer = random_tiny
     engine = HFEngine(model, tokenizer)

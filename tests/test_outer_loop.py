@@ -79,6 +79,39 @@ def test_teacher_update_in_micro_batches_takes_the_same_step(random_tiny):
     assert not torch.allclose(whole_weights, torch.cat([p.detach().flatten() for p in model.parameters()]))
 
 
+def test_rows_sharing_a_prompt_run_it_once_with_the_same_logprobs_and_gradient(random_tiny):
+    """The teacher update's rows share one prompt: it runs once and its cache is copied to every row. The
+    log-probs, entropies and the gradient through them equal those of each row run alone, prompt included."""
+    model, tokenizer = random_tiny
+    prompt = tokenizer(teacher_prompt(arith))["input_ids"]
+    texts = ["<question>1+2</question><answer>3</answer>", "<question>4*5-11</question><answer>9</answer>", "<q"]
+    completions = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    weights = [p for p in model.parameters() if p.requires_grad]
+
+    def gradient(logprobs):
+        grads = torch.autograd.grad(logprobs.sum(), weights)
+        return torch.cat([g.flatten() for g in grads])
+
+    widths = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        shared, mask, entropy = sequence_logprobs(model, [prompt] * 3, completions, tokenizer.pad_token_id)
+    finally:
+        hook.remove()
+    assert widths == [torch.Size([1, len(prompt)]), torch.Size([3, max(map(len, completions))])]
+    shared_gradient = gradient(shared)
+    alone_gradient = torch.zeros_like(shared_gradient)
+    for row, ids in enumerate(completions):
+        alone, alone_mask, alone_entropy = sequence_logprobs(model, [prompt], [ids], tokenizer.pad_token_id)
+        n = len(ids)
+        assert torch.allclose(shared[row, :n], alone[0], atol=1e-5) and bool(mask[row, :n].all())
+        assert not mask[row, n:].any() and bool((shared[row, n:] == 0).all())
+        assert torch.allclose(entropy[row, :n], alone_entropy[0], atol=1e-5)
+        alone_gradient += gradient(alone)
+    assert torch.allclose(shared_gradient, alone_gradient, atol=1e-5)
+
+
 def test_teacher_update_skips_when_all_datasets_score_alike(random_tiny):
     model, tokenizer = random_tiny
     item = teacher.TeacherItem("<question>1+2</question><answer>3</answer>", None, "", None)

@@ -139,19 +139,23 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
     pass over right-padded prompt+completion rows. Returns three (B, T) tensors, T = longest completion;
     logprobs and entropy are 0 off the mask; entropy carries no gradient."""
     device = next(model.parameters()).device
-    rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
-    width = max(len(row) for row in rows)
     T = max(1, max(len(c) for c in completion_ids))
-    input_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)  # (B, L)
-    attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
-    logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, L, V)
-    # completion token t of row b sits at len(prompt_b) + t and is predicted one position earlier
     steps = torch.arange(T, device=device)
-    starts = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)  # (B,)
-    positions = (starts[:, None] + steps[None, :]).clamp(max=width - 1)  # (B, T)
     lengths = torch.tensor([len(c) for c in completion_ids], device=device)
     mask = steps[None, :] < lengths[:, None]  # (B, T)
-    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+    prompt = shared_prompt(prompt_ids)
+    if prompt is not None:
+        picked = _shared_prompt_logits(model, prompt, completion_ids, mask, pad_id)
+    else:
+        rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
+        width = max(len(row) for row in rows)
+        input_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)  # (B, L)
+        attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits  # (B, L, V)
+        # completion token t of row b sits at len(prompt_b) + t and is predicted one position earlier
+        starts = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)  # (B,)
+        positions = (starts[:, None] + steps[None, :]).clamp(max=width - 1)  # (B, T)
+        picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))  # (B, T, V)
     log_probs = torch.log_softmax(picked.float() / temperature, dim=-1)
     targets = torch.tensor([c + [pad_id] * (T - len(c)) for c in completion_ids], device=device)  # (B, T)
     token_logprobs = log_probs.gather(-1, targets[..., None]).squeeze(-1)  # (B, T)
@@ -159,6 +163,33 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[l
     with torch.no_grad():
         entropy = -(log_probs.exp() * log_probs).sum(-1) * mask  # (B, T)
     return token_logprobs, mask, entropy
+
+
+def shared_prompt(prompt_ids: list[list[int]]) -> list[int] | None:
+    """The prompt every row has, when there are several rows and one prompt (the teacher update's): it then
+    runs once (bench/teacher_step.py measures the two ways)."""
+    first = prompt_ids[0]
+    return first if len(prompt_ids) > 1 and all(p == first for p in prompt_ids[1:]) else None
+
+
+def _shared_prompt_logits(model, prompt: list[int], completion_ids: list[list[int]], mask: torch.Tensor,
+                          pad_id: int) -> torch.Tensor:
+    """The logits that predict each completion token, (B, T, V), when every row has the same prompt: the prompt
+    runs once and its KV cache (with its gradient) is copied to every row, the completions run on top. The
+    teacher update's rows are one 135-token prompt and a ~17-token item each: a forward over prompt + item
+    per row spent ~90% of its tokens on the same prompt."""
+    device = mask.device
+    rows, T = mask.shape
+    prompt_out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+    cache = prompt_out.past_key_values
+    cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=device))
+    completions = torch.tensor([c + [pad_id] * (T - len(c)) for c in completion_ids], device=device)  # (B, T)
+    attention = torch.cat([mask.new_ones(rows, len(prompt)), mask], dim=1).long()
+    positions = (len(prompt) + torch.arange(T, device=device)).expand(rows, -1)
+    logits = model(input_ids=completions, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                   use_cache=True).logits  # (B, T, V): position t predicts completion token t + 1
+    # completion token 0 is predicted by the prompt's last position
+    return torch.cat([prompt_out.logits[:, -1:, :].expand(rows, -1, -1), logits[:, :-1, :]], dim=1)
 
 
 def _padded(values: list[list[float]], T: int, device) -> torch.Tensor:
