@@ -127,7 +127,8 @@ def rloo_dataset_advantages(rewards: list[float]) -> list[float]:
 # accumulated into the one step): the whole step's items in one pass need memory in proportion to g x n.
 # Measured (bench/teacher_memory.py, shipped model, one thread, 2 x 512 items): peak RSS 9.18 GB in one pass,
 # 1.34 GB (and 2.2x faster: rows of similar length share a pass) in passes of 64; a step of 2 x 2,880 items
-# in one pass was OOM-killed at 23 GB on the 24 GiB development machine.
+# in one pass was OOM-killed at 23 GB on the 24 GiB development machine (all measured when every row still
+# ran the 135-token prompt; a pass now runs it once for its rows: rl.train.shared_prompt).
 TEACHER_MICRO_BATCH = 64
 
 

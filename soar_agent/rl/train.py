@@ -136,7 +136,8 @@ def rollout(engine: HFEngine, tokenizer, domain, problems: list[Problem], group_
 def sequence_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]],
                       pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs (under logits / temperature) of the completion tokens, their mask and the policy entropy at each, from one forward
-    pass over right-padded prompt+completion rows. Returns three (B, T) tensors, T = longest completion;
+    pass over right-padded prompt+completion rows (or, when the rows share one prompt, one pass over the
+    prompt and one over the completions on its cache). Returns three (B, T) tensors, T = longest completion;
     logprobs and entropy are 0 off the mask; entropy carries no gradient."""
     device = next(model.parameters()).device
     T = max(1, max(len(c) for c in completion_ids))
@@ -169,7 +170,7 @@ def shared_prompt(prompt_ids: list[list[int]]) -> list[int] | None:
     """The prompt every row has, when there are several rows and one prompt (the teacher update's): it then
     runs once (bench/teacher_step.py measures the two ways)."""
     first = prompt_ids[0]
-    return first if len(prompt_ids) > 1 and all(p == first for p in prompt_ids[1:]) else None
+    return first if len(prompt_ids) > 1 and first and all(p == first for p in prompt_ids[1:]) else None
 
 
 def _shared_prompt_logits(model, prompt: list[int], completion_ids: list[list[int]], mask: torch.Tensor,
