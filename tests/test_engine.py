@@ -1,5 +1,7 @@
 """The hand-written HF sampling loop against transformers' own generate and a fresh forward pass."""
 
+import contextlib
+
 import torch
 
 from soar_agent.engine import HFEngine
@@ -21,16 +23,23 @@ def test_greedy_matches_transformers_generate_with_mixed_lengths(random_tiny):
         assert completion.text == tokenizer.decode(reference, skip_special_tokens=True)
 
 
+@contextlib.contextmanager
+def forward_input_shapes(model):
+    """The shape of `input_ids` in each forward pass of `model` inside the block."""
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: shapes.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        yield shapes
+    finally:
+        hook.remove()
+
+
 def test_samples_of_a_prompt_share_its_prefill_and_continue_as_alone(random_tiny):
     model, tokenizer = random_tiny
     engine = HFEngine(model, tokenizer, max_batch_size=64)
-    widths = []
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape),
-                                           with_kwargs=True)
-    try:
+    with forward_input_shapes(model) as widths:
         shared = engine.generate(PROMPTS, n=3, temperature=0, max_new_tokens=20)
-    finally:
-        hook.remove()
     assert widths[0][0] == len(PROMPTS)  # one prefill row per distinct prompt, not per sample
     assert all(shape[1] == 1 for shape in widths[1:])
     alone = engine.generate(PROMPTS, n=1, temperature=0, max_new_tokens=20)

@@ -18,6 +18,7 @@ from soar_agent.engine import Completion
 from soar_agent.mining import write_jsonl
 from soar_agent.rl.train import sequence_logprobs
 from soar_agent.tasks import arith, generate_problems, teacher_prompt
+from tests.test_engine import forward_input_shapes
 
 TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=2", "teacher.max_new_tokens=8",
         "student.students_per_dataset=2", "student.steps=1", "student.batch_prompts=2", "student.group_size=2",
@@ -92,13 +93,8 @@ def test_rows_sharing_a_prompt_run_it_once_with_the_same_logprobs_and_gradient(r
         grads = torch.autograd.grad(logprobs.sum(), weights)
         return torch.cat([g.flatten() for g in grads])
 
-    widths = []
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape),
-                                           with_kwargs=True)
-    try:
+    with forward_input_shapes(model) as widths:
         shared, mask, entropy = sequence_logprobs(model, [prompt] * 3, completions, tokenizer.pad_token_id)
-    finally:
-        hook.remove()
     assert widths == [torch.Size([1, len(prompt)]), torch.Size([3, max(map(len, completions))])]
     shared_gradient = gradient(shared)
     alone_gradient = torch.zeros_like(shared_gradient)
