@@ -13,6 +13,11 @@ own run directory under --out, all sources at once with one torch thread each (e
                          steps A..B: each item as the teacher wrote it, the solver's answer and expert steps),
                          written to OUT/NAME.jsonl and given as domain.curated
   NAME=RUN_DIR:promoted  the run's promotion questions (pq.promoted_problems): SOAR-PQ's training data
+  NAME=RUN_DIR:rewarded  the questions of every dataset the run's reward found helpful (pq.rewarded_problems):
+                         what `soar run`'s final training trains on
+  ...@generator          any of these with each item replaced by a fresh generator problem of its level: the
+                         same count and level mix, the generator's kind of question (splits what the teacher
+                         writes from how many and how hard)
   --hard-only            the same chain on hard-train (`--mode hard-only`: the paper's Hard-Only baseline)
 
 Hard-set questions are removed from every source (curated mode does). Then base and each chain's last
@@ -23,6 +28,8 @@ does, and the per-level mix and size of each source are printed with the figures
     python bench/teacher_data.py --chain-steps 8 --no-generator --source pq-random=runs/el2:promoted \
         --source pq-length=runs/split-len:promoted --out runs/teacher-data-pq
     python bench/teacher_data.py --chain-steps 8 --no-generator --hard-only --out runs/teacher-data-ho
+    python bench/teacher_data.py --chain-steps 8 --no-generator --source teacher=runs/fast-s1:rewarded \
+        --source like-teacher=runs/fast-s1:rewarded@generator --out runs/teacher-kind
     python bench/teacher_data.py --report runs/teacher-data
 """
 
@@ -39,35 +46,59 @@ from soar_effect import (add_common_arguments, evaluate_all, mean_error, paired_
                          start_run, wait_all)
 
 
-def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None]:
-    """`NAME=RUN_DIR[:A-B|:promoted]` -> (name, run dir, teacher-step range, "promoted" or None for all)."""
+SOURCE_FORM = "NAME=RUN_DIR[:A-B|:promoted|:rewarded][@generator]"
+
+
+def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None, bool]:
+    """SOURCE_FORM -> (name, run dir, teacher-step range, "promoted", "rewarded" or None for all, whether
+    to swap each item for a generator problem of its level)."""
     name, _, rest = text.partition("=")
-    if not name or not rest:
-        raise ValueError(f"--source {text!r}: expected NAME=RUN_DIR[:A-B|:promoted]")
+    rest, _, swap = rest.partition("@")
+    if not name or not rest or swap not in ("", "generator"):
+        raise ValueError(f"--source {text!r}: expected {SOURCE_FORM}")
     run_dir, _, steps = rest.partition(":")
-    if steps in ("", "promoted"):
-        return name, Path(run_dir), steps or None
+    if steps in ("", "promoted", "rewarded"):
+        return name, Path(run_dir), steps or None, bool(swap)
     first, _, last = steps.partition("-")
-    return name, Path(run_dir), (int(first), int(last or first))
+    return name, Path(run_dir), (int(first), int(last or first)), bool(swap)
 
 
-def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path: Path) -> list[dict]:
+def generator_like(agent, problems: list, seed: int = 0) -> list:
+    """A fresh generator problem at each problem's level (the same count and level mix, the generator's kind
+    of question); a problem without a level keeps none, so it is refused."""
+    import random
+
+    generate, rng = agent.domain.generate, random.Random(seed)
+    if any(problem.level is None for problem in problems):
+        raise SystemExit(f"@generator: {sum(p.level is None for p in problems)} items have no level")
+    return [generate(problem.level, rng) for problem in problems]
+
+
+def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path: Path,
+                        as_generator: bool = False) -> list[dict]:
     """The problems a SOAR run's students trained on in its teacher steps `steps` (or its promotion
-    questions: "promoted"), as a curated JSONL (question, answer, level, expert steps); returns the rows."""
+    questions: "promoted", or its rewarded datasets' questions: "rewarded"), as a curated JSONL (question,
+    answer, level, expert steps), each swapped for a generator problem of its level with `as_generator`;
+    returns the rows."""
     from soar_agent.agent import Agent
-    from soar_agent.pq import promoted_problems
+    from soar_agent.pq import promoted_problems, rewarded_problems
 
     agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
     if steps == "promoted":
         problems = promoted_problems(agent)
+    elif steps == "rewarded":
+        problems = rewarded_problems(agent)[0]
     else:
         problems = [p for dataset in agent.store.datasets(agent.run_id, kind="curriculum")
                     if not steps or steps[0] <= dataset["teacher_step"] <= steps[1]
                     for p in agent._dataset_problems(dataset)]
+    if as_generator:
+        problems = generator_like(agent, problems)
     rows = [{"question": p.question, "answer": p.answer, "level": p.level, "steps": list(p.steps)} for p in problems]
     agent.store.close()
     if not rows:
-        what = "promotion questions" if steps == "promoted" else f"curriculum items in teacher steps {steps or 'any'}"
+        what = (f"{steps} questions" if steps in ("promoted", "rewarded")
+                else f"curriculum items in teacher steps {steps or 'any'}")
         raise SystemExit(f"{run_dir}: no {what}")
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return rows
@@ -119,8 +150,9 @@ def report(out: Path, k: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", action="append", default=[], metavar="NAME=RUN_DIR[:A-B]",
-                        help="a SOAR run's teacher items (teacher steps A..B) as a chain's curated problems")
+    parser.add_argument("--source", action="append", default=[], metavar=SOURCE_FORM,
+                        help="a SOAR run's teacher items (teacher steps A..B, its promotion questions or its"
+                             " rewarded datasets' questions) as a chain's curated problems")
     parser.add_argument("--no-generator", action="store_true", help="leave out the generator chain")
     parser.add_argument("--hard-only", action="store_true", help="add a chain on hard-train (the Hard-Only baseline)")
     parser.add_argument("--chain-steps", type=int, default=8, help="trainings per chain")
@@ -138,7 +170,7 @@ def main() -> None:
         parser.error(str(error))
     if not sources and args.no_generator and not args.hard_only:
         parser.error("nothing to run: give --source or --hard-only, or drop --no-generator")
-    if any(name in ("generator", "hard-only", "base") for name, _, _ in sources):
+    if any(name in ("generator", "hard-only", "base") for name, *_ in sources):
         parser.error("--source: generator, hard-only and base name the bench's own chains")
     mixes, chains = {}, []
     if not args.no_generator:
@@ -147,9 +179,9 @@ def main() -> None:
     if args.hard_only:
         chains.append(("hard-only", None))
         mixes["hard-only"] = {"items": "hard-train"}
-    for name, run_dir, steps in sources:
+    for name, run_dir, steps, as_generator in sources:
         path = (out / f"{name}.jsonl").resolve()
-        mixes[name] = level_mix(write_teacher_items(run_dir, steps, path))
+        mixes[name] = level_mix(write_teacher_items(run_dir, steps, path, as_generator))
         chains.append((name, path))
     (out / "sources.json").write_text(json.dumps(mixes))
     overrides = ["teacher.datasets_per_step=1", "student.students_per_dataset=1", "student.steps=100", *args.set]
