@@ -18,6 +18,8 @@ own run directory under --out, all sources at once with one torch thread each (e
   ...@generator          any of these with each item replaced by a fresh generator problem of its level: the
                          same count and level mix, the generator's kind of question (splits what the teacher
                          writes from how many and how hard)
+  ...@in-range, ...@out-of-range   (arith) only the items inside (outside) the generator's range: every
+                         intermediate in 0..999, no multi-digit times multi-digit product
   --hard-only            the same chain on hard-train (`--mode hard-only`: the paper's Hard-Only baseline)
 
 Hard-set questions are removed from every source (curated mode does). Then base and each chain's last
@@ -30,6 +32,8 @@ does, and the per-level mix and size of each source are printed with the figures
     python bench/teacher_data.py --chain-steps 8 --no-generator --hard-only --out runs/teacher-data-ho
     python bench/teacher_data.py --chain-steps 8 --no-generator --source teacher=runs/fast-s1:rewarded \
         --source like-teacher=runs/fast-s1:rewarded@generator --out runs/teacher-kind
+    python bench/teacher_data.py --chain-steps 8 --no-generator --source in-range=runs/fast-s1:rewarded@in-range \
+        --source out-of-range=runs/fast-s1:rewarded@out-of-range --out runs/teacher-range
     python bench/teacher_data.py --report runs/teacher-data
 """
 
@@ -46,21 +50,22 @@ from soar_effect import (add_common_arguments, evaluate_all, mean_error, paired_
                          start_run, wait_all)
 
 
-SOURCE_FORM = "NAME=RUN_DIR[:A-B|:promoted|:rewarded][@generator]"
+SOURCE_FORM = "NAME=RUN_DIR[:A-B|:promoted|:rewarded][@generator|@in-range|@out-of-range]"
+SWAPS = ("generator", "in-range", "out-of-range")
 
 
-def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None, bool]:
-    """SOURCE_FORM -> (name, run dir, teacher-step range, "promoted", "rewarded" or None for all, whether
-    to swap each item for a generator problem of its level)."""
+def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None, str | None]:
+    """SOURCE_FORM -> (name, run dir, teacher-step range, "promoted", "rewarded" or None for all, one of
+    SWAPS or None)."""
     name, _, rest = text.partition("=")
     rest, _, swap = rest.partition("@")
-    if not name or not rest or swap not in ("", "generator"):
+    if not name or not rest or swap not in ("", *SWAPS):
         raise ValueError(f"--source {text!r}: expected {SOURCE_FORM}")
     run_dir, _, steps = rest.partition(":")
     if steps in ("", "promoted", "rewarded"):
-        return name, Path(run_dir), steps or None, bool(swap)
+        return name, Path(run_dir), steps or None, swap or None
     first, _, last = steps.partition("-")
-    return name, Path(run_dir), (int(first), int(last or first)), bool(swap)
+    return name, Path(run_dir), (int(first), int(last or first)), swap or None
 
 
 def generator_like(agent, problems: list, seed: int = 0) -> list:
@@ -75,11 +80,11 @@ def generator_like(agent, problems: list, seed: int = 0) -> list:
 
 
 def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path: Path,
-                        as_generator: bool = False) -> list[dict]:
+                        swap: str | None = None) -> list[dict]:
     """The problems a SOAR run's students trained on in its teacher steps `steps` (or its promotion
     questions: "promoted", or its rewarded datasets' questions: "rewarded"), as a curated JSONL (question,
-    answer, level, expert steps), each swapped for a generator problem of its level with `as_generator`;
-    returns the rows."""
+    answer, level, expert steps), each swapped for a generator problem of its level (swap "generator") or
+    only those inside / outside the generator's range ("in-range", "out-of-range"); returns the rows."""
     from soar_agent.agent import Agent
     from soar_agent.pq import promoted_problems, rewarded_problems
 
@@ -92,8 +97,14 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
         problems = [p for dataset in agent.store.datasets(agent.run_id, kind="curriculum")
                     if not steps or steps[0] <= dataset["teacher_step"] <= steps[1]
                     for p in agent._dataset_problems(dataset)]
-    if as_generator:
+    if swap == "generator":
         problems = generator_like(agent, problems)
+    elif swap:
+        from soar_agent.tasks.arith import in_generator_range
+
+        if agent.domain.NAME != "arith":
+            raise SystemExit(f"@{swap}: the arith domain only (the run's is {agent.domain.NAME})")
+        problems = [p for p in problems if in_generator_range(p.question) == (swap == "in-range")]
     rows = [{"question": p.question, "answer": p.answer, "level": p.level, "steps": list(p.steps)} for p in problems]
     agent.store.close()
     if not rows:
@@ -179,9 +190,9 @@ def main() -> None:
     if args.hard_only:
         chains.append(("hard-only", None))
         mixes["hard-only"] = {"items": "hard-train"}
-    for name, run_dir, steps, as_generator in sources:
+    for name, run_dir, steps, swap in sources:
         path = (out / f"{name}.jsonl").resolve()
-        mixes[name] = level_mix(write_teacher_items(run_dir, steps, path, as_generator))
+        mixes[name] = level_mix(write_teacher_items(run_dir, steps, path, swap))
         chains.append((name, path))
     (out / "sources.json").write_text(json.dumps(mixes))
     overrides = ["teacher.datasets_per_step=1", "student.students_per_dataset=1", "student.steps=100", *args.set]

@@ -191,6 +191,12 @@ def _within_generator_range(node: Node) -> bool:
     return GEN_RANGE[0] <= evaluate(node) <= GEN_RANGE[1]
 
 
+def in_generator_range(question: str) -> bool:
+    """Whether a (possibly model-written) question stays where the generator's problems live: every
+    intermediate in GEN_RANGE, no multi-digit times multi-digit product (RejectedItem if it does not parse)."""
+    return _within_generator_range(parse(question))
+
+
 def generate(level: int, rng: random.Random) -> Problem:
     """A problem with `level` operations; operands grow with the level (operand_max)."""
     if level < 1:
