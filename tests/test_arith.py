@@ -1,6 +1,7 @@
 """The arith domain: generator, safe parser, expert steps, strict extraction."""
 
 import random
+import re
 import time
 
 import pytest
@@ -80,3 +81,32 @@ def test_teacher_item_round_trip():
                 "<question>1+1</question><answer> </answer>", "nothing"]:
         with pytest.raises(RejectedItem):
             parse_item(bad)
+
+
+@pytest.mark.parametrize("question, reason", [
+    ("8-(10+5-6+3)+11", "intermediate result -4 outside 0..999"),
+    ("4*12*(8-4)*9", "intermediate result 1728 outside 0..999"),
+    ("7*(15-3+1)*(12+7)", "multi-digit times multi-digit product 91*19"),
+    ("1000-1", "number 1000 outside 0..999"),
+    ("3-5+9", "intermediate result -2 outside 0..999"),
+])
+def test_questions_outside_the_domains_range_are_rejected_with_the_reason(question, reason):
+    """A teacher's question must be a problem of the domain: the space the generator, the hard sets and their
+    expert steps live in (the teacher's other questions lowered what a long training reached, bench/README.md)."""
+    from soar_agent import teacher
+
+    with pytest.raises(RejectedItem, match=f"^{re.escape(reason)}$"):
+        arith.make_problem(question)
+    with pytest.raises(RejectedItem, match=re.escape(reason)):
+        teacher.check_item(arith, f"<question>{question}</question><answer>0</answer>", "verified")
+    assert not arith.in_generator_range(question)
+    # at the edges of the range: 0, 999 and a single-digit factor of a multi-digit number are inside
+    for inside in ("5-5+3", "999-0", "9*111", "111*9", "(2+3)*(1+1)"):
+        assert arith.in_generator_range(inside) and arith.make_problem(inside).answer == arith.solve(inside)
+
+
+def test_every_generated_problem_is_inside_the_range():
+    rng = random.Random(3)
+    for level in arith.LEVELS:
+        for _ in range(50):
+            assert arith.in_generator_range(arith.generate(level, rng).question)
