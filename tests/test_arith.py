@@ -84,11 +84,11 @@ def test_teacher_item_round_trip():
 
 
 @pytest.mark.parametrize("question, reason", [
-    ("8-(10+5-6+3)+11", "intermediate result -4 outside 0..999"),
-    ("4*12*(8-4)*9", "intermediate result 1728 outside 0..999"),
-    ("7*(15-3+1)*(12+7)", "multi-digit times multi-digit product 91*19"),
-    ("1000-1", "number 1000 outside 0..999"),
-    ("3-5+9", "intermediate result -2 outside 0..999"),
+    ("8-(10+5-6+3)+11", "intermediate result outside 0..999: -4"),
+    ("4*12*(8-4)*9", "intermediate result outside 0..999: 1728"),
+    ("7*(15-3+1)*(12+7)", "multi-digit times multi-digit product: 91*19"),
+    ("1000-1", "number outside 0..999: 1000"),
+    ("3-5+9", "intermediate result outside 0..999: -2"),
 ])
 def test_questions_outside_the_domains_range_are_rejected_with_the_reason(question, reason):
     """A teacher's question must be a problem of the domain: the space the generator, the hard sets and their
@@ -97,8 +97,10 @@ def test_questions_outside_the_domains_range_are_rejected_with_the_reason(questi
 
     with pytest.raises(RejectedItem, match=f"^{re.escape(reason)}$"):
         arith.make_problem(question)
-    with pytest.raises(RejectedItem, match=re.escape(reason)):
+    with pytest.raises(RejectedItem, match=re.escape(reason)) as error:
         teacher.check_item(arith, f"<question>{question}</question><answer>0</answer>", "verified")
+    # a step's rejections count by kind, not by the number that left the range
+    assert teacher.rejection_kind(error.value) == reason.split(":")[0]
     assert not arith.in_generator_range(question)
     # at the edges of the range: 0, 999 and a single-digit factor of a multi-digit number are inside
     for inside in ("5-5+3", "999-0", "9*111", "111*9", "(2+3)*(1+1)"):

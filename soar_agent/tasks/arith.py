@@ -181,19 +181,20 @@ def _random_tree(n_ops: int, rng: random.Random, level: int) -> Node:
 
 def range_violation(node: Node) -> str | None:
     """Why an expression leaves the domain's problem space, or None: a number or intermediate result outside
-    GEN_RANGE, or a multi-digit times multi-digit product (the first found, innermost first)."""
+    GEN_RANGE, or a multi-digit times multi-digit product (the first found, innermost first; the value after
+    the colon, so that teacher.rejection_kind counts a step's rejections by kind)."""
     if isinstance(node, Num):
         inside = GEN_RANGE[0] <= node.value <= GEN_RANGE[1]
-        return None if inside else f"number {node.value} outside {GEN_RANGE[0]}..{GEN_RANGE[1]}"
+        return None if inside else f"number outside {GEN_RANGE[0]}..{GEN_RANGE[1]}: {node.value}"
     reason = range_violation(node.left) or range_violation(node.right)
     if reason:
         return reason
     left, right = evaluate(node.left), evaluate(node.right)
     if node.op == "*" and left >= 10 and right >= 10:
-        return f"multi-digit times multi-digit product {left}*{right}"
+        return f"multi-digit times multi-digit product: {left}*{right}"
     value = evaluate(node)
     inside = GEN_RANGE[0] <= value <= GEN_RANGE[1]
-    return None if inside else f"intermediate result {value} outside {GEN_RANGE[0]}..{GEN_RANGE[1]}"
+    return None if inside else f"intermediate result outside {GEN_RANGE[0]}..{GEN_RANGE[1]}: {value}"
 
 
 def in_generator_range(question: str) -> bool:
