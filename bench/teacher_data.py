@@ -68,12 +68,12 @@ def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None, st
     return name, Path(run_dir), (int(first), int(last or first)), swap or None
 
 
-def generator_like(agent, problems: list, seed: int = 0) -> list:
+def generator_like(agent, problems: list) -> list:
     """A fresh generator problem at each problem's level (the same count and level mix, the generator's kind
-    of question); a problem without a level keeps none, so it is refused."""
+    of question), drawn with a fixed seed; a problem without a level keeps none, so it is refused."""
     import random
 
-    generate, rng = agent.domain.generate, random.Random(seed)
+    generate, rng = agent.domain.generate, random.Random(0)
     if any(problem.level is None for problem in problems):
         raise SystemExit(f"@generator: {sum(p.level is None for p in problems)} items have no level")
     return [generate(problem.level, rng) for problem in problems]
