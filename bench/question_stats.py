@@ -1,0 +1,82 @@
+"""What kind of questions an arith run's teacher wrote, against the generator's at the same levels (issue 7).
+
+For each curriculum dataset of the run (every teacher step's datasets, with their reward), the teacher's
+questions and as many generator problems drawn one per teacher question at its level (`arith.generate`,
+seed 0: the baseline in the same run), side by side: the share of distinct questions, the mean level, the
+mean largest operand and the share of questions with an operand above the level's `arith.operand_max`, the
+share of `*` and `-` among operators, parentheses per question and characters per question. The teacher's
+questions are parsed by `arith.parse` (the domain's own bounded parser, never eval).
+
+    python bench/question_stats.py runs/def-s1
+
+Measured (bench/README.md, "What the reward's selection is worth"): with the range rule the long datasets
+came out close to the generator's kind at their levels; what differs is mostly count and level mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def operands(tree) -> list[int]:
+    from soar_agent.tasks import arith
+
+    return [tree.value] if isinstance(tree, arith.Num) else operands(tree.left) + operands(tree.right)
+
+
+def operators(tree) -> list[str]:
+    from soar_agent.tasks import arith
+
+    return [] if isinstance(tree, arith.Num) else [tree.op] + operators(tree.left) + operators(tree.right)
+
+
+def question_stats(questions: list[str], levels: list[int]) -> dict:
+    """The columns above for questions at their levels (every question a valid arith expression)."""
+    from soar_agent.tasks import arith
+
+    trees = [arith.parse(question) for question in questions]
+    largest = [max(operands(tree)) for tree in trees]
+    ops = [op for tree in trees for op in operators(tree)]
+    return {"n": len(questions), "distinct": len(set(questions)) / len(questions),
+            "level": statistics.mean(levels), "largest operand": statistics.mean(largest),
+            "above operand_max": sum(n > arith.operand_max(level) for n, level in zip(largest, levels)) / len(questions),
+            "*": ops.count("*") / max(1, len(ops)), "-": ops.count("-") / max(1, len(ops)),
+            "parentheses": statistics.mean(q.count("(") for q in questions),
+            "chars": statistics.mean(len(q) for q in questions)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a finished or running arith run's directory (holding soar.db)")
+    args = parser.parse_args()
+    from soar_agent.store import Store
+    from soar_agent.tasks import arith
+
+    database = args.run_dir / "soar.db"
+    if not database.exists():
+        sys.exit(f"{database}: no such store")
+    rng = random.Random(0)
+    with Store.open(database, readonly=True) as store:
+        run = store.require_run()
+        for dataset in store.datasets(run["id"], kind="curriculum"):
+            rows = [row for row in store.dataset_problems(dataset["id"]) if row["domain"] == "arith" and row["level"]]
+            if not rows:
+                continue
+            questions, levels = [row["question"] for row in rows], [row["level"] for row in rows]
+            generated = [arith.generate(level, rng).question for level in levels]
+            reward = "none" if dataset["reward"] is None else f"{dataset['reward']:+.4f}"
+            print(f"step {dataset['teacher_step']} {dataset['name']} reward {reward}")
+            for who, stats in (("teacher", question_stats(questions, levels)),
+                               ("generator", question_stats(generated, levels))):
+                print(f"  {who:<9} " + "  ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                                                   for key, value in stats.items()))
+
+
+if __name__ == "__main__":
+    main()
