@@ -23,23 +23,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from soar_agent.store import Store  # noqa: E402
+from soar_agent.tasks import arith  # noqa: E402
+
 
 def operands(tree) -> list[int]:
-    from soar_agent.tasks import arith
-
     return [tree.value] if isinstance(tree, arith.Num) else operands(tree.left) + operands(tree.right)
 
 
 def operators(tree) -> list[str]:
-    from soar_agent.tasks import arith
-
     return [] if isinstance(tree, arith.Num) else [tree.op] + operators(tree.left) + operators(tree.right)
 
 
 def question_stats(questions: list[str], levels: list[int]) -> dict:
     """The columns above for questions at their levels (every question a valid arith expression)."""
-    from soar_agent.tasks import arith
-
     trees = [arith.parse(question) for question in questions]
     largest = [max(operands(tree)) for tree in trees]
     ops = [op for tree in trees for op in operators(tree)]
@@ -55,9 +52,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished or running arith run's directory (holding soar.db)")
     args = parser.parse_args()
-    from soar_agent.store import Store
-    from soar_agent.tasks import arith
-
     database = args.run_dir / "soar.db"
     if not database.exists():
         sys.exit(f"{database}: no such store")
