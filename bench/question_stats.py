@@ -27,19 +27,16 @@ from soar_agent.store import Store  # noqa: E402
 from soar_agent.tasks import arith  # noqa: E402
 
 
-def operands(tree) -> list[int]:
-    return [tree.value] if isinstance(tree, arith.Num) else operands(tree.left) + operands(tree.right)
-
-
-def operators(tree) -> list[str]:
-    return [] if isinstance(tree, arith.Num) else [tree.op] + operators(tree.left) + operators(tree.right)
+def nodes(tree) -> list:
+    """Every node of an arith tree: its numbers (arith.Num) and its operations (arith.BinOp)."""
+    return [tree] if isinstance(tree, arith.Num) else [tree] + nodes(tree.left) + nodes(tree.right)
 
 
 def question_stats(questions: list[str], levels: list[int]) -> dict:
     """The columns above for questions at their levels (every question a valid arith expression)."""
     trees = [arith.parse(question) for question in questions]
-    largest = [max(operands(tree)) for tree in trees]
-    ops = [op for tree in trees for op in operators(tree)]
+    largest = [max(node.value for node in nodes(tree) if isinstance(node, arith.Num)) for tree in trees]
+    ops = [node.op for tree in trees for node in nodes(tree) if isinstance(node, arith.BinOp)]
     return {"n": len(questions), "distinct": len(set(questions)) / len(questions),
             "level": statistics.mean(levels), "largest operand": statistics.mean(largest),
             "above operand_max": sum(n > arith.operand_max(level) for n, level in zip(largest, levels)) / len(questions),
