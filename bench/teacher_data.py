@@ -20,6 +20,13 @@ own run directory under --out, all sources at once with one torch thread each (e
                          writes from how many and how hard)
   ...@in-range, ...@out-of-range   (arith) only the items inside (outside) the generator's range: every
                          intermediate in 0..999, no multi-digit times multi-digit product
+  ...@generator-small    (arith) like @generator, with every operand drawn from 1..operand_max(4) = 13, the
+                         range of the shipped model's pretraining levels 1-4 (its level-5 operands reach 15
+                         at a lower weight): the generator's kind of question with the operands a teacher
+                         that learned its questions there writes (splits operand size from the rest)
+  ...@generator-operands (arith) each teacher question's own expression (operators, nesting) with its operands
+                         drawn afresh as the generator draws them at its level (1..operand_max(level)), redrawn
+                         until inside the range; an item with no draw inside in 200 tries is left out
   --hard-only            the same chain on hard-train (`--mode hard-only`: the paper's Hard-Only baseline)
 
 Hard-set questions are removed from every source (curated mode does). Then base and each chain's last
@@ -34,6 +41,8 @@ does, and the per-level mix and size of each source are printed with the figures
         --source like-teacher=runs/fast-s1:rewarded@generator --out runs/teacher-kind
     python bench/teacher_data.py --chain-steps 8 --no-generator --source in-range=runs/fast-s1:rewarded@in-range \
         --source out-of-range=runs/fast-s1:rewarded@out-of-range --out runs/teacher-range
+    python bench/teacher_data.py --chain-steps 8 --no-generator --source small=runs/def-s1:rewarded@generator-small \
+        --source teacher-operands=runs/def-s1:rewarded@generator-operands --out runs/teacher-operands
     python bench/teacher_data.py --report runs/teacher-data
 """
 
@@ -50,8 +59,12 @@ from soar_effect import (add_common_arguments, evaluate_all, mean_error, paired_
                          start_run, wait_all)
 
 
-SOURCE_FORM = "NAME=RUN_DIR[:A-B|:promoted|:rewarded][@generator|@in-range|@out-of-range]"
-SWAPS = ("generator", "in-range", "out-of-range")
+SOURCE_FORM = ("NAME=RUN_DIR[:A-B|:promoted|:rewarded]"
+               "[@generator|@generator-small|@generator-operands|@in-range|@out-of-range]")
+SWAPS = ("generator", "generator-small", "generator-operands", "in-range", "out-of-range")
+ARITH_SWAPS = SWAPS[1:]
+# pretrain.LEVEL_WEIGHTS trains levels 1-4 in full: the operands the shipped model's teacher learned to write.
+PRETRAINED_OPERAND_LEVEL = 4
 
 
 def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None, str | None]:
@@ -79,11 +92,64 @@ def generator_like(agent, problems: list) -> list:
     return [generate(problem.level, rng) for problem in problems]
 
 
+def generator_small_like(problems: list) -> list:
+    """generator_like for arith with the operands of level PRETRAINED_OPERAND_LEVEL at every level: the same
+    count, level mix and kind of expression, only the operands smaller (arith.generate draws them from
+    operand_max(level); this bench-only variant draws the tree from arith's own private builder, so the
+    shapes and the range rule are the generator's)."""
+    import random
+
+    from soar_agent.tasks import arith
+
+    rng = random.Random(0)
+    if any(problem.level is None for problem in problems):
+        raise SystemExit(f"@generator-small: {sum(p.level is None for p in problems)} items have no level")
+
+    def draw(level: int):
+        while True:
+            tree = arith._random_tree(level, rng, min(level, PRETRAINED_OPERAND_LEVEL))
+            if arith.range_violation(tree) is None:
+                return arith.make_problem(arith.to_text(tree), level=level)
+
+    return [draw(problem.level) for problem in problems]
+
+
+def generator_operands_like(problems: list, tries: int = 200) -> list:
+    """Each arith problem's own expression tree with every operand redrawn from 1..operand_max(level), as the
+    generator draws them, until the expression is inside the generator's range (at most `tries` draws; a
+    problem with none inside is left out): the teacher's shapes with the generator's operands."""
+    import random
+
+    from soar_agent.tasks import arith
+
+    rng = random.Random(0)
+
+    def redraw(node, level: int):
+        if isinstance(node, arith.Num):
+            return arith.Num(rng.randint(1, arith.operand_max(level)))
+        return arith.BinOp(node.op, redraw(node.left, level), redraw(node.right, level))
+
+    redrawn = []
+    for problem in problems:
+        if problem.level is None:
+            raise SystemExit("@generator-operands: an item has no level")
+        tree = arith.parse(problem.question)
+        for _ in range(tries):
+            candidate = redraw(tree, problem.level)
+            if arith.range_violation(candidate) is None:
+                redrawn.append(arith.make_problem(arith.to_text(candidate), level=problem.level))
+                break
+    print(f"@generator-operands: {len(problems) - len(redrawn)} of {len(problems)} items found no draw in range"
+          f" in {tries} tries and are left out", flush=True)
+    return redrawn
+
+
 def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path: Path,
                         swap: str | None = None) -> list[dict]:
     """The problems a SOAR run's students trained on in its teacher steps `steps` (or its promotion
     questions: "promoted", or its rewarded datasets' questions: "rewarded"), as a curated JSONL (question,
-    answer, level, expert steps), each swapped for a generator problem of its level (swap "generator") or
+    answer, level, expert steps), each swapped for a generator problem of its level (swap "generator"; with
+    the pretraining's operands: "generator-small"), its operands redrawn ("generator-operands") or
     only those inside / outside the generator's range ("in-range", "out-of-range"); returns the rows."""
     from soar_agent.agent import Agent
     from soar_agent.pq import promoted_problems, rewarded_problems
@@ -97,13 +163,17 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
         problems = [p for dataset in agent.store.datasets(agent.run_id, kind="curriculum")
                     if not steps or steps[0] <= dataset["teacher_step"] <= steps[1]
                     for p in agent._dataset_problems(dataset)]
+    if swap in ARITH_SWAPS and agent.domain.NAME != "arith":
+        raise SystemExit(f"@{swap}: the arith domain only (the run's is {agent.domain.NAME})")
     if swap == "generator":
         problems = generator_like(agent, problems)
+    elif swap == "generator-small":
+        problems = generator_small_like(problems)
+    elif swap == "generator-operands":
+        problems = generator_operands_like(problems)
     elif swap:
         from soar_agent.tasks.arith import in_generator_range
 
-        if agent.domain.NAME != "arith":
-            raise SystemExit(f"@{swap}: the arith domain only (the run's is {agent.domain.NAME})")
         problems = [p for p in problems if in_generator_range(p.question) == (swap == "in-range")]
     rows = [{"question": p.question, "answer": p.answer, "level": p.level, "steps": list(p.steps)} for p in problems]
     agent.store.close()
