@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from collections import Counter
 from pathlib import Path
@@ -83,12 +84,8 @@ def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None, st
 
 def generator_like(agent, problems: list) -> list:
     """A fresh generator problem at each problem's level (the same count and level mix, the generator's kind
-    of question), drawn with a fixed seed; a problem without a level keeps none, so it is refused."""
-    import random
-
+    of question), drawn with a fixed seed."""
     generate, rng = agent.domain.generate, random.Random(0)
-    if any(problem.level is None for problem in problems):
-        raise SystemExit(f"@generator: {sum(p.level is None for p in problems)} items have no level")
     return [generate(problem.level, rng) for problem in problems]
 
 
@@ -97,13 +94,9 @@ def generator_small_like(problems: list) -> list:
     count, level mix and kind of expression, only the operands smaller (arith.generate draws them from
     operand_max(level); this bench-only variant draws the tree from arith's own private builder, so the
     shapes and the range rule are the generator's)."""
-    import random
-
     from soar_agent.tasks import arith
 
     rng = random.Random(0)
-    if any(problem.level is None for problem in problems):
-        raise SystemExit(f"@generator-small: {sum(p.level is None for p in problems)} items have no level")
 
     def draw(level: int):
         while True:
@@ -118,8 +111,6 @@ def generator_operands_like(problems: list, tries: int = 200) -> list:
     """Each arith problem's own expression tree with every operand redrawn from 1..operand_max(level), as the
     generator draws them, until the expression is inside the generator's range (at most `tries` draws; a
     problem with none inside is left out): the teacher's shapes with the generator's operands."""
-    import random
-
     from soar_agent.tasks import arith
 
     rng = random.Random(0)
@@ -131,8 +122,6 @@ def generator_operands_like(problems: list, tries: int = 200) -> list:
 
     redrawn = []
     for problem in problems:
-        if problem.level is None:
-            raise SystemExit("@generator-operands: an item has no level")
         tree = arith.parse(problem.question)
         for _ in range(tries):
             candidate = redraw(tree, problem.level)
@@ -165,6 +154,9 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
                     for p in agent._dataset_problems(dataset)]
     if swap in ARITH_SWAPS and agent.domain.NAME != "arith":
         raise SystemExit(f"@{swap}: the arith domain only (the run's is {agent.domain.NAME})")
+    if swap and swap.startswith("generator") and any(p.level is None for p in problems):
+        # a problem without a level keeps none, so there is no level to draw at
+        raise SystemExit(f"@{swap}: {sum(p.level is None for p in problems)} items have no level")
     if swap == "generator":
         problems = generator_like(agent, problems)
     elif swap == "generator-small":
