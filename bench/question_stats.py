@@ -4,19 +4,24 @@ For each curriculum dataset of the run (every teacher step's datasets, with thei
 questions and as many generator problems drawn one per teacher question at its level (`arith.generate`,
 seed 0: the baseline in the same run), side by side: the share of distinct questions, the mean level, the
 mean largest operand and the share of questions with an operand above the level's `arith.operand_max`, the
-share of `*` and `-` among operators, parentheses per question and characters per question. The teacher's
-questions are parsed by `arith.parse` (the domain's own bounded parser, never eval).
+share of operands above 13 (`operand_max(4)`: the shipped model's teacher learned to write questions of levels
+1-4, and level 5's at a lower weight), the share of `*` and `-` among operators and of subtractions of a
+compound expression (`a-(b+c)`) among operations, distinct shapes (the question with its numbers blanked) per
+question (comparable between sources of the same size), parentheses per question and characters per question; then the same for the run's hard-train and
+hard-test. The teacher's questions are parsed by `arith.parse` (the domain's own bounded parser, never eval).
 
     python bench/question_stats.py runs/def-s1
 
-Measured (bench/README.md, "What the reward's selection is worth"): with the range rule the long datasets
-came out close to the generator's kind at their levels; what differs is mostly count and level mix.
+Measured (bench/README.md, "What the reward's selection is worth" and "What is left per question"): with the
+range rule the long datasets came out close to the generator's kind at their levels; what still differs is
+the operands above 13 (about a sixth of the generator's share) and fewer `a-(b+c)` and distinct shapes.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -36,13 +41,24 @@ def question_stats(questions: list[str], levels: list[int]) -> dict:
     """The columns above for questions at their levels (every question a valid arith expression)."""
     trees = [arith.parse(question) for question in questions]
     largest = [max(node.value for node in nodes(tree) if isinstance(node, arith.Num)) for tree in trees]
-    ops = [node.op for tree in trees for node in nodes(tree) if isinstance(node, arith.BinOp)]
+    operations = [node for tree in trees for node in nodes(tree) if isinstance(node, arith.BinOp)]
+    ops = [node.op for node in operations]
+    operands = [node.value for tree in trees for node in nodes(tree) if isinstance(node, arith.Num)]
     return {"n": len(questions), "distinct": len(set(questions)) / len(questions),
             "level": statistics.mean(levels), "largest operand": statistics.mean(largest),
             "above operand_max": sum(n > arith.operand_max(level) for n, level in zip(largest, levels)) / len(questions),
+            "operands > 13": sum(n > arith.operand_max(4) for n in operands) / len(operands),
             "*": ops.count("*") / max(1, len(ops)), "-": ops.count("-") / max(1, len(ops)),
+            "a-(..)": sum(node.op == "-" and isinstance(node.right, arith.BinOp) for node in operations)
+            / max(1, len(ops)),
+            "shapes": len({re.sub(r"\d+", "n", question) for question in questions}) / len(questions),
             "parentheses": statistics.mean(q.count("(") for q in questions),
             "chars": statistics.mean(len(q) for q in questions)}
+
+
+def print_stats(who: str, stats: dict) -> None:
+    print(f"  {who:<10} " + "  ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                                      for key, value in stats.items()))
 
 
 def main() -> None:
@@ -65,8 +81,12 @@ def main() -> None:
             print(f"step {dataset['teacher_step']} {dataset['name']} reward {reward}")
             for who, stats in (("teacher", question_stats(questions, levels)),
                                ("generator", question_stats(generated, levels))):
-                print(f"  {who:<9} " + "  ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
-                                                   for key, value in stats.items()))
+                print_stats(who, stats)
+        for kind in ("hard-train", "hard-test"):
+            rows = [row for dataset in store.datasets(run["id"], kind=kind)
+                    for row in store.dataset_problems(dataset["id"]) if row["domain"] == "arith" and row["level"]]
+            if rows:
+                print_stats(kind, question_stats([row["question"] for row in rows], [row["level"] for row in rows]))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """bench/teacher_data.py's question swaps, which its measurements of the teacher's questions rest on: each
-must change only what its name says (operands, or expressions) and keep the count, levels and range."""
+must change only what its name says (operands, or expressions) and keep the count, levels and range; and
+bench/question_stats.py's counts, which say what the teacher's questions lack."""
 
 import random
 import re
@@ -11,6 +12,7 @@ import pytest
 from soar_agent.tasks import arith
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import question_stats  # noqa: E402
 import teacher_data  # noqa: E402
 
 
@@ -59,3 +61,11 @@ def test_source_form_names_the_new_swaps():
     assert teacher_data.parse_source("a=runs/x:1-3@generator-operands")[2:] == ((1, 3), "generator-operands")
     with pytest.raises(ValueError, match="expected NAME=RUN_DIR"):
         teacher_data.parse_source("a=runs/x@generator-big")
+
+
+def test_question_stats_counts_large_operands_compound_subtractions_and_shapes():
+    stats = question_stats.question_stats(["3-(2+1)", "4*5", "14+(2-1)", "9-(8+1)"], [2, 1, 2, 2])
+    assert stats["operands > 13"] == 1 / 11  # only the 14 of eleven operands
+    assert stats["a-(..)"] == 2 / 7  # 3-(2+1) and 9-(8+1); 2-1 subtracts a number
+    assert stats["shapes"] == 3 / 4  # n-(n+n) twice, n*n, n+(n-n)
+    assert stats["largest operand"] == (3 + 5 + 14 + 9) / 4
