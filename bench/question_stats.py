@@ -4,8 +4,8 @@ For each curriculum dataset of the run (every teacher step's datasets, with thei
 questions and as many generator problems drawn one per teacher question at its level (`arith.generate`,
 seed 0: the baseline in the same run), side by side: the share of distinct questions, the mean level, the
 mean largest operand and the share of questions with an operand above the level's `arith.operand_max`, the
-share of operands above 13 (`operand_max(4)`: the shipped model's teacher learned to write questions of levels
-1-4, and level 5's at a lower weight), the share of `*` and `-` among operators and of subtractions of a
+share of operands above 13 (`operand_max(PRETRAINED_OPERAND_LEVEL)` = `operand_max(4)`: the shipped model's
+teacher learned to write questions of levels 1-4, and level 5's at a lower weight), the share of `*` and `-` among operators and of subtractions of a
 compound expression (`a-(b+c)`) among operations, distinct shapes (the question with its numbers blanked) per
 question (comparable between sources of the same size), parentheses per question and characters per question; then the same for the run's hard-train and
 hard-test. The teacher's questions are parsed by `arith.parse` (the domain's own bounded parser, never eval).
@@ -28,8 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from soar_agent.pretrain import LEVEL_WEIGHTS  # noqa: E402
 from soar_agent.store import Store  # noqa: E402
 from soar_agent.tasks import arith  # noqa: E402
+
+# The highest level the shipped model was pretrained on in full (teacher items included): the operands its
+# teacher learned to write reach arith.operand_max of this level.
+PRETRAINED_OPERAND_LEVEL = max(level for level, weight in LEVEL_WEIGHTS.items() if weight >= 1.0)
 
 
 def nodes(tree) -> list:
@@ -39,15 +44,16 @@ def nodes(tree) -> list:
 
 def question_stats(questions: list[str], levels: list[int]) -> dict:
     """The columns above for questions at their levels (every question a valid arith expression)."""
-    trees = [arith.parse(question) for question in questions]
-    largest = [max(node.value for node in nodes(tree) if isinstance(node, arith.Num)) for tree in trees]
-    operations = [node for tree in trees for node in nodes(tree) if isinstance(node, arith.BinOp)]
+    tree_nodes = [nodes(arith.parse(question)) for question in questions]
+    numbers = [[node.value for node in tree if isinstance(node, arith.Num)] for tree in tree_nodes]
+    largest = [max(values) for values in numbers]
+    operands = [value for values in numbers for value in values]
+    operations = [node for tree in tree_nodes for node in tree if isinstance(node, arith.BinOp)]
     ops = [node.op for node in operations]
-    operands = [node.value for tree in trees for node in nodes(tree) if isinstance(node, arith.Num)]
     return {"n": len(questions), "distinct": len(set(questions)) / len(questions),
             "level": statistics.mean(levels), "largest operand": statistics.mean(largest),
             "above operand_max": sum(n > arith.operand_max(level) for n, level in zip(largest, levels)) / len(questions),
-            "operands > 13": sum(n > arith.operand_max(4) for n in operands) / len(operands),
+            "operands > 13": sum(n > arith.operand_max(PRETRAINED_OPERAND_LEVEL) for n in operands) / len(operands),
             "*": ops.count("*") / max(1, len(ops)), "-": ops.count("-") / max(1, len(ops)),
             "a-(..)": sum(node.op == "-" and isinstance(node.right, arith.BinOp) for node in operations)
             / max(1, len(ops)),

@@ -58,14 +58,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soar_effect import (add_common_arguments, evaluate_all, mean_error, paired_difference,  # noqa: E402
                          start_run, wait_all)
+from question_stats import PRETRAINED_OPERAND_LEVEL  # noqa: E402
 
 
 SOURCE_FORM = ("NAME=RUN_DIR[:A-B|:promoted|:rewarded]"
                "[@generator|@generator-small|@generator-operands|@in-range|@out-of-range]")
 SWAPS = ("generator", "generator-small", "generator-operands", "in-range", "out-of-range")
 ARITH_SWAPS = SWAPS[1:]
-# pretrain.LEVEL_WEIGHTS trains levels 1-4 in full: the operands the shipped model's teacher learned to write.
-PRETRAINED_OPERAND_LEVEL = 4
 
 
 def parse_source(text: str) -> tuple[str, Path, tuple[int, int] | str | None, str | None]:
@@ -91,20 +90,12 @@ def generator_like(agent, problems: list) -> list:
 
 def generator_small_like(problems: list) -> list:
     """generator_like for arith with the operands of level PRETRAINED_OPERAND_LEVEL at every level: the same
-    count, level mix and kind of expression, only the operands smaller (arith.generate draws them from
-    operand_max(level); this bench-only variant draws the tree from arith's own private builder, so the
-    shapes and the range rule are the generator's)."""
+    count, level mix and kind of expression, only the operands smaller."""
     from soar_agent.tasks import arith
 
     rng = random.Random(0)
-
-    def draw(level: int):
-        while True:
-            tree = arith._random_tree(level, rng, min(level, PRETRAINED_OPERAND_LEVEL))
-            if arith.range_violation(tree) is None:
-                return arith.make_problem(arith.to_text(tree), level=level)
-
-    return [draw(problem.level) for problem in problems]
+    return [arith.generate(problem.level, rng, operand_level=min(problem.level, PRETRAINED_OPERAND_LEVEL))
+            for problem in problems]
 
 
 def generator_operands_like(problems: list, tries: int = 200) -> list:

@@ -215,12 +215,13 @@ def in_generator_range(question: str) -> bool:
     return range_violation(parse(question)) is None
 
 
-def generate(level: int, rng: random.Random) -> Problem:
-    """A problem with `level` operations; operands grow with the level (operand_max)."""
+def generate(level: int, rng: random.Random, operand_level: int | None = None) -> Problem:
+    """A problem with `level` operations; operands grow with the level (operand_max), or are drawn as at
+    `operand_level` (bench/teacher_data.py's @generator-small: the generator's questions with small operands)."""
     if level < 1:
         raise ValueError(f"arith level must be >= 1, got {level}")
     while True:
-        tree = _random_tree(level, rng, level)
+        tree = _random_tree(level, rng, level if operand_level is None else operand_level)
         if range_violation(tree) is None:
             return make_problem(to_text(tree), level=level)
 
