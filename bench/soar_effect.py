@@ -21,6 +21,7 @@ CPU equally, so "equal wall clock" is also equal compute); without it they run o
 with the whole machine. Figures carry their standard error over hard-test problems (per-problem pass@k).
 
     python bench/soar_effect.py --hours 1.5 --parallel [--arms hard-only,curated,soar] [--set key=value]
+    python bench/soar_effect.py --resume runs/bench --parallel   # after a reboot: the rest of each arm's hours
     python bench/soar_effect.py --report runs/bench     # print the figures of a finished bench again
     python bench/soar_effect.py --final runs/night-s1 --final runs/night-s2 --out runs/final-q
     python bench/soar_effect.py --evaluate runs/run-a --evaluate runs/run-b --out runs/eval-ab
@@ -63,13 +64,42 @@ def start_run(run_dir: Path, budget: list[str], mode: str, k: int, eval_every: i
     """A `soar run` of `mode` in run_dir with one torch thread, logging to <run_dir>.log beside it; `budget`
     is its --hours / --max-teacher-steps argument pair."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = soar_command("run", *config, "--run-dir", str(run_dir), *budget, "--no-export",
-                           "--set", f"run.mode={json.dumps(mode)}", "--set", f"eval.samples={k}",
-                           "--set", f"eval.every_teacher_steps={eval_every}",
-                           *[x for item in overrides for x in ("--set", item)])
+    return start_soar_run(run_dir, [*config, "--run-dir", str(run_dir), *budget, "--no-export",
+                                    "--set", f"run.mode={json.dumps(mode)}", "--set", f"eval.samples={k}",
+                                    "--set", f"eval.every_teacher_steps={eval_every}",
+                                    *[x for item in overrides for x in ("--set", item)]])
+
+
+def start_soar_run(run_dir: Path, arguments: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     log = open(run_dir.parent / f"{run_dir.name}.log", "a")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(soar_command("run", *arguments), stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def resume_arms(out: Path, parallel: bool) -> list[str]:
+    """Continue a bench whose arms were stopped or killed (a reboot, the end of a machine's session): each
+    arm's run goes on with the rest of its hours (`soar run` on a run continues its time budget; the time it
+    was down does not count), one after another or all at once; an arm whose hours ended is left as it is.
+    Returns the bench's arms, for the final evaluation."""
+    from soar_agent.status import time_budget
+
+    arms = [arm for arm in ARMS if (out / arm / "soar.db").is_file()]
+    if not arms:
+        raise SystemExit(f"{out}: no arm to resume (expected some of {', '.join(ARMS)} holding a soar.db)")
+    processes = {}
+    for arm in arms:
+        with Store(out / arm / "soar.db", readonly=True) as store:
+            budget = time_budget(store, store.require_run()["id"])
+        if budget is None:
+            raise SystemExit(f"{out / arm}: its last session had no time budget: not an arm of this bench")
+        if budget.ended:
+            continue
+        print(f"{arm}: {budget.left() / 3600:.2f} of {budget.seconds / 3600:.2f} h left", flush=True)
+        processes[arm] = start_soar_run(out / arm, ["--run-dir", str(out / arm), "--no-export"])
+        if not parallel:
+            processes[arm].wait()
+    wait_all(out, processes)
+    return arms
 
 
 def run_arm(arm: str, run_dir: Path, hours: float, k: int, eval_every: int, config: list[str],
@@ -230,6 +260,8 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true", help="run the arms at the same time, one thread each")
     parser.add_argument("--eval-every", type=int, default=1000,
                         help="in-loop hard-test evaluation every N teacher steps (default: only step 0)")
+    parser.add_argument("--resume", metavar="OUT", help="continue the bench under OUT after its arms were stopped"
+                        " or killed: the rest of each arm's hours, then the final evaluation (with --parallel: at once)")
     parser.add_argument("--final", action="append", default=[], metavar="RUN_DIR",
                         help="train and evaluate this finished run's final training again (see above)")
     parser.add_argument("--evaluate", action="append", default=[], metavar="RUN_DIR",
@@ -238,6 +270,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.report:
         report(Path(args.report), args.k)
+        return
+    if args.resume:
+        out = Path(args.resume)
+        final_figures(out, resume_arms(out, args.parallel), args.k, args.seed, args.workers)
+        report(out, args.k)
         return
     if args.final:
         out = Path(args.out)

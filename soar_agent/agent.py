@@ -59,7 +59,10 @@ class RunPaths:
 class Budget:
     deadline: float | None = None  # epoch seconds
     max_teacher_steps: int = 0  # 0 = no limit (counts completed steps of the whole run)
-    started: float = field(default_factory=time.time)  # the session's start: budget.pq_share is of deadline - started
+    # the budget's start: the session's, or for a resumed budget (status.time_budget) that much earlier as the
+    # run's earlier sessions used of it; budget.pq_share is of deadline - started, the whole budget
+    started: float = field(default_factory=time.time)
+    until: bool = False  # the deadline is a clock time (--until), which a resume keeps, not an amount of time
 
     def exhausted(self, completed_steps: int) -> str | None:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -375,8 +378,9 @@ class Agent:
         self._install_signal_handlers()
         self.store.set_run_status(self.run_id, "running")
         self.store.log_event(run_id=self.run_id, level="info", kind="session",
-                             message="session started", data={"deadline": budget.deadline,
-                                                              "max_teacher_steps": budget.max_teacher_steps})
+                             message="session started",
+                             data={"deadline": budget.deadline, "max_teacher_steps": budget.max_teacher_steps,
+                                   "until": budget.until, "used_s": max(0.0, time.time() - budget.started)})
         try:
             return self._run(budget)
         except KeyboardInterrupt:  # a second signal: stopped at once, whatever the unit
@@ -430,8 +434,8 @@ class Agent:
     def _no_time_for_a_step(self, budget: Budget, done: list[dict]) -> str | None:
         """With a deadline: the reason not to start the next teacher step when it would end (taking as long
         as the longest of the last three, plus an evaluation when one is due) inside the time kept for the final
-        training: budget.pq_share of the session's budget, or budget.pq_steps' time (pq.measured_costs) when
-        that is longer, so that the run ends with its model at the deadline rather than one step late. None
+        training: budget.pq_share of the run's budget (a resumed budget's whole, not what is left), or
+        budget.pq_steps' time (pq.measured_costs) when that is longer, so that the run ends with its model at the deadline rather than one step late. None
         while it fits, and before the first step (nothing is measured yet).
         The last three, not the median of all: steps grow longer as the teacher learns to write longer
         questions (5.8 -> 9.2 minutes over 7 steps of a default run on one thread), and a resumed step's

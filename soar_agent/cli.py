@@ -430,6 +430,33 @@ def _progress_bars(console):
         yield update
 
 
+def _continue_budget(agent, budget, run_dir: Path) -> None:
+    """A run started (or resumed) without a budget of its own continues the time budget its last session had:
+    the rest of it (the time the run was down does not count; an --until keeps its clock time); a run without
+    one gets budget.hours from its config."""
+    import time
+
+    from soar_agent.status import time_budget
+
+    previous = time_budget(agent.store, agent.run_id)
+    if previous is None:
+        if agent.config.budget.hours:
+            budget.deadline = time.time() + agent.config.budget.hours * 3600
+        return
+    if previous.ended or previous.left() <= 0:
+        untrained = agent._ends_with_final_training() and not agent.latest_checkpoint("pq")
+        spent = ("its --until time has passed" if previous.until
+                 else f"{previous.used / 3600:.2f} of {previous.seconds / 3600:.2f} h used")
+        raise UserError(f"{run_dir}: the run's time budget is over ({spent}): give it more with --hours H"
+                        + (f" (or soar eval-pq {run_dir} for its final training, which did not finish)"
+                           if untrained else ""))
+    now = time.time()
+    budget.started = now - previous.used
+    budget.deadline, budget.until = now + previous.left(now), previous.until
+    agent.log(f"continuing the run's time budget: {previous.left(now) / 3600:.2f} h left"
+              + ("" if previous.until else f" of {previous.seconds / 3600:.2f} h"))
+
+
 def cmd_run(args) -> int:
     """Run the self-improvement loop until stopped (Ctrl-C / SIGTERM finish the current unit), the time
     budget ends or the teacher-step limit is reached. A budget's end is followed by the final training (a
@@ -459,6 +486,10 @@ def cmd_run(args) -> int:
     _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)  # a resumed run's own config
     done = sum(s["status"] == "complete" for s in agent.store.teacher_steps(agent.run_id))
     limit = args.max_teacher_steps if args.max_teacher_steps is not None else agent.config.budget.max_teacher_steps
+    continues = all(getattr(args, name) is None for name in ("hours", "until", "max_teacher_steps", "more_steps"))
+    session = agent.store.last_session(agent.run_id)
+    if continues and session and not limit:  # the last session's --max-teacher-steps
+        limit = int(session["data"].get("max_teacher_steps") or 0)
     if args.more_steps is not None:  # argparse: at least 1
         limit = done + args.more_steps
     elif limit and done >= limit:
@@ -467,11 +498,9 @@ def cmd_run(args) -> int:
                         f" run's total ({limit}): use --more-steps N to add N steps"
                         + (f" (or soar eval-pq {run_dir} for its final training, which did not finish)"
                            if untrained else ""))
-    budget = Budget(deadline, limit)
-    if budget.deadline is None and agent.config.budget.hours:
-        import time
-
-        budget.deadline = time.time() + agent.config.budget.hours * 3600
+    budget = Budget(deadline, limit, until=args.until is not None)
+    if continues:
+        _continue_budget(agent, budget, run_dir)
     with _progress_bars(console) as progress:
         agent.progress = progress
         reason = agent.run(budget)
@@ -628,7 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
     limit = rn.add_mutually_exclusive_group()
     max_hours, max_steps = _config_meta("budget.hours")["le"], _config_meta("budget.max_teacher_steps")["le"]
     limit.add_argument("--hours", type=_number(0.0, max_hours, low_open=True),
-                       help=f"stop after this many hours (more than 0, at most {max_hours:g})")
+                       help=f"stop after this many hours from now (more than 0, at most {max_hours:g}); a resumed"
+                       " run given none of these four limits continues the time and step budget its last session had")
     limit.add_argument("--until", type=_clock_time, help="stop at this local time (HH:MM)")
     limit.add_argument("--max-teacher-steps", type=_config_bound("budget.max_teacher_steps"),
                        help=f"stop once the run has this many teacher steps (0 = no limit; at most {max_steps})")

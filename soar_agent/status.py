@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -13,6 +14,42 @@ def _epoch(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp).timestamp()
 
 
+@dataclass
+class TimeBudget:
+    """The time budget a run's last session ran under (--hours, --until or budget.hours), which `soar run`
+    on the run without a budget of its own continues: a crash, a reboot or a stop does not end a night's budget,
+    and the time the run was down does not count against it."""
+    seconds: float  # the whole budget
+    used: float  # its sessions' time: each from its start to its last stored write (Store.last_session)
+    deadline: float  # the last session's (epoch seconds)
+    until: bool  # the deadline is --until's clock time, which a resume keeps
+    ended: bool  # the last session stopped at the budget's end (and did its final training, or was stopped in it)
+
+    def left(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        return max(0.0, (self.deadline - now) if self.until else self.seconds - self.used)
+
+
+def time_budget(store: Store, run_id: int) -> TimeBudget | None:
+    """The run's time budget as its last session left it; None when that session had none (or before the
+    first). A session stored before sessions recorded what they used counts as a budget of its own."""
+    session = store.last_session(run_id)
+    if session is None:
+        return None
+    data, started = session["data"], _epoch(session["ts"])
+    deadline = data.get("deadline")
+    # a deadline stored before --hours was bounded may be huge or inf (stored as Infinity): no deadline
+    if not isinstance(deadline, (int, float)) or not 0 < deadline < 1e12:
+        return None
+    used_before = float(data.get("used_s") or 0.0)
+    used = used_before + max(0.0, _epoch(session["last_write"]) - started)
+    # a session's stop is its last event but for an export or a few warnings after it
+    stops = [e for e in store.events(run_id, limit=200) if e["kind"] == "stopped" and e["id"] > session["id"]]
+    ended = any(e["message"].startswith("time budget reached") for e in stops)
+    return TimeBudget(seconds=deadline - started + used_before, used=used,
+                      deadline=deadline, until=bool(data.get("until")), ended=ended)
+
+
 def run_status(run_dir: Path) -> dict:
     db = Path(run_dir) / "soar.db"
     if not db.is_file():
@@ -21,7 +58,6 @@ def run_status(run_dir: Path) -> dict:
         run = store.require_run()  # a store whose WAL was lost opens fine but holds no run
         steps = store.teacher_steps(run["id"])
         complete = [s for s in steps if s["status"] == "complete"]
-        sessions = [e for e in store.events(run["id"], limit=10_000) if e["kind"] == "session"]
         last_event = store.events(run["id"], limit=1)
         evaluations = store.evaluations(run["id"], set_name="hard-test")
         pq = store.evaluations(run["id"], set_name="hard-test-pq")
@@ -46,12 +82,11 @@ def run_status(run_dir: Path) -> dict:
                        "moving_average": s["moving_average"], "promoted": s["promoted_dataset_id"] is not None}
                       for s in complete],
         }
-        deadline = sessions[-1]["data"].get("deadline") if sessions else None
-        # a deadline stored before --hours was bounded may be huge or inf (stored as Infinity): no deadline
-        if isinstance(deadline, (int, float)) and not 0 < deadline < 1e12:
-            deadline = None
-        if deadline and run["status"] == "running":
-            status["remaining_s"] = max(0, round(deadline - time.time()))
+        budget = time_budget(store, run["id"])
+        if budget and run["status"] == "running":
+            status["remaining_s"] = max(0, round(budget.deadline - time.time()))
+        elif budget and not budget.ended:  # what `soar run` on the run continues with
+            status["remaining_s"] = round(budget.left())
         return status
 
 
@@ -97,7 +132,9 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
     average = status.get("latest_reward_moving_average")
     state = f"running: {phase}" if status["status"] == "running" else status["status"]
     lines = [f"run {status['run']} ({status['mode']}): {state}",
-             f"time: {_duration(status['elapsed_s'])} elapsed, {_duration(status['remaining_s'])} left",
+             f"time: {_duration(status['elapsed_s'])} elapsed, {_duration(status['remaining_s'])} left"
+             + ("" if status["status"] == "running" or status["remaining_s"] is None
+                else " (`soar run --run-dir DIR` continues it)"),
              f"teacher steps: {status['teacher_step']} complete, {running}; promotions: {status['promotions']}",
              hard_line,
              f"teacher reward: {status['reward_metric']}, moving average "

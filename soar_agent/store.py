@@ -946,6 +946,22 @@ class Store:
             (run_id, _now(), level, kind, message, data_json),
         ).lastrowid)
 
+    def last_session(self, run_id: int) -> dict | None:
+        """The run's latest `session` event (Agent.run), with `last_write`: the time of the newest row the run
+        stored since (event, training, checkpoint, evaluation, rollout, heartbeat), where a session that was
+        killed stopped doing work that counts. None before the run's first session."""
+        session = _decode(self._row("SELECT * FROM events WHERE run_id = ? AND kind = 'session' ORDER BY id DESC"
+                                    " LIMIT 1", (run_id,)))
+        if session is None:
+            return None
+        latest = [session["ts"], (self.get_run(run_id) or {}).get("heartbeat_at") or ""]
+        for table, column in (("events", "ts"), ("trainings", "created_at"), ("checkpoints", "created_at"),
+                              ("evaluations", "created_at"), ("rollouts", "created_at")):
+            row = self._row(f"SELECT {column} AS at FROM {table} WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,))
+            latest.append(row["at"] if row else "")
+        session["last_write"] = max(latest)  # ISO timestamps in UTC with one format (_now): ordered as text
+        return session
+
     def events(self, run_id: int | None, level: str | None = None, limit: int = 200,
                after_id: int | None = None) -> list[dict]:
         """Events oldest first. ``level`` is a minimum severity (``"warning"`` gives warnings and errors).

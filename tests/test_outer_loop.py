@@ -2,6 +2,7 @@
 below and above tau, which student is promoted, checkpoint selection without hard-test, labels that never
 leak, garbage retries, and the hard-only, intrinsic and eval-pq paths."""
 
+import datetime as dt
 import json
 import random
 from pathlib import Path
@@ -616,6 +617,94 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     error = capsys.readouterr().err
     assert f"{tmp_path / 'run'}: budget.pq_steps is 0" in error and "--steps N" in error and error.count("\n") == 1
     assert len(agent.store.checkpoints(agent.run_id, role="pq")) == pq_students
+
+
+def test_the_time_budget_counts_each_sessions_work_not_the_time_the_run_was_down(tmp_path, monkeypatch):
+    """status.time_budget: a killed session used the time to its last stored write; the next session records
+    what was used before it; a session that stopped at its budget's end ended it; an --until keeps its clock
+    time; a session stored before sessions recorded their use is a budget of its own."""
+    import soar_agent.store as store_module
+    from soar_agent.status import time_budget
+    from soar_agent.store import Store
+
+    clock = [0.0]
+    monkeypatch.setattr(store_module, "_now", lambda: dt.datetime.fromtimestamp(clock[0], dt.timezone.utc)
+                        .isoformat(timespec="milliseconds"))
+    start = 1_800_000_000.0
+    with Store(tmp_path / "soar.db") as store:
+        run = store.create_run(name="night", mode="soar")
+        assert time_budget(store, run) is None  # no session yet
+
+        def event(at, kind, **data):
+            clock[0] = start + at
+            store.log_event(run_id=run, level="info", kind=kind, message=data.pop("message", kind), data=data)
+
+        event(0, "session", deadline=start + 8 * 3600, max_teacher_steps=0)  # as stored before 2026-12-03
+        event(3600, "teacher-sampled")
+        clock[0] = start + 5400  # the last write: a training; then the process is killed
+        store.add_training(run_id=run, teacher_step=1, dataset_id=None, student_index=0, reward=0.0,
+                           accuracy_before=0.0, accuracy_after=0.0, checkpoint_path=None, metrics={})
+        budget = time_budget(store, run)
+        assert (budget.seconds, budget.used, budget.until, budget.ended) == (8 * 3600, 5400, False, False)
+        assert budget.left(now=start + 10 * 3600) == 8 * 3600 - 5400  # down for hours: none of it counts
+        # resumed 10 hours later with 6.5 h left: recorded as 1.5 h used before it
+        resumed = start + 10 * 3600
+        event(10 * 3600, "session", deadline=resumed + 6.5 * 3600, max_teacher_steps=0, until=False, used_s=5400)
+        event(10 * 3600 + 1800, "teacher-sampled")
+        budget = time_budget(store, run)
+        assert (budget.seconds, budget.used, budget.ended) == (8 * 3600, 5400 + 1800, False)
+        event(16.5 * 3600, "stopped", message="time budget reached: a teacher step (~9 min) would not end ...")
+        assert time_budget(store, run).ended and time_budget(store, run).left(now=resumed) == 0.0
+        # --until 07:00: the clock time is kept, however long the run was down
+        event(20 * 3600, "session", deadline=start + 22 * 3600, max_teacher_steps=0, until=True, used_s=0.0)
+        budget = time_budget(store, run)
+        assert budget.until and not budget.ended and budget.left(now=start + 21 * 3600) == 3600
+        event(21 * 3600, "session", deadline=None, max_teacher_steps=3, until=False, used_s=0.0)
+        assert time_budget(store, run) is None  # the last session had no time budget
+
+
+def test_a_resumed_run_continues_its_budget_and_refuses_one_that_is_over(tmp_path, hard_files, random_tiny_dir,
+                                                                           monkeypatch, capsys):
+    """`soar run --run-dir DIR` without a limit of its own goes on with the rest of its last session's time
+    budget (the budget's start moved back by what was used, so budget.pq_share stays a share of the whole)
+    and its step limit; a limit given on the command line replaces them; a budget that ended is refused in
+    one line naming what gives more."""
+    import time
+
+    from soar_agent import cli
+    from soar_agent.store import Store
+
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir)
+    run_dir = str(tmp_path / "run")
+    budgets = []
+    monkeypatch.setattr(Agent, "run", lambda self, budget: budgets.append(budget) or "stopped: spied")
+    # a session of 2 hours with a limit of 5 steps, killed an hour in (its last write: an event at +1 h)
+    session = agent.store.log_event(run_id=agent.run_id, level="info", kind="session", message="session started",
+                                    data={"deadline": time.time() + 3600, "max_teacher_steps": 5, "until": False,
+                                          "used_s": 0.0})
+    agent.store._write(lambda c: c.execute("UPDATE events SET ts = ? WHERE id = ?",
+                                           (dt.datetime.fromtimestamp(time.time() - 3600, dt.timezone.utc)
+                                            .isoformat(timespec="milliseconds"), session)))
+    agent.store.log_event(run_id=agent.run_id, level="info", kind="teacher-sampled", message="step 1")
+    agent.store.close()
+    assert cli.main(["run", "--run-dir", run_dir, "--no-export"]) == 0
+    (budget,) = budgets
+    assert budget.max_teacher_steps == 5 and not budget.until
+    assert abs(budget.deadline - (time.time() + 3600)) < 60  # the hour left, not two
+    assert abs(budget.deadline - budget.started - 2 * 3600) < 60  # the whole budget, for budget.pq_share
+    assert "continuing the run's time budget: 1.00 h left of 2.00 h" in capsys.readouterr().out
+    # a limit on the command line is a new budget, from now
+    assert cli.main(["run", "--run-dir", run_dir, "--no-export", "--hours", "3"]) == 0
+    assert abs(budgets[-1].deadline - (time.time() + 3 * 3600)) < 60 and budgets[-1].max_teacher_steps == 0
+    # the budget reached: refused, naming --hours and (no final training was trained) eval-pq; no session
+    with Store(tmp_path / "run" / "soar.db") as store:
+        store.log_event(run_id=agent.run_id, level="info", kind="stopped", message="time budget reached")
+    assert cli.main(["run", "--run-dir", run_dir, "--no-export"]) == 2
+    error = capsys.readouterr().err
+    assert "the run's time budget is over" in error and "--hours H" in error and "eval-pq" not in error
+    assert error.count("\n") == 1 and len(budgets) == 2
+    with Store(tmp_path / "run" / "soar.db") as store:
+        assert store.last_session(agent.run_id)["id"] == session
 
 
 def test_teacher_items_carry_the_domains_difficulty_as_their_level():
