@@ -430,15 +430,25 @@ def _progress_bars(console):
         yield update
 
 
-def _continue_budget(agent, budget, run_dir: Path) -> None:
-    """A run started (or resumed) without a budget of its own continues the time budget its last session had:
-    the rest of it (the time the run was down does not count; an --until keeps its clock time); a run without
-    one gets budget.hours from its config."""
+def _stored_time_budget(run_dir: Path):
+    """The time budget a run's last session left (status.time_budget), read before this command writes to
+    the store: the resume's own event would count the time the run was down as used."""
+    from soar_agent.status import time_budget
+    from soar_agent.store import Store
+
+    if not (run_dir / "soar.db").is_file():
+        return None
+    with Store(run_dir / "soar.db", readonly=True) as store:
+        run = store.latest_run()
+        return time_budget(store, run["id"]) if run else None
+
+
+def _continue_budget(agent, budget, run_dir: Path, previous) -> None:
+    """A run started (or resumed) without a budget of its own continues the time budget its last session had
+    (`previous`): the rest of it (the time the run was down does not count; an --until keeps its clock time);
+    a run without one gets budget.hours from its config."""
     import time
 
-    from soar_agent.status import time_budget
-
-    previous = time_budget(agent.store, agent.run_id)
     if previous is None:
         if agent.config.budget.hours:
             budget.deadline = time.time() + agent.config.budget.hours * 3600
@@ -482,11 +492,12 @@ def cmd_run(args) -> int:
         quick_check(run_dir / "soar.db")
     _require_strong_sandbox((config.domain.name if config else ""), args.allow_weak_sandbox)
     deadline = _deadline(args)  # counted from the command's start
+    continues = all(getattr(args, name) is None for name in ("hours", "until", "max_teacher_steps", "more_steps"))
+    previous = _stored_time_budget(run_dir) if continues else None
     agent = Agent.open(config, run_dir, log=lambda message: console.log(message))
     _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)  # a resumed run's own config
     done = sum(s["status"] == "complete" for s in agent.store.teacher_steps(agent.run_id))
     limit = args.max_teacher_steps if args.max_teacher_steps is not None else agent.config.budget.max_teacher_steps
-    continues = all(getattr(args, name) is None for name in ("hours", "until", "max_teacher_steps", "more_steps"))
     session = agent.store.last_session(agent.run_id)
     if continues and session and not limit:  # the last session's --max-teacher-steps
         limit = int(session["data"].get("max_teacher_steps") or 0)
@@ -500,7 +511,7 @@ def cmd_run(args) -> int:
                            if untrained else ""))
     budget = Budget(deadline, limit, until=args.until is not None)
     if continues:
-        _continue_budget(agent, budget, run_dir)
+        _continue_budget(agent, budget, run_dir, previous)
     with _progress_bars(console) as progress:
         agent.progress = progress
         reason = agent.run(budget)

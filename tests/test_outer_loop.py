@@ -678,21 +678,22 @@ def test_a_resumed_run_continues_its_budget_and_refuses_one_that_is_over(tmp_pat
     run_dir = str(tmp_path / "run")
     budgets = []
     monkeypatch.setattr(Agent, "run", lambda self, budget: budgets.append(budget) or "stopped: spied")
-    # a session of 2 hours with a limit of 5 steps, killed an hour in (its last write: an event at +1 h)
+    # a session of 2 hours with a limit of 5 steps started an hour ago, killed half an hour in (its last write)
     session = agent.store.log_event(run_id=agent.run_id, level="info", kind="session", message="session started",
                                     data={"deadline": time.time() + 3600, "max_teacher_steps": 5, "until": False,
                                           "used_s": 0.0})
-    agent.store._write(lambda c: c.execute("UPDATE events SET ts = ? WHERE id = ?",
-                                           (dt.datetime.fromtimestamp(time.time() - 3600, dt.timezone.utc)
-                                            .isoformat(timespec="milliseconds"), session)))
-    agent.store.log_event(run_id=agent.run_id, level="info", kind="teacher-sampled", message="step 1")
+    last = agent.store.log_event(run_id=agent.run_id, level="info", kind="teacher-sampled", message="step 1")
+    for event, ago in ((session, 3600), (last, 1800)):
+        agent.store._write(lambda c: c.execute("UPDATE events SET ts = ? WHERE id = ?", (
+            dt.datetime.fromtimestamp(time.time() - ago, dt.timezone.utc).isoformat(timespec="milliseconds"), event)))
     agent.store.close()
     assert cli.main(["run", "--run-dir", run_dir, "--no-export"]) == 0
     (budget,) = budgets
     assert budget.max_teacher_steps == 5 and not budget.until
-    assert abs(budget.deadline - (time.time() + 3600)) < 60  # the hour left, not two
+    # an hour and a half left: the half hour the run was down does not count, nor does the resume's own event
+    assert abs(budget.deadline - (time.time() + 5400)) < 60
     assert abs(budget.deadline - budget.started - 2 * 3600) < 60  # the whole budget, for budget.pq_share
-    assert "continuing the run's time budget: 1.00 h left of 2.00 h" in capsys.readouterr().out
+    assert "continuing the run's time budget: 1.50 h left of 2.00 h" in capsys.readouterr().out
     # a limit on the command line is a new budget, from now
     assert cli.main(["run", "--run-dir", run_dir, "--no-export", "--hours", "3"]) == 0
     assert abs(budgets[-1].deadline - (time.time() + 3 * 3600)) < 60 and budgets[-1].max_teacher_steps == 0
