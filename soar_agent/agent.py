@@ -36,6 +36,7 @@ from soar_agent.tasks.base import Problem
 EASY_LEVELS = (1, 2, 3)
 EASY_PER_LEVEL = 20
 MAX_GARBAGE_STEPS = 3
+HEARTBEAT_S = 10.0  # inside a unit; status.STALE_HEARTBEAT_S and the TUI's ATTACHED_WITHIN_S allow for gaps
 
 
 @dataclass
@@ -229,10 +230,14 @@ class Agent:
     final_summary: dict | None = None  # the PQ student's hard-test summary when this session's run ended with it
     progress: callable = None  # (label, done, total) for long phases: the CLI draws bars from it
     _models: dict = field(default_factory=dict)
+    _last_beat: float = float("-inf")  # time.monotonic() of the last heartbeat written inside a unit
 
     def _track(self, label: str, total: int):
-        """Report one long phase's progress: the returned function sets the number of units done."""
+        """Report one long phase's progress: the returned function sets the number of units done. It also
+        keeps the run's heartbeat fresh inside a unit (at most every HEARTBEAT_S), so that the TUI and
+        `soar status` tell a run at work from one that was killed."""
         def report(done: int) -> None:
+            self.beat()
             if self.progress is not None:
                 self.progress(label, min(done, total), total)
 
@@ -525,6 +530,12 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, request_stop)
 
+    def beat(self) -> None:
+        """The run's heartbeat, written at most every HEARTBEAT_S."""
+        if time.monotonic() - self._last_beat >= HEARTBEAT_S:
+            self._last_beat = time.monotonic()
+            self.store.heartbeat(self.run_id)
+
     def poll_commands(self) -> None:
         """Commands from the TUI (or `soar` scripts), each acknowledged; pause blocks here."""
         while True:
@@ -744,7 +755,8 @@ class Agent:
             ids[job.key], datasets[job.key] = unit_ids, dataset
         label = f"step {step}: {len(jobs)} students on {self.config.run.workers} workers"
         finished = self._track(label, len(jobs))
-        for number, result in enumerate(run_on_ray(jobs, self.config.run.workers, self.config.run.ray_address), 1):
+        for number, result in enumerate(run_on_ray(jobs, self.config.run.workers, self.config.run.ray_address,
+                                                   waiting=self.beat), 1):
             index, _, j = result.key
             self._record_training(step, index, datasets[result.key], j, before, result, ids[result.key])
             finished(number)

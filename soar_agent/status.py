@@ -50,6 +50,15 @@ def time_budget(store: Store, run_id: int) -> TimeBudget | None:
                       deadline=deadline, until=bool(data.get("until")), ended=ended)
 
 
+STALE_S = 900  # a running run that stored nothing for this long (heartbeats included) was likely killed
+
+
+def _silent(status: dict) -> bool:
+    """A run marked running that has stored nothing for STALE_S: its process was killed or the machine went
+    down (the agent's heartbeat comes every few seconds inside a unit of work)."""
+    return status["status"] == "running" and (status["last_seen_s"] or 0) > STALE_S
+
+
 def run_status(run_dir: Path) -> dict:
     db = Path(run_dir) / "soar.db"
     if not db.is_file():
@@ -82,8 +91,10 @@ def run_status(run_dir: Path) -> dict:
                        "moving_average": s["moving_average"], "promoted": s["promoted_dataset_id"] is not None}
                       for s in complete],
         }
+        session = store.last_session(run["id"])
+        status["last_seen_s"] = round(time.time() - _epoch(session["last_write"])) if session else None
         budget = time_budget(store, run["id"])
-        if budget and run["status"] == "running":
+        if budget and run["status"] == "running" and not _silent(status):
             status["remaining_s"] = max(0, round(budget.deadline - time.time()))
         elif budget and not budget.ended:  # what `soar run` on the run continues with
             status["remaining_s"] = round(budget.left())
@@ -131,10 +142,13 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
                       + ", ".join(f"{k} {pq[k]:.1%}" for k in ("pass@1", "pass@8", "pass@32") if k in pq))
     average = status.get("latest_reward_moving_average")
     state = f"running: {phase}" if status["status"] == "running" else status["status"]
+    if _silent(status):
+        state = (f"marked running, but nothing stored for {_duration(status['last_seen_s'])}: killed or crashed?"
+                 " (`soar run --run-dir DIR` continues it)")
     lines = [f"run {status['run']} ({status['mode']}): {state}",
              f"time: {_duration(status['elapsed_s'])} elapsed, {_duration(status['remaining_s'])} left"
-             + ("" if status["status"] == "running" or status["remaining_s"] is None
-                else " (`soar run --run-dir DIR` continues it)"),
+             + ("" if (status["status"] == "running" and not _silent(status)) or status["remaining_s"] is None
+                else " for a resume"),
              f"teacher steps: {status['teacher_step']} complete, {running}; promotions: {status['promotions']}",
              hard_line,
              f"teacher reward: {status['reward_metric']}, moving average "

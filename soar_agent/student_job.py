@@ -165,9 +165,11 @@ def run_student_job(job: StudentJob, threads: int | None = None) -> StudentResul
     return train_and_score(model, tokenizer, domain, config, job)[1]
 
 
-def run_on_ray(jobs: list[StudentJob], workers: int, address: str = "") -> Iterator[StudentResult]:
-    """The jobs as Ray tasks (one CPU and one torch thread each), yielded as they finish. A task whose
-    worker dies is retried (same job, same seed, same result); a job that raises is re-raised here."""
+def run_on_ray(jobs: list[StudentJob], workers: int, address: str = "",
+               waiting: Callable[[], None] = lambda: None) -> Iterator[StudentResult]:
+    """The jobs as Ray tasks (one CPU and one torch thread each), yielded as they finish; `waiting` is called
+    every few seconds until one does (the agent's heartbeat). A task whose worker dies is retried (same job,
+    same seed, same result); a job that raises is re-raised here."""
     try:
         import ray
     except ImportError:
@@ -182,5 +184,8 @@ def run_on_ray(jobs: list[StudentJob], workers: int, address: str = "") -> Itera
     task = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / workers) if gpus else 0, max_retries=3)(run_student_job)
     pending = [task.remote(job, 1) for job in jobs]
     while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+        done, pending = ray.wait(pending, num_returns=1, timeout=10.0)
+        if done:
+            yield ray.get(done[0])
+        else:
+            waiting()

@@ -126,6 +126,34 @@ def test_status_of_a_run_whose_stored_deadline_is_infinite(tmp_path):
     assert json.loads(soar("status", tmp_path / "run", "--json").stdout)["remaining_s"] is None
 
 
+def test_status_of_a_killed_run_says_so_and_what_a_resume_gets(tmp_path):
+    """A run whose process was killed stays marked running in its store: `soar status` tells it from a live
+    one by its last stored write (the agent's heartbeat comes every few seconds inside a unit), and shows
+    the time a resume gets rather than a deadline that passes while the run is down."""
+    from datetime import datetime, timezone
+
+    def ago(seconds):
+        return datetime.fromtimestamp(time.time() - seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+    with Store(tmp_path / "run" / "soar.db") as store:
+        run = store.create_run(name="night", mode="soar", status="running")
+        session = store.log_event(run_id=run, level="info", kind="session", message="session started",
+                                  data={"deadline": time.time() - 3 * 3600 + 8 * 3600, "max_teacher_steps": 0,
+                                        "until": False, "used_s": 0.0})
+        last = store.log_event(run_id=run, level="info", kind="teacher-sampled", message="step 1")
+        store._write(lambda c: c.executemany("UPDATE events SET ts = ? WHERE id = ?",
+                                             [(ago(3 * 3600), session), (ago(2 * 3600), last)]))
+    status = json.loads(soar("status", tmp_path / "run", "--json").stdout)
+    assert 2 * 3600 <= status["last_seen_s"] < 2 * 3600 + 60
+    assert 7 * 3600 - 60 < status["remaining_s"] <= 7 * 3600  # 8 h less the hour it worked
+    human = soar("status", tmp_path / "run").stdout
+    assert "nothing stored for 2h 00m: killed or crashed?" in human and "7h 00m left for a resume" in human
+    with Store(tmp_path / "run" / "soar.db") as store:  # alive: a heartbeat a few seconds ago
+        store.heartbeat(run)
+    human = soar("status", tmp_path / "run").stdout
+    assert "killed" not in human and "running:" in human and "4h 59m left" in human  # its deadline
+
+
 @pytest.mark.parametrize("hours", ["nan", "inf", "-inf", "0", "-1", "1e309", "eight"])
 def test_hours_that_give_no_deadline_are_refused(tmp_path, hours):
     assert_one_line_error(soar("run", "--run-dir", tmp_path / "run", "--hours", hours), "--hours")

@@ -663,6 +663,25 @@ def test_the_time_budget_counts_each_sessions_work_not_the_time_the_run_was_down
         assert time_budget(store, run) is None  # the last session had no time budget
 
 
+def test_the_heartbeat_is_written_inside_units_of_work(tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    """The agent's heartbeat comes with its progress inside a unit (students' steps, evaluations, the teacher's
+    sampling), not only between units, which take minutes: the TUI and `soar status` tell a run at work from
+    a killed one by it."""
+    import soar_agent.agent as agent_module
+
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    monkeypatch.setattr(agent_module, "HEARTBEAT_S", 0.0)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir)
+    reports, beats, polls = [], [], []
+    agent.progress = lambda label, done, total: reports.append(label)
+    real_heartbeat, real_poll = agent.store.heartbeat, agent.poll_commands
+    monkeypatch.setattr(agent.store, "heartbeat", lambda run_id: beats.append(len(reports)) or real_heartbeat(run_id))
+    monkeypatch.setattr(agent, "poll_commands", lambda: polls.append(1) or real_poll())
+    agent.run(Budget(max_teacher_steps=1))
+    assert any("student" in label for label in reports) and any("evaluation" in label for label in reports)
+    assert len(beats) >= len(reports) + len(polls) > 2 * len(polls)  # one with every report, one with every poll
+
+
 def test_a_resumed_run_continues_its_budget_and_refuses_one_that_is_over(tmp_path, hard_files, random_tiny_dir,
                                                                            monkeypatch, capsys):
     """`soar run --run-dir DIR` without a limit of its own goes on with the rest of its last session's time
