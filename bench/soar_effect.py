@@ -92,7 +92,7 @@ def resume_arms(out: Path, parallel: bool) -> list[str]:
             budget = time_budget(store, store.require_run()["id"])
         if budget is None:
             raise SystemExit(f"{out / arm}: its last session had no time budget: not an arm of this bench")
-        if budget.ended:
+        if budget.ended or budget.left() <= 0:  # killed in its final training: evaluate_final trains it
             continue
         print(f"{arm}: {budget.left() / 3600:.2f} of {budget.seconds / 3600:.2f} h left", flush=True)
         processes[arm] = start_soar_run(out / arm, ["--run-dir", str(out / arm), "--no-export"])

@@ -158,6 +158,59 @@ def test_sigkill_mid_step_then_resume_loses_and_duplicates_nothing(tmp_path, har
 
 
 @needs_embedded
+def test_sigkill_then_resume_goes_on_with_the_rest_of_the_time_budget(tmp_path, hard_files, capsys):
+    """`soar run --hours H` killed mid-step, down a while, then `soar run --run-dir DIR` with no limit: the
+    resumed session gets what the first did not use (to its last stored write; the time down does not count)
+    and stops at the budget's end; the bench's --resume leaves an arm whose hours ended as it is, and a
+    third start is refused in one line."""
+    from datetime import datetime
+
+    from soar_agent.status import time_budget
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import soar_effect
+
+    run_dir = tmp_path / "bench" / "soar"  # an arm of a soar_effect bench
+    db = run_dir / "soar.db"
+    sets = [x for pair in zip(["--set"] * len(FAST + hard_files), FAST + hard_files) for x in pair]
+    process = soar_process("run", "--run-dir", run_dir, "--hours", "0.03", "--no-export", *sets, cwd=tmp_path)
+    guard = time.time() + 900
+    while time.time() < guard and not (db.is_file() and _trainings(db) >= 1):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with Store(db, readonly=True) as store:
+        first = time_budget(store, store.latest_run()["id"])
+    assert not first.ended and abs(first.seconds - 108) < 5 and 0 < first.used < first.seconds
+    time.sleep(3)  # the run is down: this does not count
+
+    resumed = soar_process("run", "--run-dir", run_dir, "--no-export", cwd=tmp_path)
+    output, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0 and "continuing the run's time budget" in output, output
+    with Store(db, readonly=True) as store:
+        run = store.latest_run()["id"]
+        session = store.last_session(run)
+        budget = time_budget(store, run)
+        started = datetime.fromisoformat(session["ts"]).timestamp()
+    assert abs(session["data"]["used_s"] - first.used) < 3  # what the killed session used, its downtime not
+    assert abs(session["data"]["deadline"] - started - (first.seconds - first.used)) < 3  # the rest, from now
+    assert budget.ended and abs(budget.seconds - first.seconds) < 1 and budget.used <= budget.seconds + 1
+
+    assert soar_effect.resume_arms(tmp_path / "bench", parallel=False) == ["soar"]  # its hours ended: not started
+    assert "h left" not in capsys.readouterr().out
+    again = soar_process("run", "--run-dir", run_dir, "--no-export", cwd=tmp_path)
+    output, _ = again.communicate(timeout=600)
+    assert again.returncode == 2 and "the run's time budget is over" in output and "--hours H" in output, output
+
+
+def _trainings(db: Path) -> int:
+    try:
+        return counts(db)["trainings"]
+    except Exception:  # the store is being created
+        return 0
+
+
+@needs_embedded
 def test_export_round_trip(tmp_path, hard_files):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
