@@ -159,7 +159,8 @@ class TeacherSection:
     temperature: float = _opt(1.0, "sampling temperature for writing problems (0 = greedy)", ge=0.0, le=10.0)
     max_new_tokens: int = _opt(128, "token budget for one generated problem", ge=1, le=32768)
     max_sampling_rounds: int = _opt(
-        8, "rejection-sampling rounds to fill the datasets before the step is declared garbage", ge=1, le=100
+        8, "rejection-sampling rounds to fill the datasets, each sized by the share accepted so far, before the"
+        " step is declared garbage (sooner when that share cannot fill them in the rounds left)", ge=1, le=100
     )
     reward_target: str = _opt(
         "verified",

@@ -102,7 +102,7 @@ def run_status(run_dir: Path) -> dict:
 
 
 # The last event's kind, in words a person reads without knowing the agent's internals.
-_PHASE_WORDS = {"start": "created", "session": "starting a session (evaluating the baseline)",
+_PHASE_WORDS = {"start": "created", "session": "session started (baseline evaluation or first unit under way)",
                 "teacher-sampled": "training students on the teacher's problems", "stopped": "stopped",
                 "chain-step": "training the baseline (no teacher in this mode)",
                 "export": "exported", "teacher-garbage": "teacher wrote no usable problems; retrying",

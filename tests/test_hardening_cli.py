@@ -374,6 +374,43 @@ def test_teacher_items_too_long_for_the_students_are_rejected_and_counted():
     assert stats["rejected"] == {"question too long for the students' context": 3}
 
 
+def test_teacher_sampling_follows_the_share_it_accepts_and_gives_up_early_on_garbage():
+    """A teacher that writes longer questions gets more of them rejected: at 37% accepted a fixed 1.5x
+    oversampling per round left a default run's step 9 items short of 5,760 after 8 rounds, three times, and
+    the run stopped as garbage. The rounds follow the share accepted so far; a teacher whose share cannot
+    fill the datasets in the rounds left is garbage at once."""
+    from types import SimpleNamespace
+
+    from soar_agent.engine import Completion
+    from soar_agent.teacher import TeacherGarbage, sample_items
+
+    class Engine:
+        def __init__(self, per_hundred):
+            self.per_hundred, self.asked, self.made = per_hundred, [], 0
+
+        def generate(self, prompts, n, **_):
+            self.asked.append(n)
+            good, bad = "<question>3+4</question><answer>7", "<question>(1+2</question><answer>3"
+            row = [Completion([1], good if (self.made + i) % 100 < self.per_hundred else bad, [0.0], "stop",
+                              "</answer>") for i in range(n)]
+            self.made += n
+            return [row]
+
+    cfg = SimpleNamespace(max_sampling_rounds=8, temperature=1.0, max_new_tokens=64, reward_target="verified")
+    engine = Engine(37)
+    items, stats = sample_items(engine, arith, 5760, cfg, seed=0)
+    assert len(items) == 5760 and len(engine.asked) <= 3  # the old rule: 5,760 x (1 - 1.5 x 0.37)^8 ~ 9 short
+    assert engine.asked[0] == 5760 + 2880 + 2 and engine.asked[1] > 2880  # the second round sized by 37%
+    assert stats["accepted"] == 5760 and stats["sampled"] == sum(engine.asked)
+    for per_hundred in (0, 1):  # garbage: given up after the first round, not eight
+        engine = Engine(per_hundred)
+        with pytest.raises(TeacherGarbage, match="needed in 1 of 8 rounds"):
+            sample_items(engine, arith, 5760, cfg, seed=0)
+        assert len(engine.asked) == 1
+    engine = Engine(20)  # a low share that the rounds can still fill, at most 4 x 5,760 a round
+    assert len(sample_items(engine, arith, 5760, cfg, seed=0)[0]) == 5760 and max(engine.asked) <= 4 * 5760
+
+
 def test_rejections_are_counted_by_kind_not_by_text():
     from soar_agent.tasks.base import RejectedItem
     from soar_agent.teacher import check_item, rejection_kind
