@@ -347,10 +347,8 @@ class Agent:
         """Baseline or teacher: the newest complete checkpoint of that role, else the base model."""
         import torch
 
-        from soar_agent.models import add_lora, load_model, load_tokenizer
+        from soar_agent.models import add_lora, load_model
 
-        if "tokenizer" not in self._models:
-            self._models["tokenizer"] = load_tokenizer(self.config.model.path)
         checkpoint = self.latest_checkpoint(role)
         m = self.config.model
         if checkpoint is not None:
@@ -373,8 +371,11 @@ class Agent:
 
     @property
     def tokenizer(self):
+        # loaded on its own: a resumed chain step puts its last student in place as the baseline without _load
         if "tokenizer" not in self._models:
-            self.model("baseline")
+            from soar_agent.models import load_tokenizer
+
+            self._models["tokenizer"] = load_tokenizer(self.config.model.path)
         return self._models["tokenizer"]
 
     # ------------------------------------------------------------------ the loop

@@ -316,6 +316,27 @@ def test_hard_only_trains_the_baseline_on_hard_train_every_step(tmp_path, hard_f
     assert agent.store.datasets(agent.run_id, kind="curriculum") == []
 
 
+def test_a_chain_step_stopped_after_one_training_resumes_in_a_fresh_process(tmp_path, hard_files, random_tiny_dir):
+    """A hard-only (or curated) step stopped between its trainings resumes from its last student: in a
+    fresh process that student is put in place as the baseline before anything loaded the tokenizer
+    (the 8-hour night's hard-only arm raised KeyError: 'tokenizer' there)."""
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only")
+    real_train_one = agent._train_one
+
+    def stop_after_one(*args, **kwargs):
+        agent.stop_reason = "stopped by the test after one training"
+        return real_train_one(*args, **kwargs)
+
+    agent._train_one = stop_after_one
+    agent.run(Budget(max_teacher_steps=1))
+    assert len(agent.store.trainings(agent.run_id, 1)) == 1 and not agent.completed_steps()
+    agent.store.close()
+    fresh = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only")
+    assert fresh.run(Budget(max_teacher_steps=1)) == "1 teacher steps done"
+    units = fresh.config.teacher.datasets_per_step * fresh.config.student.students_per_dataset
+    assert len(fresh.store.trainings(fresh.run_id, 1)) == units and len(fresh.completed_steps()) == 1
+
+
 def test_intrinsic_mode_rewards_the_teacher_with_seeded_success_rates(tmp_path, hard_files, random_tiny_dir,
                                                                       monkeypatch):
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
