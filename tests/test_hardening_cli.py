@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from soar_agent.mining import write_jsonl
-from soar_agent.store import Store, quick_check
+from soar_agent.store import Store, StoreError, quick_check
 from soar_agent.tasks import arith, generate_problems
 from tests.test_cli import assert_one_line_error, soar
 
@@ -476,10 +476,13 @@ def test_a_second_signal_stops_at_once_and_leaves_the_store_consistent(tmp_path,
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:  # until the session (and evaluation) starts
             if (run / "soar.db").is_file():
-                with Store(run / "soar.db", readonly=True) as store:
-                    latest = store.latest_run()
-                    if latest and any(e["kind"] == "session" for e in store.events(latest["id"], limit=50)):
-                        break
+                try:
+                    with Store(run / "soar.db", readonly=True) as store:
+                        latest = store.latest_run()
+                        if latest and any(e["kind"] == "session" for e in store.events(latest["id"], limit=50)):
+                            break
+                except StoreError:  # the file exists, its schema is being written: a loaded machine sees this
+                    pass
             time.sleep(0.5)
         assert process.poll() is None, process.communicate()
         time.sleep(2.0)  # well into the evaluation
