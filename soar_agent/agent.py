@@ -613,6 +613,7 @@ class Agent:
                                         **({"fits": fits} if (fits := self._fits_students()) else {}))
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
+        rejected = stats.pop("rejected_token_ids", [])  # kept with the first dataset: a resumed step's update
         datasets = []
         for k, chunk in enumerate(split_items(items, t.datasets_per_step, t.split)):
             datasets.append({
@@ -621,7 +622,8 @@ class Agent:
                                for i in chunk],
                 # the raw texts live with the dataset: an item that repeats a stored problem maps to that row
                 "answer_verified": [i.verified for i in chunk], "meta": {"index": k, "texts": [i.text for i in chunk],
-                                                                   "token_ids": [i.token_ids for i in chunk]}})
+                                                                   "token_ids": [i.token_ids for i in chunk],
+                                                                   **({"rejected_token_ids": rejected} if k == 0 else {})}})
         self.store.add_curriculum(run_id=self.run_id, teacher_step=step, datasets=datasets)
         verified = sum(bool(i.verified) for i in items)
         self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
@@ -828,8 +830,10 @@ class Agent:
                  for d in datasets]
         teacher = self.model("teacher")
         try:
+            rejected = [ids for d in datasets for ids in d["meta"].get("rejected_token_ids") or []]
             update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
-                                    teacher_rewards, cfg.student.grad_clip)
+                                    teacher_rewards, cfg.student.grad_clip, rejected=rejected,
+                                    reject_penalty=cfg.teacher.reject_penalty)
         except FloatingPointError as error:  # NaN/inf teacher loss: no step taken, the run goes on
             update = {"error": str(error), "updated": False}
             self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss",

@@ -58,6 +58,7 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
     Raises TeacherGarbage."""
     prompt = teacher_prompt(domain)
     items: list[TeacherItem] = []
+    rejected: list[list[int]] = []  # the sampled tokens of rejected completions, for the update's penalty
     reasons: dict[str, int] = {}
     sampled = 0
     for round_index in range(cfg.max_sampling_rounds):
@@ -71,6 +72,9 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
             sampled += 1
             eos = completion.finish_reason == "stop" and completion.stop_text is None
             text = completion.text + (completion.stop_text or "")
+            token_ids = list(completion.token_ids) + (
+                [engine.tokenizer.eos_token_id] if eos and hasattr(engine, "tokenizer") and
+                completion.token_ids[-1:] != [engine.tokenizer.eos_token_id] else [])
             try:
                 # an item the teacher ended with EOS before closing </answer> still parses; the closing tag
                 # is added for parsing only, never trained on (token_ids)
@@ -78,19 +82,22 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
                                   cfg.reward_target)
                 if fits is not None and not fits(item.problem):
                     raise RejectedItem("question too long for the students' context")
-                item.token_ids = list(completion.token_ids) + (
-                    [engine.tokenizer.eos_token_id] if eos and hasattr(engine, "tokenizer") and
-                    completion.token_ids[-1:] != [engine.tokenizer.eos_token_id] else [])
+                item.token_ids = token_ids
                 items.append(item)
             except RejectedItem as error:
                 reason = rejection_kind(error)
                 reasons[reason] = reasons.get(reason, 0) + 1
+                if len(rejected) < count:
+                    rejected.append(token_ids)
         if progress is not None:
             progress(min(len(items), count))
         rounds_left = cfg.max_sampling_rounds - round_index - 1
         if not sampled or len(items) / sampled * rounds_left * MAX_ROUND_FACTOR * count < count - len(items):
             break  # the rounds left cannot fill the datasets at this rate: garbage now, not after all of them
-    stats = {"sampled": sampled, "accepted": min(len(items), count), "rejected": reasons}
+    # the rejected completions' tokens (the first `count`, a seeded sample) ride along for the teacher update
+    # (teacher_update's `rejected`); the caller takes them out before logging the stats
+    stats = {"sampled": sampled, "accepted": min(len(items), count), "rejected": reasons,
+             "rejected_token_ids": rejected}
     if len(items) < count:
         raise TeacherGarbage(f"teacher wrote {len(items)} well-formed items of {count} needed in {round_index + 1}"
                              f" of {cfg.max_sampling_rounds} rounds ({sampled} samples; rejections: {reasons})")
@@ -159,10 +166,13 @@ def reinforce_loss(new_logprobs, old_logprobs, advantages, mask, eps_low, eps_hi
 
 
 def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[TeacherItem]],
-                   rewards: list[float], grad_clip: float = 1.0, micro_batch: int = TEACHER_MICRO_BATCH) -> dict:
+                   rewards: list[float], grad_clip: float = 1.0, micro_batch: int = TEACHER_MICRO_BATCH,
+                   rejected: list[list[int]] = (), reject_penalty: float = 0.0) -> dict:
     """One policy-gradient step of the teacher on its datasets' RLOO advantages: loss = -mean over items of
     A_k * (sum of the item's sampled-token log-probs), through the student core's `policy_step` (`micro_batch`
     items per pass, rows of similar length together; sequence aggregation makes the passes' sum that mean).
+    `rejected` (sampled tokens of completions that did not parse or were out of the domain's range) join
+    the step with advantage -reject_penalty x mean |A_k| (teacher.reject_penalty; 0 leaves them out).
     Raises FloatingPointError, without stepping, when the loss or the gradient norm is not finite."""
     from soar_agent.config import StudentSection
     from soar_agent.rl.train import NonFiniteLoss, Rollout, pad_token_id, policy_step
@@ -174,8 +184,17 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
         for item in items:
             completion_ids.append(item.token_ids or tokenizer(item.text, add_special_tokens=False)["input_ids"])
             item_advantages.append(advantage)
+    # Why: RLOO over the kept items only is unbiased for the reward (the paper's rejection sampling), but it
+    # says nothing about the items dropped, and a teacher pushed toward longer questions (teacher.split =
+    # length: the longer half won every step of the default runs) writes more that do not parse: 67% of its
+    # items were kept at step 1, 36% at step 7, falling ~5 points a step (bench/teacher_format.py)
+    penalty = reject_penalty * sum(abs(a) for a in advantages) / max(1, len(advantages))
+    if penalty and rejected:
+        completion_ids += [list(ids) for ids in rejected if ids]
+        item_advantages += [-penalty] * (len(completion_ids) - len(item_advantages))
     stats = {"advantages": advantages, "items": len(completion_ids), "updated": False, "loss": 0.0,
-             "tokens": sum(len(ids) for ids in completion_ids)}
+             "tokens": sum(len(ids) for ids in completion_ids),
+             "rejected_items": len(completion_ids) - sum(len(items) for items in datasets)}
     if not any(item_advantages):
         return stats
     teacher.eval()  # dropout off, as the students

@@ -56,6 +56,68 @@ def test_teacher_update_raises_the_log_prob_of_items_with_positive_advantage(ran
     assert stats["tokens"] == sum(len(i.token_ids) for i in items)
 
 
+def test_the_teacher_update_pushes_its_rejected_completions_down(random_tiny):
+    """teacher.reject_penalty: the step's rejected completions join the update with advantage -P x mean |A_k|
+    (the loss says so exactly), so they end less likely than after the same step without the penalty; with
+    P = 0 they are left out (the paper's rejection sampling)."""
+    import copy
+
+    model, tokenizer = random_tiny
+    texts = ["<question>1+2</question><answer>3</answer>", "<question>4*5-1</question><answer>19</answer>"]
+    items = [teacher.TeacherItem(t, None, "", None, tokenizer(t, add_special_tokens=False)["input_ids"])
+             for t in texts]
+    rejected = [tokenizer(t, add_special_tokens=False)["input_ids"]
+                for t in ["<question>(1+2</question><answer>3</answer>", "<question>99*99</question><answer>1"]]
+    results = {}
+    for penalty in (0.0, 10.0):
+        student = copy.deepcopy(model)
+        before = [item_logprob(student, tokenizer, ids) for ids in rejected]
+        optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.05)
+        stats = teacher.teacher_update(student, optimizer, tokenizer, arith, [[items[0]], [items[1]]], [1.0, 0.0],
+                                       grad_clip=1e9, rejected=rejected, reject_penalty=penalty)
+        results[penalty] = (stats, before, [item_logprob(student, tokenizer, ids) for ids in rejected])
+    stats, before, after = results[10.0]
+    assert stats["rejected_items"] == 2 and stats["items"] == 4 and all(a < b for a, b in zip(after, before))
+    kept = [item_logprob(model, tokenizer, i.token_ids) for i in items]
+    # advantages +1 / -1 on the kept items, -10 x mean(|1|, |-1|) = -10 on each rejected one; mean over 4 rows
+    assert stats["loss"] == pytest.approx(-(kept[0] - kept[1] - 10 * sum(before)) / 4, rel=1e-4)
+    unpenalised, _, after_unpenalised = results[0.0]
+    assert unpenalised["rejected_items"] == 0 and unpenalised["items"] == 2
+    # the same step but for the penalty: each rejected completion ends less likely than without it
+    assert all(a < b - 0.1 for a, b in zip(after, after_unpenalised)), (after, after_unpenalised)
+    assert unpenalised["loss"] == pytest.approx(-(kept[0] - kept[1]) / 2, rel=1e-4)
+
+
+def test_the_steps_rejected_completions_are_stored_and_reach_its_teacher_update(tmp_path, hard_files,
+                                                                                random_tiny_dir, monkeypatch):
+    """The sampler's rejected completions are kept with the step's curriculum (not in its logged stats), so
+    that the update (here after a resume between sampling and update) penalises the same ones."""
+    rejected = [[5, 6, 7], [8, 9]]
+
+    def items_and_rejections(engine, domain, count, cfg, seed, progress=None, **_):
+        items, stats = fixed_items(engine, domain, count, cfg, seed)
+        return items, {**stats, "rejected_token_ids": rejected}
+
+    monkeypatch.setattr(teacher, "sample_items", items_and_rejections)
+    updates = []
+    real_update = teacher.teacher_update
+    monkeypatch.setattr(teacher, "teacher_update", lambda *args, **kwargs: updates.append(kwargs) or real_update(
+        *args, **kwargs))
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "teacher.reject_penalty=0.5")
+    agent._garbage_attempt = 0
+    agent._curriculum(1)  # sampled and stored; the process "dies" before the students
+    (event,) = [e for e in agent.store.events(agent.run_id, limit=50) if e["kind"] == "teacher-sampled"]
+    assert "rejected_token_ids" not in event["data"] and event["data"]["sampled"] > 0
+    agent.store.close()
+    resumed = tiny_agent(tmp_path, hard_files, random_tiny_dir, "teacher.reject_penalty=0.5")
+    resumed.run(Budget(max_teacher_steps=1))
+    (update,) = updates
+    assert update["rejected"] == rejected and update["reject_penalty"] == 0.5
+    (step,) = resumed.completed_steps()
+    update = step["metrics"]["teacher_update"]  # the penalty is in units of the step's |advantages|
+    assert update["rejected_items"] == (2 if any(update["advantages"]) else 0)
+
+
 def test_teacher_update_in_micro_batches_takes_the_same_step(random_tiny):
     """Items go through the teacher update a few at a time (memory grows with g x n otherwise), and the
     accumulated gradient is the one-batch gradient: the same loss and the same weights after the step."""
