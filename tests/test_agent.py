@@ -64,7 +64,10 @@ def test_one_complete_teacher_step(tmp_path, hard_files):
     assert len(curricula) == 2 and all(d["reward"] is not None for d in curricula)
     assert all(len(store.dataset_problems(d["id"])) == 4 for d in curricula)
     assert len(store.trainings(run, 1)) == 2
-    assert step["metrics"]["teacher_update"]["items"] == 8
+    update = step["metrics"]["teacher_update"]  # the 8 items, and the rejected samples (teacher.reject_penalty)
+    assert update["items"] == 8 + update["rejected_items"] and 0 <= update["rejected_items"] <= 8
+    sampled = next(e["data"] for e in store.events(run, limit=100) if e["kind"] == "teacher-sampled")
+    assert update["rejected_items"] == (min(8, sum(sampled["rejected"].values())) if any(update["advantages"]) else 0)
     # tau = -1 forces a promotion: a new baseline checkpoint and the dataset in the promotion questions
     assert step["promoted_dataset_id"] is not None
     assert len(store.datasets(run, kind="promotion")) == 1
