@@ -472,10 +472,10 @@ class Agent:
         """The run's last unit when its budget ends: the PQ student (pq.evaluate_pq) with budget.pq_steps, or,
         with a deadline, as many steps as the time left allows (more than budget.pq_steps when the teacher steps
         left more: the final training's length follows the budget); skipped, with the command that trains it
-        later, when fewer than one training's worth fit. Returns its hard-test summary (None when skipped or
-        stopped)."""
-        from soar_agent.pq import (PQ_TRAINING_STEPS, chain_seconds, evaluate_pq, expert_solutions, measured_costs,
-                                   rewarded_datasets)
+        later, when fewer than one training's worth fit and no interrupted chain of it is stored (which goes on
+        from its last training: pq.evaluate_pq). Returns its hard-test summary (None when skipped or stopped)."""
+        from soar_agent.pq import (PQ_TRAINING_STEPS, chain_seconds, evaluate_pq, expert_solutions,
+                                   interrupted_chain, measured_costs, rewarded_datasets)
 
         wanted = steps = self.config.budget.pq_steps
         costs = measured_costs(self.store, self.run_id, self.config.promotion.tau)
@@ -483,7 +483,8 @@ class Agent:
             training = chain_seconds(costs, self.config.student, PQ_TRAINING_STEPS, expert_solutions(self))
             per_step = training / PQ_TRAINING_STEPS
             steps = max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step))
-        if steps < min(wanted, PQ_TRAINING_STEPS):
+        if steps < min(wanted, PQ_TRAINING_STEPS) and not interrupted_chain(self, self.config.run.seed):
+            # (an interrupted chain is continued as far as the time allows, and evaluated)
             message = (f"no time left for the final training ({steps} of {wanted} steps fit):"
                        f" soar eval-pq {self.paths.root} trains the PQ student later")
             self.store.log_event(run_id=self.run_id, level="warning", kind="pq-skipped", message=message)

@@ -14,7 +14,11 @@ promoted student (50-step students) was 0.009 and a short PQ (200 steps, the def
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -113,6 +117,47 @@ def measured_costs(store, run_id: int, tau: float) -> Costs | None:
                  evaluation=evaluations[-1]["summary"]["seconds"])
 
 
+def _chain_key(problems: list, seed: int, training_steps: int, student) -> str:
+    """What a stored part of the PQ chain must match to be continued: the same questions and answers, seed,
+    trainings' length and student settings (another teacher step or `soar eval-pq --seed` is a new chain)."""
+    payload = json.dumps([[[p.question, p.answer] for p in problems], seed, training_steps,
+                          dataclasses.asdict(student)], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _part(store, run_id: int, key: str) -> dict | None:
+    return next((c for c in reversed(store.checkpoints(run_id, role="pq-chain", status="complete"))
+                 if c["metrics"].get("key") == key), None)
+
+
+def interrupted_chain(agent, seed: int, training_steps: int = PQ_TRAINING_STEPS) -> dict | None:
+    """The stored part of the PQ chain that evaluate_pq(agent, seed=seed) would continue, if any."""
+    questions, _ = rewarded_problems(agent)
+    key = _chain_key(questions + agent.hard_set("train"), seed, training_steps, agent.config.student)
+    return _part(agent.store, agent.run_id, key)
+
+
+def _keep_part(agent, student, key: str, steps: int, trainings: int, seconds_per_step: float) -> None:
+    """The chain's student after one of its trainings, stored as the newest `pq-chain` checkpoint (the older
+    parts deleted): what a resumed final training continues from."""
+    from soar_agent.models import save_checkpoint
+
+    store, run_id = agent.store, agent.run_id
+    directory = agent.paths.checkpoints / f"pq-chain-{trainings}"
+    checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq-chain", metrics={
+        "key": key, "steps": steps, "trainings": trainings, "seconds_per_step": seconds_per_step})
+    save_checkpoint(student, agent.tokenizer, directory)
+    store.mark_checkpoint(checkpoint_id, "complete")
+    _drop_parts(store, run_id, keep=checkpoint_id)
+
+
+def _drop_parts(store, run_id: int, keep: int | None = None) -> None:
+    for part in store.checkpoints(run_id, role="pq-chain", status="complete"):
+        if part["id"] != keep:
+            shutil.rmtree(part["path"], ignore_errors=True)
+            store.mark_checkpoint(part["id"], "deleted")
+
+
 def chain_seconds(costs: Costs, student, steps: int, experts: int) -> float:
     """Seconds the final training's chain of `steps` takes at `costs` (the evaluation not included), with
     `experts` expert solutions among its questions: each training of the chain makes its own supervised
@@ -168,17 +213,28 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         from soar_agent.rl.sft import writable_experts
 
         extra["experts"] = writable_experts(agent.tokenizer, agent.domain, problems, cfg.student.max_new_tokens)
-    student = load_model(cfg.model.path, cfg.model.dtype, device=cfg.model.device)
-    step_done, done = agent._track(f"PQ student: {steps} steps on {len(problems)} problems", steps), 0
-    started, planned = time.time(), steps
-    lengths = chain_lengths(planned, training_steps)
+    key = _chain_key(problems, seed, training_steps, cfg.student)
+    part = _part(store, run_id, key)
+    # a chain that a crash, a reboot or a stop interrupted goes on from its last training: hours of a night's
+    # final training are not trained again (Agent._final_training resumes it with the time that is left)
+    student = load_model(part["path"] if part else cfg.model.path, cfg.model.dtype, device=cfg.model.device)
+    done, first = (part["metrics"]["steps"], part["metrics"]["trainings"]) if part else (0, 0)
+    if part:
+        agent.log(f"PQ student: continuing its chain after {done} steps ({first} trainings)")
+    step_done = agent._track(f"PQ student: {max(steps, done)} steps on {len(problems)} problems", max(steps, done))
+    step_done(done)
+    started, planned, done_here = time.time(), max(steps, done), 0
+    lengths = chain_lengths(planned, training_steps)[first:]
     if fill and deadline is not None:  # past the estimate while trainings fit: the deadline ends the chain
         lengths = itertools.chain(lengths, itertools.repeat(training_steps))
 
-    def steps_that_fit() -> int:  # before the deadline, at the pace of the chain's trainings so far
-        return int((deadline - time.time() - evaluation_seconds) / ((time.time() - started) / done))
+    def seconds_per_step() -> float:  # the chain's own pace: this session's trainings, else the stored part's
+        return (time.time() - started) / done_here if done_here else part["metrics"]["seconds_per_step"]
 
-    for index, length in enumerate(lengths):
+    def steps_that_fit() -> int:  # before the deadline, at the pace of the chain's trainings so far
+        return int((deadline - time.time() - evaluation_seconds) / seconds_per_step())
+
+    for index, length in enumerate(lengths, start=first):
         if stop():
             return None
         last = False
@@ -200,6 +256,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                                   log=lambda record, offset=done: step_done(offset + record["step"] + 1),
                                                   **extra)
         done += length
+        done_here += length
+        _keep_part(agent, student, key, done, index + 1, seconds_per_step())
         # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
         if last:
             target = done
@@ -207,7 +265,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
             target = done + max(0, steps_that_fit())
         else:
             target = planned
-        eta = (time.time() - started) / done * (target - done)
+        eta = seconds_per_step() * (target - done)
         message = f"PQ student: {done} of {target} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
         store.log_event(run_id=run_id, level="info", kind="pq-training", message=message, data={"steps_done": done})
         agent.log(message)
@@ -222,6 +280,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     for older in store.checkpoints(run_id, role="pq", status="complete"):  # `pq` names the newest
         store.mark_checkpoint(older["id"], "deleted")
     store.mark_checkpoint(checkpoint_id, "complete")
+    _drop_parts(store, run_id)  # the chain is done: its parts are the student's past
     # a hard-test set stored before repeated lines were skipped may still repeat a question
     hard_test = unique_problems(agent.hard_set("test"))[0]
     engine = HFEngine(student, agent.tokenizer)

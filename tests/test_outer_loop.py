@@ -442,6 +442,66 @@ def test_eval_pq_trains_a_fresh_student_on_the_rewarded_questions_and_hard_train
     assert "pass@1" in evaluation["summary"]
 
 
+def test_an_interrupted_final_training_goes_on_from_its_last_training(tmp_path, hard_files, random_tiny_dir,
+                                                                     monkeypatch):
+    """The final training is hours of one unit: after each training of its chain the student is kept as the
+    run's `pq-chain` part, and a chain stopped (a stop, a crash, a reboot) goes on from it with the next
+    training's seed, to the same student an uninterrupted chain trains; the parts go when the chain ends; a
+    chain of other questions or another seed starts from the base model."""
+    from safetensors.torch import load_file
+
+    from soar_agent.pq import evaluate_pq
+
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "student.max_new_tokens=64")
+    agent.run(Budget(max_teacher_steps=1))
+    calls = record_trainings(monkeypatch)
+
+    def weights(path):
+        return load_file(str(next(Path(path).glob("*.safetensors"))))
+
+    evaluate_pq(agent, steps=5, training_steps=2, seed=7)  # uninterrupted: trainings of 2, 2 and 1 steps
+    whole = weights(agent.latest_checkpoint("pq")["path"])
+    assert [c["steps"] for c in calls] == [2, 2, 1] and not agent.store.checkpoints(agent.run_id, role="pq-chain",
+                                                                                      status="complete")
+    calls.clear()
+    stops = iter([None, "stopped by the test"])  # the second training is never started
+    assert evaluate_pq(agent, steps=5, training_steps=2, seed=7, stop=lambda: next(stops)) is None
+    (part,) = agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
+    assert part["metrics"]["steps"] == 2 and part["metrics"]["trainings"] == 1 and Path(part["path"]).is_dir()
+    assert [c["steps"] for c in calls] == [2]
+    kept = weights(part["path"])
+    calls.clear()
+    summary = evaluate_pq(agent, steps=5, training_steps=2, seed=7)  # resumed: the 3 steps left
+    assert [c["steps"] for c in calls] == [2, 1] and summary["steps"] == 5
+    assert all(torch.equal(calls[0]["baseline"].state_dict()[name], value) for name, value in kept.items())
+    resumed = weights(agent.latest_checkpoint("pq")["path"])
+    assert all(torch.equal(resumed[name], whole[name]) for name in whole)  # the same student as uninterrupted
+    assert not agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
+    assert not Path(part["path"]).exists()  # the parts go with the chain's end
+    # the run's final training, killed after one training and resumed with too little time for another: the
+    # part is evaluated as the run's PQ student instead of the step being skipped
+    import time
+
+    agent.config.budget.pq_steps = 300
+    monkeypatch.setattr(pq, "measured_costs", lambda store, run_id, tau: pq.Costs(10.0, 10.0, 0.0, 50.0))
+    stops = iter([None, "killed"])
+    assert evaluate_pq(agent, steps=300, seed=agent.config.run.seed, stop=lambda: next(stops)) is None
+    calls.clear()
+    # the time left is the evaluation's (50 s, measured_costs): no step fits, by the estimate or the chain's pace
+    summary = agent._final_training(Budget(deadline=time.time() + 50, max_teacher_steps=1))
+    assert calls == [] and summary is not None and summary["steps"] == 100  # the part's, evaluated
+    assert agent.latest_checkpoint("pq")["metrics"]["steps"] == 100
+    # another seed is another chain: a part of the first is not continued
+    stops = iter([None, "stop"])
+    evaluate_pq(agent, steps=5, training_steps=2, seed=7, stop=lambda: next(stops))
+    calls.clear()
+    evaluate_pq(agent, steps=3, training_steps=2, seed=8)
+    assert [c["steps"] for c in calls] == [2, 1]
+    base = weights(random_tiny_dir)
+    assert all(torch.equal(calls[0]["baseline"].state_dict()[name], base[name]) for name in base)
+
+
 def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
     """PQ's training is a chain of trainings, each from the last one's student (the
