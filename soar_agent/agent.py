@@ -430,6 +430,8 @@ class Agent:
                 self.report_evaluation(step)
         if not self.stop_reason and self._ends_with_final_training():  # the budget ended, not a stop
             self.final_summary = self._final_training(budget)
+            if self.stop_reason:  # stopped inside it: not the budget's end, and a resume continues its chain
+                reason = None
         self.store.set_run_status(self.run_id, "stopped")
         self.store.log_event(run_id=self.run_id, level="info", kind="stopped", message=reason or self.stop_reason)
         return reason or self.stop_reason

@@ -502,6 +502,24 @@ def test_an_interrupted_final_training_goes_on_from_its_last_training(tmp_path, 
     assert all(torch.equal(calls[0]["baseline"].state_dict()[name], base[name]) for name in base)
 
 
+def test_a_stop_inside_the_final_training_leaves_the_budget_to_a_resume(tmp_path, hard_files, random_tiny_dir):
+    """A stop (Ctrl-C, SIGTERM, the TUI) that lands in the final training is recorded as that stop, not as the
+    budget's end: `soar run` on the run then continues the budget and the chain (status.time_budget)."""
+    import time
+
+    from soar_agent.status import time_budget
+
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "budget.pq_steps=3")
+
+    def stopped_inside(budget):
+        agent.stop_reason = "SIGTERM received: stopping after the current unit"
+
+    agent._final_training = stopped_inside
+    reason = agent.run(Budget(deadline=time.time() - 1))  # the budget is over: straight to the final training
+    assert reason.startswith("SIGTERM") and agent.store.events(agent.run_id, limit=1)[0]["message"] == reason
+    assert not time_budget(agent.store, agent.run_id).ended
+
+
 def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
     """PQ's training is a chain of trainings, each from the last one's student (the
