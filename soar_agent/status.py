@@ -91,6 +91,9 @@ def run_status(run_dir: Path) -> dict:
                        "moving_average": s["moving_average"], "promoted": s["promoted_dataset_id"] is not None}
                       for s in complete],
         }
+        parts = store.checkpoints(run["id"], role="pq-chain", status="complete")  # a final training under way
+        status["pq_chain"] = ({"steps": parts[-1]["metrics"].get("steps"), "checkpoint": parts[-1]["id"]}
+                              if parts else None)
         session = store.last_session(run["id"])
         status["last_seen_s"] = round(time.time() - _epoch(session["last_write"])) if session else None
         budget = time_budget(store, run["id"])
@@ -145,6 +148,11 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
     if _silent(status):
         state = (f"marked running, but nothing stored for {_duration(status['last_seen_s'])}: killed or crashed?"
                  " (`soar run --run-dir DIR` continues it)")
+    chain = status.get("pq_chain")
+    if chain:
+        hard_line += (f"; final training: {chain['steps']} steps so far" if status["status"] == "running"
+                      and not _silent(status) else f"; final training interrupted after {chain['steps']} steps"
+                      f" (checkpoint {chain['checkpoint']}; `soar run --run-dir DIR` goes on from there)")
     lines = [f"run {status['run']} ({status['mode']}): {state}",
              f"time: {_duration(status['elapsed_s'])} elapsed, {_duration(status['remaining_s'])} left"
              + ("" if (status["status"] == "running" and not _silent(status)) or status["remaining_s"] is None

@@ -471,6 +471,12 @@ def test_an_interrupted_final_training_goes_on_from_its_last_training(tmp_path, 
     assert part["metrics"]["steps"] == 2 and part["metrics"]["trainings"] == 1 and Path(part["path"]).is_dir()
     assert [c["steps"] for c in calls] == [2]
     kept = weights(part["path"])
+    from soar_agent.status import format_status, run_status
+
+    status = run_status(tmp_path / "run")
+    assert status["pq_chain"] == {"steps": 2, "checkpoint": part["id"]}
+    shown = " ".join(format_status(status).split())  # the line wraps at the terminal's width
+    assert f"final training interrupted after 2 steps (checkpoint {part['id']};" in shown
     calls.clear()
     summary = evaluate_pq(agent, steps=5, training_steps=2, seed=7)  # resumed: the 3 steps left
     assert [c["steps"] for c in calls] == [2, 1] and summary["steps"] == 5
