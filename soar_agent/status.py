@@ -67,6 +67,11 @@ def run_status(run_dir: Path) -> dict:
         run = store.require_run()  # a store whose WAL was lost opens fine but holds no run
         steps = store.teacher_steps(run["id"])
         complete = [s for s in steps if s["status"] == "complete"]
+        # the share of the teacher's samples that made items, per step: a teacher drifting into text that
+        # does not parse shows here first (teacher.reject_penalty)
+        kept = {e["data"]["step"]: e["data"]["accepted"] / e["data"]["sampled"]
+                for e in store.events(run["id"], limit=10_000) if e["kind"] == "teacher-sampled"
+                and e["data"].get("sampled") and "step" in e["data"]}
         last_event = store.events(run["id"], limit=1)
         evaluations = store.evaluations(run["id"], set_name="hard-test")
         pq = store.evaluations(run["id"], set_name="hard-test-pq")
@@ -88,7 +93,8 @@ def run_status(run_dir: Path) -> dict:
             "remaining_s": None,
             # each complete step's grounded reward with its paired standard error (reward.pooled_reward)
             "steps": [{"step": s["step"], "reward": s["mean_reward"], "reward_stderr": s["metrics"].get("reward_stderr"),
-                       "moving_average": s["moving_average"], "promoted": s["promoted_dataset_id"] is not None}
+                       "moving_average": s["moving_average"], "promoted": s["promoted_dataset_id"] is not None,
+                       "kept": kept.get(s["step"])}
                       for s in complete],
         }
         parts = store.checkpoints(run["id"], role="pq-chain", status="complete")  # a final training under way
@@ -170,13 +176,14 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
         shown_steps = steps[-last_steps:]
         title = f"last {len(shown_steps)} of {len(steps)} steps" if len(steps) > len(shown_steps) else None
         table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-        for column in ("step", "reward ± stderr", "moving average", "promoted"):
+        for column in ("step", "reward ± stderr", "moving average", "samples kept", "promoted"):
             table.add_column(column, justify="right")
         for s in shown_steps:
             reward = "-" if s["reward"] is None else f"{s['reward']:+.4f}"
             stderr = "" if s["reward_stderr"] is None else f" ± {s['reward_stderr']:.4f}"
             table.add_row(str(s["step"]), reward + stderr,
                           "-" if s["moving_average"] is None else f"{s['moving_average']:+.4f}",
+                          "-" if s.get("kept") is None else f"{s['kept']:.0%}",
                           "promoted" if s["promoted"] else "")
         console.print(table)
     return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
