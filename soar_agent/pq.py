@@ -137,13 +137,16 @@ def interrupted_chain(agent, seed: int, training_steps: int = PQ_TRAINING_STEPS)
     return _part(agent.store, agent.run_id, key)
 
 
+KEEP_PART_S = 600  # at most every ten minutes: a real model's checkpoint is gigabytes, a training minutes
+
+
 def _keep_part(agent, student, key: str, steps: int, trainings: int, seconds_per_step: float) -> None:
     """The chain's student after one of its trainings, stored as the newest `pq-chain` checkpoint (the older
     parts deleted): what a resumed final training continues from."""
     from soar_agent.models import save_checkpoint
 
     store, run_id = agent.store, agent.run_id
-    directory = agent.paths.checkpoints / f"pq-chain-{trainings}"
+    directory = agent.paths.checkpoints / f"pq-chain-{key[:12]}-{trainings}"  # a chain's own: not another's
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq-chain", metrics={
         "key": key, "steps": steps, "trainings": trainings, "seconds_per_step": seconds_per_step})
     save_checkpoint(student, agent.tokenizer, directory)
@@ -152,9 +155,11 @@ def _keep_part(agent, student, key: str, steps: int, trainings: int, seconds_per
 
 
 def _drop_parts(store, run_id: int, keep: int | None = None) -> None:
+    kept = {part["path"] for part in store.checkpoints(run_id, role="pq-chain") if part["id"] == keep}
     for part in store.checkpoints(run_id, role="pq-chain", status="complete"):
         if part["id"] != keep:
-            shutil.rmtree(part["path"], ignore_errors=True)
+            if part["path"] not in kept:  # a part written again to the same place is the kept one now
+                shutil.rmtree(part["path"], ignore_errors=True)
             store.mark_checkpoint(part["id"], "deleted")
 
 
@@ -224,6 +229,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     step_done = agent._track(f"PQ student: {max(steps, done)} steps on {len(problems)} problems", max(steps, done))
     step_done(done)
     started, planned, done_here = time.time(), max(steps, done), 0
+    kept_at = started
     lengths = chain_lengths(planned, training_steps)[first:]
     if fill and deadline is not None:  # past the estimate while trainings fit: the deadline ends the chain
         lengths = itertools.chain(lengths, itertools.repeat(training_steps))
@@ -234,8 +240,12 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     def steps_that_fit() -> int:  # before the deadline, at the pace of the chain's trainings so far
         return int((deadline - time.time() - evaluation_seconds) / seconds_per_step())
 
+    unkept = None  # (steps, trainings) trained since the last kept part
+
     for index, length in enumerate(lengths, start=first):
         if stop():
+            if unkept:  # a stop is graceful: what was trained is kept for the resume
+                _keep_part(agent, student, key, *unkept, seconds_per_step())
             return None
         last = False
         if done and deadline is not None:
@@ -257,7 +267,10 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                                   **extra)
         done += length
         done_here += length
-        _keep_part(agent, student, key, done, index + 1, seconds_per_step())
+        unkept = (done, index + 1)
+        if time.time() - kept_at >= KEEP_PART_S:  # a kill loses at most this much of the chain
+            _keep_part(agent, student, key, *unkept, seconds_per_step())
+            kept_at, unkept = time.time(), None
         # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
         if last:
             target = done

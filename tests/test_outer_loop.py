@@ -485,6 +485,27 @@ def test_an_interrupted_final_training_goes_on_from_its_last_training(tmp_path, 
     assert all(torch.equal(resumed[name], whole[name]) for name in whole)  # the same student as uninterrupted
     assert not agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
     assert not Path(part["path"]).exists()  # the parts go with the chain's end
+    # a crash (no graceful stop) loses what was trained since the last kept part: parts are kept every
+    # pq.KEEP_PART_S (a real model's checkpoint is gigabytes); here every training
+    monkeypatch.setattr(pq, "KEEP_PART_S", 0.0)
+    real_trainer = rl.trainer
+    started = []
+
+    def crashing(backend):
+        def train(*args, **kwargs):
+            started.append(1)
+            if len(started) == 2:
+                raise RuntimeError("the machine went down")
+            return real_trainer(backend)(*args, **kwargs)
+        return train
+
+    monkeypatch.setattr(rl, "trainer", crashing)
+    with pytest.raises(RuntimeError):
+        evaluate_pq(agent, steps=5, training_steps=2, seed=9)
+    (crashed,) = agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
+    assert crashed["metrics"]["steps"] == 2
+    monkeypatch.setattr(rl, "trainer", real_trainer)
+    calls = record_trainings(monkeypatch)
     # the run's final training, killed after one training and resumed with too little time for another: the
     # part is evaluated as the run's PQ student instead of the step being skipped
     import time
