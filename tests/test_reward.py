@@ -166,7 +166,8 @@ def test_a_teacher_step_stores_each_reward_with_its_standard_error(tmp_path, har
     status = json.loads(json.dumps(run_status(tmp_path / "run")))  # what `soar status --json` prints
     assert status["reward_metric"] == metric
     assert status["steps"] == [{"step": 1, "reward": step["mean_reward"], "reward_stderr": step["metrics"]["reward_stderr"],
-                                "moving_average": step["moving_average"], "promoted": True}]
+                                "moving_average": step["moving_average"], "promoted": True,
+                                "kept": 1.0}]  # the test's sampler keeps every sample
     text = format_status(status)
     assert f"{step['mean_reward']:+.4f} ± {step['metrics']['reward_stderr']:.4f}" in text and "promoted" in text
 
