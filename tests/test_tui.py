@@ -88,7 +88,7 @@ def add_step(store: Store, run: int, step: int) -> None:
                  "answer_verified": [True, True, k == 0]} for k in range(2)]
     ids = store.add_curriculum(run_id=run, teacher_step=step, datasets=datasets)
     store.log_event(run_id=run, level="info", kind="teacher-sampled", message=f"step {step}: 6 items (5 verified)",
-                    data={"step": step})
+                    data={"step": step, "sampled": 6 + step, "accepted": 6})
     for k, dataset_id in enumerate(ids):
         problems = [row["id"] for row in store.dataset_problems(dataset_id)]
         for j in range(2):

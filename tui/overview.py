@@ -45,6 +45,7 @@ def stats_table(o: Overview) -> Table:
         ("last step", f"{fmt.duration(o.last_step_seconds)} · {fmt.number(o.tokens_per_second, 0)} tokens/s"),
         ("promotions", str(o.promotions)),
         ("reward", reward),
+        ("samples kept", "-" if o.kept is None else f"{o.kept[1]:.0%} (step {o.kept[0]})"),
         ("hard-test", hard),
         ("PQ student", smallest_and_largest_k(o.pq)),  # the final training's student: the model `soar run` exports
         ("agent", agent),

@@ -73,6 +73,9 @@ class Overview:
     student_reward: list[tuple[int, float]] = field(default_factory=list)  # (step, mean reward_mean)
     hard_test: list[tuple[int, dict]] = field(default_factory=list)  # (teacher_step, {pass@k: value})
     pq: dict = field(default_factory=dict)  # the latest PQ student's hard-test summary (the model a run exports)
+    # the newest sampled step's (step, share of the teacher's samples that made items): a teacher drifting into
+    # text that does not parse shows here first
+    kept: tuple[int, float] | None = None
     commands: list[dict] = field(default_factory=list)  # the latest commands, oldest first
     marks: dict = field(default_factory=dict)  # newest ids per table: tabs reload when theirs changes
 
@@ -102,6 +105,9 @@ def overview(store: Store, run_id: int, now: float) -> Overview:
                         " ORDER BY id", (run_id,))
     pq = _value(store, "SELECT summary_json FROM evaluations WHERE run_id = ? AND set_name = 'hard-test-pq'"
                        " ORDER BY id DESC LIMIT 1", (run_id,))
+    sampled = _rows(store, "SELECT json_extract(data_json, '$.step') AS step, json_extract(data_json, '$.accepted')"
+                           " AS accepted, json_extract(data_json, '$.sampled') AS sampled FROM events WHERE run_id = ?"
+                           " AND kind = 'teacher-sampled' ORDER BY id DESC LIMIT 1", (run_id,))
     commands = _rows(store, "SELECT * FROM (SELECT id, command, args_json, created_at, acked_at, ack_message"
                             " FROM commands WHERE run_id = ? ORDER BY id DESC LIMIT 20) ORDER BY id", (run_id,))
     checkpoints = store.db.execute("SELECT max(id), count(*), sum(status = 'complete') FROM checkpoints"
@@ -132,6 +138,8 @@ def overview(store: Store, run_id: int, now: float) -> Overview:
         hard_test=[(r["teacher_step"] or 0, {k: v for k, v in json.loads(r["summary_json"]).items()
                                              if k.startswith("pass@") or k == "greedy_acc"}) for r in hard],
         pq={k: v for k, v in json.loads(pq).items() if k.startswith("pass@")} if pq else {},
+        kept=((sampled[0]["step"], sampled[0]["accepted"] / sampled[0]["sampled"])
+              if sampled and sampled[0]["sampled"] and sampled[0]["accepted"] is not None else None),
         commands=[{**{k: v for k, v in c.items() if k != "args_json"}, "args": json.loads(c["args_json"])}
                   for c in commands],
         marks=marks,
