@@ -285,6 +285,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         if last:
             break
     steps = done  # what was trained: the plan, or fewer or more when the deadline ended the chain
+    if unkept:  # the whole chain, kept until its evaluation is stored: a kill in the evaluation retrains nothing
+        _keep_part(agent, student, key, *unkept, seconds_per_step())
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
                                          metrics={"steps": steps, "questions": len(questions),
@@ -293,7 +295,6 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     for older in store.checkpoints(run_id, role="pq", status="complete"):  # `pq` names the newest
         store.mark_checkpoint(older["id"], "deleted")
     store.mark_checkpoint(checkpoint_id, "complete")
-    _drop_parts(store, run_id)  # the chain is done: its parts are the student's past
     # a hard-test set stored before repeated lines were skipped may still repeat a question
     hard_test = unique_problems(agent.hard_set("test"))[0]
     engine = HFEngine(student, agent.tokenizer)
@@ -309,4 +310,5 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
              "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for pid, r in zip(ids, results)]
     store.add_evaluation(run_id=run_id, set_name="hard-test-pq", results=rows, summary=summary,
                          samples_per_problem=cfg.eval.samples, temperature=1.0, checkpoint_id=checkpoint_id)
+    _drop_parts(store, run_id)  # the chain is done and evaluated: its parts are the student's past
     return summary

@@ -506,6 +506,18 @@ def test_an_interrupted_final_training_goes_on_from_its_last_training(tmp_path, 
     assert crashed["metrics"]["steps"] == 2
     monkeypatch.setattr(rl, "trainer", real_trainer)
     calls = record_trainings(monkeypatch)
+    # a kill in the chain's hard-test evaluation: the whole chain is kept until its evaluation is stored, so
+    # the resume trains nothing again
+    real_evaluate = pq.evaluate_problems
+    monkeypatch.setattr(pq, "evaluate_problems", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        evaluate_pq(agent, steps=3, training_steps=2, seed=9)  # continues seed 9's part: 1 step more
+    monkeypatch.setattr(pq, "evaluate_problems", real_evaluate)
+    (whole_chain,) = agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
+    assert whole_chain["metrics"]["steps"] == 3 and [c["steps"] for c in calls] == [1]
+    calls.clear()
+    assert evaluate_pq(agent, steps=3, training_steps=2, seed=9)["steps"] == 3 and calls == []
+    assert not agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
     # the run's final training, killed after one training and resumed with too little time for another: the
     # part is evaluated as the run's PQ student instead of the step being skipped
     import time
