@@ -36,7 +36,7 @@ from soar_agent.tasks.base import Problem
 EASY_LEVELS = (1, 2, 3)
 EASY_PER_LEVEL = 20
 MAX_GARBAGE_STEPS = 3
-HEARTBEAT_S = 10.0  # inside a unit; status.STALE_HEARTBEAT_S and the TUI's ATTACHED_WITHIN_S allow for gaps
+HEARTBEAT_S = 10.0  # inside a unit; status.STALE_S and the TUI's ATTACHED_WITHIN_S allow for gaps
 
 
 @dataclass
@@ -443,7 +443,8 @@ class Agent:
         """With a deadline: the reason not to start the next teacher step when it would end (taking as long
         as the longest of the last three, plus an evaluation when one is due) inside the time kept for the final
         training: budget.pq_share of the run's budget (a resumed budget's whole, not what is left), or
-        budget.pq_steps' time (pq.measured_costs) when that is longer, so that the run ends with its model at the deadline rather than one step late. None
+        budget.pq_steps' time (pq.measured_costs) when that is longer, so that the run ends with its model at
+        the deadline rather than one step late. None
         while it fits, and before the first step (nothing is measured yet).
         The last three, not the median of all: steps grow longer as the teacher learns to write longer
         questions (5.8 -> 9.2 minutes over 7 steps of a default run on one thread), and a resumed step's

@@ -498,9 +498,8 @@ def cmd_run(args) -> int:
     _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)  # a resumed run's own config
     done = sum(s["status"] == "complete" for s in agent.store.teacher_steps(agent.run_id))
     limit = args.max_teacher_steps if args.max_teacher_steps is not None else agent.config.budget.max_teacher_steps
-    session = agent.store.last_session(agent.run_id)
-    if continues and session and not limit:  # the last session's --max-teacher-steps
-        limit = int(session["data"].get("max_teacher_steps") or 0)
+    if continues and not limit and (session := agent.store.last_session(agent.run_id)):
+        limit = int(session["data"].get("max_teacher_steps") or 0)  # the last session's --max-teacher-steps
     if args.more_steps is not None:  # argparse: at least 1
         limit = done + args.more_steps
     elif limit and done >= limit:

@@ -115,9 +115,8 @@ def round_size(need: int, count: int, accepted: int, sampled: int) -> int:
     MAX_ROUND_FACTOR x count a round, so that a teacher writing garbage still ends in its rounds."""
     if not sampled:
         return need + need // 2 + 2
-    if not accepted:
-        return MAX_ROUND_FACTOR * count
-    return min(math.ceil(need * sampled / accepted * 1.1) + 2, MAX_ROUND_FACTOR * count)
+    # (none accepted after a round ends the sampling in sample_items before another is sized)
+    return min(math.ceil(need * sampled / max(accepted, 1) * 1.1) + 2, MAX_ROUND_FACTOR * count)
 
 
 def rejection_kind(error: RejectedItem) -> str:
