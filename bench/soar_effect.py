@@ -153,12 +153,12 @@ def evaluate_final(job: tuple) -> dict:
     agent = Agent.open(None, Path(run_dir), log=lambda message: None, existing_only=True)
     cfg = agent.config
     trained = agent.latest_checkpoint("pq") if name.endswith("-pq") and not any(retrain) else None
-    if name.endswith("-pq") and trained is None:  # the run stopped before its final training: train it now
-        summary = evaluate_pq(agent, seed=seed - 1)  # evaluates hard-test with seed + 1 = the common seed
-        evaluation = agent.store.evaluations(agent.run_id, set_name="hard-test-pq")[-1]
-        values = [r["pass_at"].get(k, 0.0) for r in agent.store.evaluation_results(evaluation["id"])]
-        return {"name": name, "values": values, "steps": summary.get("steps"), "questions": summary.get("questions"),
-                "promotion_questions": summary.get("promotion_questions")}
+    if name.endswith("-pq") and trained is None:
+        # asked to train it again, or the run stopped before its final training ended (killed in it or in its
+        # evaluation): trained as the run trains it, with the run's seed, so that a chain a kill interrupted goes
+        # on from its last kept part instead of starting again; then evaluated like every arm (k, common seed)
+        evaluate_pq(agent, seed=cfg.run.seed)
+        trained = agent.latest_checkpoint("pq")
     # the PQ student the run trained inside its hours (budget.pq_steps), else the latest baseline
     checkpoint = trained or (agent.latest_checkpoint("baseline") if name != "base" else None)
     model = load_model(checkpoint["path"] if checkpoint else cfg.model.path, cfg.model.dtype)

@@ -559,6 +559,44 @@ def test_a_stop_inside_the_final_training_leaves_the_budget_to_a_resume(tmp_path
     assert not time_budget(agent.store, agent.run_id).ended
 
 
+def test_the_bench_trains_a_missing_pq_student_as_the_run_would_continuing_its_chain(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    """bench/soar_effect.py's figure for a SOAR arm whose final training did not end (a crash in it): the PQ
+    student is trained as the run trains it, with the run's seed, so the chain goes on from the part the run
+    kept (not a new chain with another seed), and is evaluated like every arm (k samples, the common seed)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import soar_effect
+
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    monkeypatch.setattr(pq, "KEEP_PART_S", 0.0)  # a part after every training of the chain
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, f"budget.pq_steps={pq.PQ_TRAINING_STEPS + 1}")
+    real_trainer = rl.trainer
+    trainings = []
+
+    def crashing(backend):
+        def train(*args, **kwargs):
+            if trainings and trainings[-1] == pq.PQ_TRAINING_STEPS:  # the chain's second training (100, then 1)
+                raise RuntimeError("the machine went down")
+            trainings.append(kwargs.get("steps"))
+            return real_trainer(backend)(*args, **kwargs)
+        return train
+
+    monkeypatch.setattr(rl, "trainer", crashing)
+    with pytest.raises(RuntimeError, match="went down"):
+        agent.run(Budget(max_teacher_steps=1))
+    monkeypatch.setattr(rl, "trainer", real_trainer)
+    assert agent.latest_checkpoint("pq") is None
+    (part,) = agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
+    assert part["metrics"]["steps"] == pq.PQ_TRAINING_STEPS
+    calls = record_trainings(monkeypatch)
+    figure = soar_effect.evaluate_final(("soar-pq", tmp_path / "run", 2, 2027))
+    assert [c["steps"] for c in calls] == [1] and figure["steps"] == pq.PQ_TRAINING_STEPS + 1  # the chain went on
+    assert len(figure["values"]) == len({p.question for p in agent.hard_set("test")})
+    assert Path(figure["checkpoint"]) == Path(agent.latest_checkpoint("pq")["path"])
+
+
 def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
     """PQ's training is a chain of trainings, each from the last one's student (the
