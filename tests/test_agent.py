@@ -184,7 +184,9 @@ def test_sigkill_then_resume_goes_on_with_the_rest_of_the_time_budget(tmp_path, 
     process.wait()
     with Store(db, readonly=True) as store:
         first = time_budget(store, store.latest_run()["id"])
-    assert not first.ended and abs(first.seconds - 108) < 5 and 0 < first.used < first.seconds
+    # 0.03 h from the command's start, less its startup before the session's first event (seconds on a
+    # loaded machine: the bound is loose below)
+    assert not first.ended and 108 - 30 < first.seconds <= 108 + 1 and 0 < first.used < first.seconds
     time.sleep(3)  # the run is down: this does not count
 
     resumed = soar_process("run", "--run-dir", run_dir, "--no-export", cwd=tmp_path)
