@@ -190,17 +190,27 @@ def paired_difference(values: list[float], baseline: list[float]) -> tuple[float
 
 
 def arm_curves(run_dir: Path) -> dict:
-    """Per-step grounded reward on hard-train (with its standard error), steps and promotions of one arm."""
+    """Per-step grounded reward on hard-train (with its standard error), steps and promotions of one arm, and
+    per teacher step each dataset's mean item level and reward, and whether the final training takes its
+    questions (pq.rewarded_datasets), beside hard-train's mean level: what the teacher learned, and when it
+    stopped writing questions the final training uses (the night's teacher overshot hard-train's length)."""
+    from soar_agent.pq import rewarded_datasets
+
     with Store(run_dir / "soar.db", readonly=True) as store:
-        run = store.latest_run()["id"]
-        steps = [s for s in store.teacher_steps(run) if s["status"] == "complete"]
-        levels = {}  # teacher step -> the mean domain level of the items it wrote (what the teacher learned)
-        for dataset in store.datasets(run, kind="curriculum"):
-            rows = [row["level"] for row in store.dataset_problems(dataset["id"]) if row.get("level") is not None]
-            levels.setdefault(dataset["teacher_step"], []).extend(rows)
-        return {"teacher_steps": len(steps), "promotions": len(store.datasets(run, kind="promotion")),
+        run = store.latest_run()
+        steps = [s for s in store.teacher_steps(run["id"]) if s["status"] == "complete"]
+        rewarded = {d["id"] for d in rewarded_datasets(store, run["id"], run["config"]["promotion"]["tau"])}
+        datasets = {}  # teacher step -> [(mean level, reward, in the final training)] per dataset
+        for dataset in store.datasets(run["id"], kind="curriculum"):
+            levels = [row["level"] for row in store.dataset_problems(dataset["id"]) if row.get("level") is not None]
+            datasets.setdefault(dataset["teacher_step"], []).append(
+                (sum(levels) / len(levels) if levels else None, dataset["reward"], dataset["id"] in rewarded))
+        hard_train = [p["level"] for p in store.problems_for(run["id"], source="hard", split="train")
+                      if p.get("level") is not None]
+        return {"teacher_steps": len(steps), "promotions": len(store.datasets(run["id"], kind="promotion")),
                 "rewards": [(s["mean_reward"], (s.get("metrics") or {}).get("reward_stderr")) for s in steps],
-                "item_levels": [sum(v) / len(v) for _, v in sorted(levels.items()) if v]}
+                "datasets": dict(sorted(datasets.items())),
+                "hard_train_level": sum(hard_train) / len(hard_train) if hard_train else None}
 
 
 def final_figures(out: Path, arms: list[str], k: int, seed: int, workers: int) -> dict:
@@ -229,9 +239,14 @@ def report(out: Path, k: int) -> None:
             print(f"  {arm}: {curves['teacher_steps']} teacher steps, {curves['promotions']} promotions; "
                   "per-step reward on hard-train: " + " ".join(
                       f"{r:+.3f}" + (f"+-{e:.3f}" if e is not None else "") for r, e in curves["rewards"]))
-            if curves["item_levels"]:
-                print("    mean level of the teacher's items per step: "
-                      + " ".join(f"{level:.2f}" for level in curves["item_levels"]))
+            if curves["datasets"]:
+                level = curves["hard_train_level"]
+                print("    per teacher step, each dataset's mean item level and reward (* = its questions are in the"
+                      " final training)" + (f"; hard-train's mean level {level:.2f}:" if level else ":"))
+                for step, rows in curves["datasets"].items():
+                    print(f"      step {step:3d}: " + " | ".join(
+                        ("-" if lv is None else f"{lv:.2f}") + " " + ("-" if r is None else f"{r:+.3f}")
+                        + ("*" if taken else "") for lv, r, taken in rows))
     means = {name: mean_error(r["values"])[0] for name, r in figures.items()}
     if "soar-srl-pq" in means and "hard-only-srl" in means:
         print(f"SRL students: SOAR-PQ / hard-only SRL {means['soar-srl-pq'] / max(means['hard-only-srl'], 1e-9):.2f}x")

@@ -560,10 +560,11 @@ def test_a_stop_inside_the_final_training_leaves_the_budget_to_a_resume(tmp_path
 
 
 def test_the_bench_trains_a_missing_pq_student_as_the_run_would_continuing_its_chain(
-        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+        tmp_path, hard_files, random_tiny_dir, monkeypatch, capsys):
     """bench/soar_effect.py's figure for a SOAR arm whose final training did not end (a crash in it): the PQ
     student is trained as the run trains it, with the run's seed, so the chain goes on from the part the run
-    kept (not a new chain with another seed), and is evaluated like every arm (k samples, the common seed)."""
+    kept (not a new chain with another seed), and is evaluated like every arm (k samples, the common seed);
+    the bench's report prints, per teacher step, what each dataset's questions were and whether they count."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -595,6 +596,20 @@ def test_the_bench_trains_a_missing_pq_student_as_the_run_would_continuing_its_c
     assert [c["steps"] for c in calls] == [1] and figure["steps"] == pq.PQ_TRAINING_STEPS + 1  # the chain went on
     assert len(figure["values"]) == len({p.question for p in agent.hard_set("test")})
     assert Path(figure["checkpoint"]) == Path(agent.latest_checkpoint("pq")["path"])
+    # the report: the figures, and per teacher step each dataset's level and reward, marked when the final
+    # training takes its questions, beside hard-train's level
+    (tmp_path / "soar").symlink_to(tmp_path / "run")  # the bench's layout: OUT/<arm>
+    (tmp_path / "final.json").write_text(json.dumps({"base": {**figure, "name": "base"}, "soar-pq": figure}))
+    capsys.readouterr()
+    soar_effect.report(tmp_path, 2)
+    printed = capsys.readouterr().out
+    hard_levels = [p.level for p in agent.hard_set("train")]
+    assert f"hard-train's mean level {sum(hard_levels) / len(hard_levels):.2f}" in printed
+    rewarded = {d["id"] for d in pq.rewarded_datasets(agent.store, agent.run_id, agent.config.promotion.tau)}
+    shown = [f"1.00 {d['reward']:+.3f}" + ("*" if d["id"] in rewarded else "")  # fixed_items: i+i, level 1
+             for d in agent.store.datasets(agent.run_id, kind="curriculum")]
+    assert len(shown) == 2 and f"step   1: {shown[0]} | {shown[1]}" in printed, printed
+    assert "*" in "".join(shown)  # the step's promoted dataset, at least, is in the final training
 
 
 def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
