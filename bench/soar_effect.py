@@ -12,7 +12,8 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
   2026-12-01, when the README's figures for plain `curated` were measured)
 When the arms end, base (the shipped model), each arm's final baseline (the latest promoted / chained
 student; hard-only and curated replace it every step) and SOAR-PQ are evaluated on the whole hard-test
-set with the same sampling seed (paired: common random numbers across arms), two at a time. The
+set with the same sampling seed (paired: common random numbers across arms), two at a time; each figure is
+kept in OUT/final/ as it is measured, so `--resume` after a kill in the evaluation measures only the rest. The
 learning curves are each arm's per-step grounded reward on hard-train (reward.metric, with its standard
 error) from the stores; in-loop hard-test evaluations run every `--eval-every` teacher steps.
 
@@ -41,7 +42,7 @@ import math
 import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from soar_agent.store import Store
@@ -53,6 +54,7 @@ ARMS = {"hard-only": ("hard-only", []), "curated": ("curated", []), "soar": ("so
         "soar-random": ("soar", ['teacher.split="random"']),
         **{f"{mode}-rloo": (mode, ['student.backend="rloo"']) for mode in ("hard-only", "curated", "soar")}}
 DEFAULT_ARMS = ("hard-only", "curated", "soar")
+BASE_MODEL = "base model"  # a figure's checkpoint when it measured the shipped model
 
 
 def soar_command(*args: str) -> list[str]:
@@ -119,11 +121,48 @@ def wait_all(out: Path, processes: dict[str, subprocess.Popen]) -> None:
 
 
 def evaluate_all(out: Path, jobs: list[tuple], workers: int) -> dict:
-    """`evaluate_final` of every job, `workers` at a time; the figures by name, also written to out/final.json."""
+    """`evaluate_final` of every job, `workers` at a time; the figures by name, also written to out/final.json.
+    Each figure is kept in out/final/NAME.json as soon as it is measured, and a kept figure of the same run,
+    checkpoint, k and seed is used instead of measuring it again: an evaluation a kill interrupted (the end of
+    a machine's session) goes on with the jobs it had not finished, and base can be measured while arms train."""
+    kept = out / "final"
+    kept.mkdir(parents=True, exist_ok=True)
+    figures = {job[0]: figure for job in jobs if (figure := kept_figure(kept, job)) is not None}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        figures = {r["name"]: r for r in pool.map(evaluate_final, jobs)}
+        for future in as_completed([pool.submit(evaluate_final, job) for job in jobs if job[0] not in figures]):
+            figure = future.result()
+            (kept / f"{figure['name']}.json").write_text(json.dumps(figure))
+            figures[figure["name"]] = figure
+    figures = {job[0]: figures[job[0]] for job in jobs}
     (out / "final.json").write_text(json.dumps(figures))
     return figures
+
+
+def kept_figure(kept: Path, job: tuple) -> dict | None:
+    """A job's figure from an earlier evaluation under `kept`, if it measured what this job would: the same
+    run, k, seed and checkpoint (a chain that went on since, or an arm that trained on, is measured again)."""
+    name, run_dir, k, seed, *retrain = job
+    path = kept / f"{name}.json"
+    if not path.is_file():
+        return None
+    figure = json.loads(path.read_text())
+    checkpoint = planned_checkpoint(name, Path(run_dir), any(retrain))
+    same = (figure.get("run_dir"), figure.get("k"), figure.get("seed"), figure.get("checkpoint"))
+    return figure if checkpoint is not None and same == (str(run_dir), k, seed, checkpoint) else None
+
+
+def planned_checkpoint(name: str, run_dir: Path, retrain: bool) -> str | None:
+    """The checkpoint `evaluate_final` evaluates for a job: the base model for base (and for an arm with no
+    baseline yet), NAME-pq's PQ student (None when it is to be trained first: retrain, or the run has none),
+    else the run's latest baseline."""
+    if name == "base":
+        return BASE_MODEL
+    role = "pq" if name.endswith("-pq") else "baseline"
+    with Store(run_dir / "soar.db", readonly=True) as store:
+        rows = store.checkpoints(store.latest_run()["id"], role=role, status="complete")
+    if role == "pq":
+        return rows[-1]["path"] if rows and not retrain else None
+    return rows[-1]["path"] if rows else BASE_MODEL
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, out: str, set_help: str) -> None:
@@ -167,7 +206,8 @@ def evaluate_final(job: tuple) -> dict:
                                 samples=k, greedy=True, max_new_tokens=cfg.eval.max_new_tokens, seed=seed)
     return {"name": name, "values": [r.pass_at([k])[k] for r in results],
             "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
-            "checkpoint": checkpoint["path"] if checkpoint else "base model",
+            "checkpoint": checkpoint["path"] if checkpoint else BASE_MODEL, "run_dir": str(run_dir), "k": k,
+            "seed": seed,
             **({"steps": trained["metrics"].get("steps"), "questions": trained["metrics"].get("questions"),
                 "promotion_questions": trained["metrics"].get("promotion_questions")} if trained else {})}
 

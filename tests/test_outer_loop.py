@@ -612,6 +612,52 @@ def test_the_bench_trains_a_missing_pq_student_as_the_run_would_continuing_its_c
     assert "*" in "".join(shown)  # the step's promoted dataset, at least, is in the final training
 
 
+def test_the_benchs_evaluation_keeps_each_figure_and_measures_only_what_a_kill_left_or_training_changed(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    """bench/soar_effect.py's final evaluation keeps each figure as it is measured: after a kill in it (the end
+    of a machine's session) the rerun measures only the jobs that had not finished; a kept figure is used only
+    while it measured what the job would (an arm that trained on since is measured again, as is another seed)."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import soar_effect
+
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only")
+    agent.run(Budget(max_teacher_steps=1))
+    measured, killed = [], []
+    real_evaluate = soar_effect.evaluate_final
+
+    def evaluate(job):
+        if job[0] in killed:
+            raise RuntimeError("killed")
+        measured.append(job[0])
+        return real_evaluate(job)
+
+    monkeypatch.setattr(soar_effect, "evaluate_final", evaluate)
+    monkeypatch.setattr(soar_effect, "ProcessPoolExecutor", ThreadPoolExecutor)  # the spy is seen by the workers
+    out, run = tmp_path / "bench", tmp_path / "run"
+    jobs = [("base", run, 2, 2027), ("hard-only", run, 2, 2027)]
+    killed.append("hard-only")
+    with pytest.raises(RuntimeError, match="killed"):
+        soar_effect.evaluate_all(out, jobs, workers=1)
+    assert measured == ["base"] and (out / "final" / "base.json").is_file()
+    killed.clear()
+    figures = soar_effect.evaluate_all(out, jobs, workers=1)
+    assert measured == ["base", "hard-only"] and list(figures) == ["base", "hard-only"]
+    assert json.loads((out / "final.json").read_text()) == figures
+    assert figures["hard-only"]["checkpoint"] == agent.latest_checkpoint("baseline")["path"]
+    assert figures["base"]["checkpoint"] == soar_effect.BASE_MODEL
+    assert soar_effect.evaluate_all(out, jobs, workers=1) == figures and len(measured) == 2  # all kept
+    agent.run(Budget(max_teacher_steps=2))  # the arm trained on: a new baseline
+    again = soar_effect.evaluate_all(out, jobs, workers=1)
+    assert measured[2:] == ["hard-only"] and again["base"] == figures["base"]
+    assert again["hard-only"]["checkpoint"] == agent.latest_checkpoint("baseline")["path"] != figures["hard-only"][
+        "checkpoint"]
+    soar_effect.evaluate_all(out, [(name, run, 2, 2028) for name, *_ in jobs], workers=1)
+    assert sorted(measured[3:]) == ["base", "hard-only"]  # another seed: nothing kept applies
+
+
 def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoint(
         tmp_path, hard_files, random_tiny_dir, monkeypatch):
     """PQ's training is a chain of trainings, each from the last one's student (the
