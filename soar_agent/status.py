@@ -111,13 +111,26 @@ def run_status(run_dir: Path) -> dict:
 
 
 # The last event's kind, in words a person reads without knowing the agent's internals.
-_PHASE_WORDS = {"start": "created", "session": "session started (baseline evaluation or first unit under way)",
+_PHASE_WORDS = {"start": "created",
                 "teacher-sampled": "training students on the teacher's problems", "stopped": "stopped",
                 "chain-step": "training the baseline (no teacher in this mode)",
                 "export": "exported", "teacher-garbage": "teacher wrote no usable problems; retrying",
                 "student-collapse": "training students", "hard-set-repeats": "starting",
                 "pq-training": "final training: the PQ student on the rewarded questions",
                 "pq-done": "final training done", "pq-skipped": "no time left for the final training"}
+
+
+def _session_phase(status: dict) -> str:
+    """What a session that has stored no event since it started is doing, from what the store holds: a new
+    run evaluates the base model (minutes); a resumed one redoes the unit a stop cut short (a hard-only or
+    curated step stores its event only when it ends; the final training logs its own at once)."""
+    if status["hard_test_step"] is None:
+        return "session started: evaluating the base model on hard-test (step 0)"
+    if status.get("pq_chain") and not status.get("pq"):
+        return "resumed: the final training, from its last kept part"
+    if status["mode"] != "soar":
+        return "resumed: training the baseline (no teacher in this mode)"
+    return f"resumed: teacher step {status['in_progress_step'] or status['teacher_step'] + 1}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -137,7 +150,8 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    phase = _PHASE_WORDS.get(status["phase"], status["phase"].replace("-", " "))
+    phase = (_session_phase(status) if status["phase"] == "session"
+             else _PHASE_WORDS.get(status["phase"], status["phase"].replace("-", " ")))
     running = f"step {status['in_progress_step']} in progress" if status["in_progress_step"] else "none in progress"
     hard = status.get("hard_test") or {}
     shown = [k for k in ("pass@1", "pass@8", "pass@32") if k in hard] or list(hard)[:3]

@@ -154,6 +154,35 @@ def test_status_of_a_killed_run_says_so_and_what_a_resume_gets(tmp_path):
     assert "killed" not in human and "running:" in human and "4h 59m left" in human  # its deadline
 
 
+def test_status_says_what_a_session_does_before_its_first_event(tmp_path):
+    """A session stores its first event when its first unit ends (minutes; a hard-only step, a whole step):
+    until then `soar status` says what it is doing from the store, not a guess: a new run evaluates the base
+    model, a resumed one redoes the step or the final training that a stop cut short."""
+    from soar_agent.status import format_status, run_status
+
+    def phase(run_dir):
+        with Store(run_dir / "soar.db") as store:
+            run = store.require_run()["id"]
+            store.log_event(run_id=run, level="info", kind="session", message="session started",
+                            data={"deadline": time.time() + 3600, "max_teacher_steps": 0, "until": False, "used_s": 0.0})
+        return format_status(run_status(run_dir), width=200).splitlines()[0]
+
+    for mode in ("soar", "hard-only"):
+        with Store(tmp_path / mode / "soar.db") as store:
+            store.create_run(name=mode, mode=mode, status="running")
+        assert phase(tmp_path / mode) == (f"run {mode} ({mode}): running: session started: evaluating the base"
+                                          " model on hard-test (step 0)")
+        with Store(tmp_path / mode / "soar.db") as store:
+            store.add_evaluation(run_id=store.require_run()["id"], set_name="hard-test", results=[],
+                                 summary={"pass@1": 0.0}, samples_per_problem=1, temperature=1.0, teacher_step=0)
+    assert phase(tmp_path / "hard-only").endswith("running: resumed: training the baseline (no teacher in this mode)")
+    assert phase(tmp_path / "soar").endswith("running: resumed: teacher step 1")
+    with Store(tmp_path / "soar" / "soar.db") as store:
+        store.add_checkpoint(run_id=store.require_run()["id"], path=tmp_path / "part", role="pq-chain",
+                             status="complete", metrics={"steps": 200})
+    assert phase(tmp_path / "soar").endswith("running: resumed: the final training, from its last kept part")
+
+
 @pytest.mark.parametrize("hours", ["nan", "inf", "-inf", "0", "-1", "1e309", "eight"])
 def test_hours_that_give_no_deadline_are_refused(tmp_path, hours):
     assert_one_line_error(soar("run", "--run-dir", tmp_path / "run", "--hours", hours), "--hours")
