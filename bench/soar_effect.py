@@ -148,21 +148,21 @@ def kept_figure(kept: Path, job: tuple) -> dict | None:
     figure = json.loads(path.read_text())
     checkpoint = planned_checkpoint(name, Path(run_dir), any(retrain))
     same = (figure.get("run_dir"), figure.get("k"), figure.get("seed"), figure.get("checkpoint"))
-    return figure if checkpoint is not None and same == (str(run_dir), k, seed, checkpoint) else None
+    return figure if checkpoint is not None and same == (str(run_dir), k, seed, checkpoint["path"]) else None
 
 
-def planned_checkpoint(name: str, run_dir: Path, retrain: bool) -> str | None:
-    """The checkpoint `evaluate_final` evaluates for a job: the base model for base (and for an arm with no
-    baseline yet), NAME-pq's PQ student (None when it is to be trained first: retrain, or the run has none),
-    else the run's latest baseline."""
+def planned_checkpoint(name: str, run_dir: Path, retrain: bool) -> dict | None:
+    """The checkpoint `evaluate_final` evaluates for a job (its stored row), the one rule for it and for
+    `kept_figure`: {"path": BASE_MODEL} for base and for an arm with no baseline yet; NAME-pq's PQ student, None
+    when it is to be trained first (retrain, or the run has none); else the run's latest baseline."""
     if name == "base":
-        return BASE_MODEL
+        return {"path": BASE_MODEL}
     role = "pq" if name.endswith("-pq") else "baseline"
     with Store(run_dir / "soar.db", readonly=True) as store:
         rows = store.checkpoints(store.latest_run()["id"], role=role, status="complete")
     if role == "pq":
-        return rows[-1]["path"] if rows and not retrain else None
-    return rows[-1]["path"] if rows else BASE_MODEL
+        return rows[-1] if rows and not retrain else None
+    return rows[-1] if rows else {"path": BASE_MODEL}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, out: str, set_help: str) -> None:
@@ -191,23 +191,21 @@ def evaluate_final(job: tuple) -> dict:
     name, run_dir, k, seed, *retrain = job  # retrain: [True] trains the PQ student even when the run has one
     agent = Agent.open(None, Path(run_dir), log=lambda message: None, existing_only=True)
     cfg = agent.config
-    trained = agent.latest_checkpoint("pq") if name.endswith("-pq") and not any(retrain) else None
-    if name.endswith("-pq") and trained is None:
+    checkpoint = planned_checkpoint(name, Path(run_dir), any(retrain))
+    if checkpoint is None:
         # asked to train it again, or the run stopped before its final training ended (killed in it or in its
         # evaluation): trained as the run trains it, with the run's seed, so that a chain a kill interrupted goes
         # on from its last kept part instead of starting again; then evaluated like every arm (k, common seed)
         evaluate_pq(agent, seed=cfg.run.seed)
-        trained = agent.latest_checkpoint("pq")
-    # the PQ student the run trained inside its hours (budget.pq_steps), else the latest baseline
-    checkpoint = trained or (agent.latest_checkpoint("baseline") if name != "base" else None)
-    model = load_model(checkpoint["path"] if checkpoint else cfg.model.path, cfg.model.dtype)
+        checkpoint = planned_checkpoint(name, Path(run_dir), retrain=False)
+    trained = checkpoint if name.endswith("-pq") else None
+    model = load_model(cfg.model.path if checkpoint["path"] == BASE_MODEL else checkpoint["path"], cfg.model.dtype)
     hard_test = unique_problems(agent.hard_set("test"))[0]
     results = evaluate_problems(HFEngine(model, load_tokenizer(cfg.model.path)), agent.domain, hard_test,
                                 samples=k, greedy=True, max_new_tokens=cfg.eval.max_new_tokens, seed=seed)
     return {"name": name, "values": [r.pass_at([k])[k] for r in results],
             "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
-            "checkpoint": checkpoint["path"] if checkpoint else BASE_MODEL, "run_dir": str(run_dir), "k": k,
-            "seed": seed,
+            "checkpoint": checkpoint["path"], "run_dir": str(run_dir), "k": k, "seed": seed,
             **({"steps": trained["metrics"].get("steps"), "questions": trained["metrics"].get("questions"),
                 "promotion_questions": trained["metrics"].get("promotion_questions")} if trained else {})}
 
