@@ -199,7 +199,10 @@ def test_sigkill_then_resume_goes_on_with_the_rest_of_the_time_budget(tmp_path, 
         started = datetime.fromisoformat(session["ts"]).timestamp()
     assert abs(session["data"]["used_s"] - first.used) < 3  # what the killed session used, its downtime not
     assert abs(session["data"]["deadline"] - started - (first.seconds - first.used)) < 3  # the rest, from now
-    assert budget.ended and abs(budget.seconds - first.seconds) < 1 and budget.used <= budget.seconds + 1
+    # the unit of work under way at the deadline (a training step, the PQ evaluation sized by an estimate) ends
+    # a little after it on a loaded machine (1.2 s over on CI once); a session that ignored the budget would
+    # run on for as long as the test waits
+    assert budget.ended and abs(budget.seconds - first.seconds) < 1 and budget.used <= budget.seconds * 1.1
 
     assert soar_effect.resume_arms(tmp_path / "bench", parallel=False) == ["soar"]  # its hours ended: not started
     assert "h left" not in capsys.readouterr().out
