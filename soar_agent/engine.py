@@ -14,8 +14,19 @@ vLLM reports by default: what the RL importance ratios need.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
+
+
+@functools.cache
+def kv_cache_name() -> str:
+    """The name of a causal LM's KV cache, as its forward argument and its output's field: transformers 5.24
+    renamed `past_key_values` to `cache` (the old name warns on every call and goes in 5.40), and pyproject
+    allows every 5.x."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -118,7 +129,8 @@ class HFEngine:
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in distinct], device=device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         output = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-        cache, logits = output.past_key_values, output.logits[:, -1, :][expand]
+        kv = kv_cache_name()
+        cache, logits = getattr(output, kv), output.logits[:, -1, :][expand]
         if len(distinct) < len(prompts):
             cache.batch_select_indices(expand)
         attention = attention[expand]
@@ -162,8 +174,8 @@ class HFEngine:
                 active = [active[row] for row in keep]
             attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
             output = self.model(input_ids=chosen[:, None], attention_mask=attention,
-                                position_ids=next_position[:, None], past_key_values=cache, use_cache=True)
-            cache, logits = output.past_key_values, output.logits[:, -1, :]
+                                position_ids=next_position[:, None], use_cache=True, **{kv: cache})
+            cache, logits = getattr(output, kv), output.logits[:, -1, :]
             next_position = next_position + 1
         completions = []
         for index in range(len(prompts)):

@@ -102,3 +102,24 @@ def test_vllm_is_optional_and_imported_lazily():
 
         with pytest.raises(RuntimeError, match=r"pip install 'soar-agent\[gpu\]'"):
             make_engine("vllm", None, None, "/nonexistent")
+
+
+def test_the_kv_cache_goes_by_the_name_the_installed_transformers_uses(random_tiny):
+    """transformers 5.24 renamed `past_key_values` to `cache` and removes the old name in 5.40 (pyproject allows
+    every 5.x): sampling and the teacher update's shared-prompt pass must use the installed name, not warn on
+    every token and break on the next release."""
+    import warnings
+
+    from soar_agent.rl.train import _shared_prompt_logits
+
+    model, tokenizer = random_tiny
+    prompt = tokenizer(PROMPTS[0])["input_ids"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values", category=FutureWarning)
+        sampled = HFEngine(model, tokenizer).generate(PROMPTS[:2], n=2, temperature=1.0, max_new_tokens=6, seed=3)
+        logits = _shared_prompt_logits(model, prompt, [[5, 6, 7], [8, 9, 10]], torch.ones(2, 3),
+                                       tokenizer.pad_token_id)
+    assert [len(rows) for rows in sampled] == [2, 2] and logits.shape[:2] == (2, 3)
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([prompt + [5, 6, 7]])).logits[0, len(prompt) - 1:-1]
+    assert torch.allclose(logits[0], alone, atol=1e-4)  # the cache passed under that name is the one used

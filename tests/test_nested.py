@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from soar_agent.config import ConfigError, RunConfig, StudentSection, apply_overrides
-from soar_agent.engine import HFEngine
+from soar_agent.engine import HFEngine, kv_cache_name
 from soar_agent.models import TinyShape, add_lora, build_tiny_model
 from soar_agent.rl import nested, sequence_logprobs, train_student, trainer
 from soar_agent.tasks import arith
@@ -182,7 +182,7 @@ def test_generation_with_skipped_layers_uses_the_kv_cache_correctly(deep_tiny):
         # the kept layers write their own cache slots: 0, 2, 4, 5 hold keys, 1 and 3 stay empty
         ids = torch.tensor([tokenizer(prompts[0])["input_ids"]])
         with torch.no_grad():
-            cache = model(input_ids=ids, use_cache=True).past_key_values
+            cache = getattr(model(input_ids=ids, use_cache=True), kv_cache_name())
         assert [cache.layers[i].get_seq_length() for i in range(6)] == [ids.shape[1] if i in (0, 2, 4, 5) else 0
                                                                           for i in range(6)]
         sampled = engine.generate(prompts, n=3, temperature=1.0, max_new_tokens=12, seed=4)

@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from soar_agent.engine import HFEngine
+from soar_agent.engine import HFEngine, kv_cache_name
 from soar_agent.models import clone_model
 from soar_agent.rl.advantages import grpo_advantages, rloo_advantages
 from soar_agent.rl.loss import aggregate, clipped_surrogate, k3_kl
@@ -182,13 +182,14 @@ def _shared_prompt_logits(model, prompt: list[int], completion_ids: list[list[in
     device = mask.device
     rows, T = mask.shape
     prompt_out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
-    cache = prompt_out.past_key_values
+    kv = kv_cache_name()
+    cache = getattr(prompt_out, kv)
     cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=device))
     completions = torch.tensor([c + [pad_id] * (T - len(c)) for c in completion_ids], device=device)  # (B, T)
     attention = torch.cat([mask.new_ones(rows, len(prompt)), mask], dim=1).long()
     positions = (len(prompt) + torch.arange(T, device=device)).expand(rows, -1)
-    logits = model(input_ids=completions, attention_mask=attention, position_ids=positions, past_key_values=cache,
-                   use_cache=True).logits  # (B, T, V): position t predicts completion token t + 1
+    logits = model(input_ids=completions, attention_mask=attention, position_ids=positions, use_cache=True,
+                   **{kv: cache}).logits  # (B, T, V): position t predicts completion token t + 1
     # completion token 0 is predicted by the prompt's last position
     return torch.cat([prompt_out.logits[:, -1:, :].expand(rows, -1, -1), logits[:, :-1, :]], dim=1)
 
