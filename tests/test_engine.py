@@ -106,8 +106,8 @@ def test_vllm_is_optional_and_imported_lazily():
 
 def test_the_kv_cache_goes_by_the_name_the_installed_transformers_uses(random_tiny):
     """transformers 5.24 renamed `past_key_values` to `cache` and removes the old name in 5.40 (pyproject allows
-    every 5.x): sampling and the teacher update's shared-prompt pass must use the installed name, not warn on
-    every token and break on the next release."""
+    every 5.x): sampling and the teacher update's shared-prompt pass must use the installed name, not warn in
+    the console and break on a later release."""
     import warnings
 
     from soar_agent.rl.train import _shared_prompt_logits
