@@ -229,6 +229,7 @@ class Agent:
     force_promotion: bool = False
     final_summary: dict | None = None  # the PQ student's hard-test summary when this session's run ended with it
     progress: callable = None  # (label, done, total) for long phases: the CLI draws bars from it
+    write_error: OSError | None = None  # the failed write (e.g. a full disk) that stopped this session
     _models: dict = field(default_factory=dict)
     _last_beat: float = float("-inf")  # time.monotonic() of the last heartbeat written inside a unit
 
@@ -411,6 +412,7 @@ class Agent:
                 self.teacher_step(step)
                 garbage_in_a_row = self._garbage_attempt = 0
             except OSError as error:  # e.g. a full disk while saving a checkpoint: stored data stays intact
+                self.write_error = error
                 self.stop_reason = f"cannot write to {self.paths.root}: {error}; stopping (resume when fixed)"
                 self.store.log_event(run_id=self.run_id, level="error", kind="io-error", message=self.stop_reason,
                                      data={"step": step})
@@ -892,13 +894,11 @@ class Agent:
         return [r.correct / r.samples for r in results]
 
     def _save_teacher(self, step: int, teacher) -> str:
-        import torch
-
-        from soar_agent.models import save_checkpoint
+        from soar_agent.models import save_checkpoint, save_torch
 
         directory = save_checkpoint(teacher, self.tokenizer, self.paths.checkpoints / f"teacher-step-{step}")
         temporary = directory / "optimizer.pt.tmp"
-        torch.save(self._models["teacher_optimizer"].state_dict(), temporary)
+        save_torch(self._models["teacher_optimizer"].state_dict(), temporary, "saving the teacher's optimizer")
         temporary.replace(directory / "optimizer.pt")
         return str(directory)
 

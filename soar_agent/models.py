@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from soar_agent.diskfull import DiskFull, is_disk_full
+
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "data" / "tiny-llama"
 
 # Structural tags of the teacher/SRL formats get one token each: shorter sequences for the tiny model.
@@ -219,10 +221,29 @@ def save_checkpoint(model, tokenizer, directory: str | os.PathLike, merge_lora: 
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(staging, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(error, OSError) and is_disk_full(error):  # safetensors' SafetensorError
+            raise DiskFull(target, "saving a checkpoint") from error
         raise
     return target
+
+
+def save_torch(obj, path: str | os.PathLike, doing: str) -> None:
+    """torch.save through a file object that Python writes: into a path, torch reports a full disk as a bare
+    RuntimeError ("unexpected pos ..."), through Python's write as one raised while handling OSError ENOSPC,
+    which is turned into DiskFull naming `path`; the partial file is removed."""
+    import torch
+
+    try:
+        with open(path, "wb") as handle:
+            torch.save(obj, handle)
+    except Exception as error:
+        if is_disk_full(error):
+            if Path(path).is_file():  # never a device node such as /dev/full
+                Path(path).unlink()
+            raise DiskFull(path, doing) from error
+        raise
 
 
 def count_parameters(model) -> int:

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlite_utils
 
+from soar_agent.diskfull import DiskFull, is_disk_full
+
 if TYPE_CHECKING:  # the TUI imports this module; keep it from pulling in every task domain at runtime
     from soar_agent.tasks.base import Problem
 
@@ -484,6 +486,8 @@ class Store:
                 raise StoreError(_no_run(self.path))
         except sqlite3.DatabaseError as exc:
             self.db.close()
+            if is_disk_full(exc):  # switching a new file to WAL, or a migration, is a write
+                raise DiskFull(self.path, "opening the store") from exc
             if "not a database" in str(exc):
                 raise StoreError(f"{self.path}: not a SQLite database ({exc})") from None
             raise StoreError(f"{self.path}: cannot open store ({exc})") from None
@@ -582,7 +586,12 @@ class Store:
             return result
 
         with self._lock:
-            return self._retry(attempt)
+            try:
+                return self._retry(attempt)
+            except sqlite3.Error as exc:
+                if is_disk_full(exc):  # rolled back: the store is as its last transaction left it
+                    raise DiskFull(self.path, "writing the store") from exc
+                raise
 
     def _rows(self, sql: str, params: Sequence | dict = ()) -> list[dict]:
         with self._lock:
