@@ -7,6 +7,10 @@ Arms (each a `soar run` with `--hours H` in its own run directory under --out):
              trained on its promotion questions plus hard-train: the run's final training, inside its
              hours (budget.pq_steps), or `soar eval-pq` after the arm when the run has none; soar-srl: SRL students
   soar-random: SOAR with teacher.split = "random" (the paper's i.i.d. datasets; the default is "length")
+  teacher-labels: SOAR in the paper's setting, teacher.reward_target = "teacher": students train on the
+             teacher's own worked solutions and answers, no solver in their data (hard-train's answers by RL)
+  frozen-teacher, frozen-teacher-labels: SOAR (solver labels / teacher labels) with a teacher that is never
+             updated (teacher.lr = 0): what the teacher's learning adds, everything else equal
   The students are the run's default (sft-rlvr: 90% supervised steps on expert solutions, then RLOO);
   hard-only-rloo, curated-rloo, soar-rloo: the same with outcome-RL-only students (the default before
   2026-12-01, when the README's figures for plain `curated` were measured)
@@ -16,6 +20,11 @@ set with the same sampling seed (paired: common random numbers across arms), two
 kept in OUT/final/ as it is measured, so `--resume` after a kill in the evaluation measures only the rest. The
 learning curves are each arm's per-step grounded reward on hard-train (reward.metric, with its standard
 error) from the stores; in-loop hard-test evaluations run every `--eval-every` teacher steps.
+
+`--seeds N` runs every arm with N training seeds (run.seed = 0..N-1; run dirs ARM-seedI past the first); the
+table gives each arm's mean over seeds, the spread between seeds, and the standard error over problems of the
+seed-averaged per-problem figure. `--eval-set val` evaluates on hard-val instead of hard-test: settings are
+chosen there, hard-test is for the figures reported.
 
 With `--parallel` the arms run at the same time, one torch thread each (on 2 cores, three arms share the
 CPU equally, so "equal wall clock" is also equal compute); without it they run one after another, each
@@ -40,6 +49,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -52,9 +62,31 @@ from soar_agent.store import Store
 ARMS = {"hard-only": ("hard-only", []), "curated": ("curated", []), "soar": ("soar", []),
         "hard-only-srl": ("hard-only", ['student.backend="srl"']), "soar-srl": ("soar", ['student.backend="srl"']),
         "soar-random": ("soar", ['teacher.split="random"']),
-        **{f"{mode}-rloo": (mode, ['student.backend="rloo"']) for mode in ("hard-only", "curated", "soar")}}
+        **{f"{mode}-rloo": (mode, ['student.backend="rloo"']) for mode in ("hard-only", "curated", "soar")},
+        "teacher-labels": ("soar", ['teacher.reward_target="teacher"']),
+        "frozen-teacher": ("soar", ["teacher.lr=0"]),
+        "frozen-teacher-labels": ("soar", ['teacher.reward_target="teacher"', "teacher.lr=0"])}
 DEFAULT_ARMS = ("hard-only", "curated", "soar")
 BASE_MODEL = "base model"  # a figure's checkpoint when it measured the shipped model
+SEED_SUFFIX = "-seed"  # ARM-seedI: the arm's run with run.seed = I (I >= 1; the first seed's run is ARM)
+
+
+def run_name(arm: str, seed_index: int) -> str:
+    return arm if seed_index == 0 else f"{arm}{SEED_SUFFIX}{seed_index}"
+
+
+def arm_of(name: str) -> str:
+    """The arm of a run name (ARM or ARM-seedI), without a figure's -ps / -pq suffix."""
+    name = name.split(SEED_SUFFIX)[0]
+    for suffix in ("-ps", "-pq"):
+        if name.endswith(suffix) and name[:-len(suffix)] in ARMS:
+            return name[:-len(suffix)]
+    return name
+
+
+def bench_runs(out: Path) -> list[str]:
+    """The run names under `out` that are arms of this bench (ARM or ARM-seedI with a soar.db)."""
+    return sorted(path.parent.name for path in out.glob("*/soar.db") if arm_of(path.parent.name) in ARMS)
 
 
 def soar_command(*args: str) -> list[str]:
@@ -85,7 +117,7 @@ def resume_arms(out: Path, parallel: bool) -> list[str]:
     Returns the bench's arms, for the final evaluation."""
     from soar_agent.status import time_budget
 
-    arms = [arm for arm in ARMS if (out / arm / "soar.db").is_file()]
+    arms = bench_runs(out)
     if not arms:
         raise SystemExit(f"{out}: no arm to resume (expected some of {', '.join(ARMS)} holding a soar.db)")
     processes = {}
@@ -105,9 +137,9 @@ def resume_arms(out: Path, parallel: bool) -> list[str]:
 
 
 def run_arm(arm: str, run_dir: Path, hours: float, k: int, eval_every: int, config: list[str],
-            overrides: list[str], wait: bool) -> subprocess.Popen:
+            overrides: list[str], wait: bool, seed: int = 0) -> subprocess.Popen:
     process = start_run(run_dir, ["--hours", str(hours)], ARMS[arm][0], k, eval_every, config,
-                        overrides + ARMS[arm][1])
+                        overrides + ARMS[arm][1] + ([f"run.seed={seed}"] if seed else []))
     if wait:
         process.wait()
     return process
@@ -141,14 +173,15 @@ def evaluate_all(out: Path, jobs: list[tuple], workers: int) -> dict:
 def kept_figure(kept: Path, job: tuple) -> dict | None:
     """A job's figure from an earlier evaluation under `kept`, if it measured what this job would: the same
     run, k, seed and checkpoint (a chain that went on since, or an arm that trained on, is measured again)."""
-    name, run_dir, k, seed, *retrain = job
+    name, run_dir, k, seed, split, *retrain = job
     path = kept / f"{name}.json"
     if not path.is_file():
         return None
     figure = json.loads(path.read_text())
     checkpoint = planned_checkpoint(name, Path(run_dir), any(retrain))
-    same = (figure.get("run_dir"), figure.get("k"), figure.get("seed"), figure.get("checkpoint"))
-    return figure if checkpoint is not None and same == (str(run_dir), k, seed, checkpoint["path"]) else None
+    same = (figure.get("run_dir"), figure.get("k"), figure.get("seed"), figure.get("checkpoint"),
+            figure.get("set", "test"))
+    return figure if checkpoint is not None and same == (str(run_dir), k, seed, checkpoint["path"], split) else None
 
 
 def planned_checkpoint(name: str, run_dir: Path, retrain: bool) -> dict | None:
@@ -172,13 +205,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: str, set_help: st
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--seed", type=int, default=2027, help="sampling seed of the final evaluations")
     parser.add_argument("--workers", type=int, default=2, help="processes for the final evaluations")
+    parser.add_argument("--eval-set", choices=("val", "test"), default="test",
+                        help="hard set of the final evaluations: val to choose settings, test for reported figures")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     parser.add_argument("--report", metavar="OUT", help="only print the figures of a finished bench under OUT")
 
 
 def evaluate_final(job: tuple) -> dict:
-    """One arm's final figure: (name, run_dir or None for base, k, seed) -> per-problem pass@k on the whole
-    hard-test set. Runs in a worker process with one torch thread."""
+    """One arm's final figure: (name, run_dir, k, seed, split) -> per-problem pass@k on the whole hard set
+    `split` (val or test). Runs in a worker process with one torch thread."""
     import torch
 
     torch.set_num_threads(1)
@@ -188,7 +223,7 @@ def evaluate_final(job: tuple) -> dict:
     from soar_agent.models import load_model, load_tokenizer
     from soar_agent.pq import evaluate_pq
 
-    name, run_dir, k, seed, *retrain = job  # retrain: [True] trains the PQ student even when the run has one
+    name, run_dir, k, seed, split, *retrain = job  # retrain: [True] trains the PQ student even when the run has one
     agent = Agent.open(None, Path(run_dir), log=lambda message: None, existing_only=True)
     cfg = agent.config
     checkpoint = planned_checkpoint(name, Path(run_dir), any(retrain))
@@ -200,12 +235,12 @@ def evaluate_final(job: tuple) -> dict:
         checkpoint = planned_checkpoint(name, Path(run_dir), retrain=False)
     trained = checkpoint if name.endswith("-pq") else None
     model = load_model(cfg.model.path if checkpoint["path"] == BASE_MODEL else checkpoint["path"], cfg.model.dtype)
-    hard_test = unique_problems(agent.hard_set("test"))[0]
-    results = evaluate_problems(HFEngine(model, load_tokenizer(cfg.model.path)), agent.domain, hard_test,
+    hard_set = unique_problems(agent.hard_set(split))[0]
+    results = evaluate_problems(HFEngine(model, load_tokenizer(cfg.model.path)), agent.domain, hard_set,
                                 samples=k, greedy=True, max_new_tokens=cfg.eval.max_new_tokens, seed=seed)
     return {"name": name, "values": [r.pass_at([k])[k] for r in results],
             "greedy": sum(bool(r.greedy_correct) for r in results) / len(results),
-            "checkpoint": checkpoint["path"], "run_dir": str(run_dir), "k": k, "seed": seed,
+            "checkpoint": checkpoint["path"], "run_dir": str(run_dir), "k": k, "seed": seed, "set": split,
             **({"steps": trained["metrics"].get("steps"), "questions": trained["metrics"].get("questions"),
                 "promotion_questions": trained["metrics"].get("promotion_questions")} if trained else {})}
 
@@ -245,65 +280,111 @@ def arm_curves(run_dir: Path) -> dict:
                 (sum(levels) / len(levels) if levels else None, dataset["reward"], dataset["id"] in rewarded))
         hard_train = [p["level"] for p in store.problems_for(run["id"], source="hard", split="train")
                       if p.get("level") is not None]
+        right = {e["data"]["step"]: e["data"]["teacher_right"] / e["data"]["teacher_checked"]
+                 for e in store.events(run["id"], limit=100_000) if e["kind"] == "teacher-sampled"
+                 and e["data"].get("teacher_checked")}
         return {"teacher_steps": len(steps), "promotions": len(store.datasets(run["id"], kind="promotion")),
+                "teacher_right": [right.get(s["step"]) for s in steps] if right else [],
                 "rewards": [(s["mean_reward"], (s.get("metrics") or {}).get("reward_stderr")) for s in steps],
                 "datasets": dict(sorted(datasets.items())),
                 "hard_train_level": sum(hard_train) / len(hard_train) if hard_train else None}
 
 
-def final_figures(out: Path, arms: list[str], k: int, seed: int, workers: int) -> dict:
-    jobs = [("base", out / arms[0], k, seed)]
-    jobs += [(f"{arm}-ps" if ARMS[arm][0] == "soar" else arm, out / arm, k, seed) for arm in arms]
-    jobs += [(f"{arm}-pq", out / arm, k, seed) for arm in arms if ARMS[arm][0] == "soar"]
+def final_figures(out: Path, runs: list[str], k: int, seed: int, workers: int, split: str = "test") -> dict:
+    jobs = [("base", out / runs[0], k, seed, split)]
+    jobs += [(f"{run}-ps" if ARMS[arm_of(run)][0] == "soar" else run, out / run, k, seed, split) for run in runs]
+    jobs += [(f"{run}-pq", out / run, k, seed, split) for run in runs if ARMS[arm_of(run)][0] == "soar"]
     return evaluate_all(out, jobs, workers)
+
+
+def figure_group(name: str) -> str:
+    """A figure's name without its seed (soar-seed1-pq -> soar-pq): the figures averaged over seeds."""
+    return re.sub(rf"{SEED_SUFFIX}\d+", "", name)
+
+
+def seed_groups(figures: dict) -> dict[str, dict]:
+    """Per group (figure_group): the per-problem values averaged over its seeds, each seed's mean, and the
+    figure's extras (greedy, questions) of its first seed."""
+    groups: dict[str, dict] = {}
+    for name, figure in figures.items():
+        group = groups.setdefault(figure_group(name), {"runs": [], "first": figure})
+        group["runs"].append(figure["values"])
+    for group in groups.values():
+        runs = group.pop("runs")
+        group["values"] = [sum(values) / len(runs) for values in zip(*runs)]
+        group["seed_means"] = [sum(values) / len(values) for values in runs]
+    return groups
 
 
 def report(out: Path, k: int) -> None:
     figures = json.loads((out / "final.json").read_text())
     key = f"pass@{k}"
-    base_values = figures["base"]["values"]
-    print(f"\nhard-test {key}: {len(base_values)} problems x {k} samples, one sampling seed for every arm; "
-          "+- one standard error over problems; paired difference against base in brackets")
-    for name, r in figures.items():
-        mean, error = mean_error(r["values"])
-        diff = paired_difference(r["values"], base_values)
+    groups = seed_groups(figures)
+    base_values = groups["base"]["values"]
+    seeds = max(len(g["seed_means"]) for g in groups.values())
+    split = figures["base"].get("set", "test")
+    print(f"\nhard-{split} {key}: {len(base_values)} problems x {k} samples, one sampling seed for every arm, "
+          f"{seeds} training seed(s) per arm; mean over seeds +- one standard error over problems (of the"
+          " seed-averaged per-problem figure); paired difference against base in brackets; the seeds' own means")
+    for name, group in groups.items():
+        mean, error = mean_error(group["values"])
+        diff = paired_difference(group["values"], base_values)
+        r = group["first"]
         extra = f"  greedy {r['greedy']:.3f}" if "greedy" in r else ""
-        extra += (f"  ({r.get('questions') or '?'} questions, {r['promotion_questions']} of them promoted,"
-                  f" {r['steps']} steps)" if name.endswith("-pq") else "")
-        print(f"  {name:10s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{extra}")
-    for arm in ARMS:
-        if (out / arm / "soar.db").is_file():
-            curves = arm_curves(out / arm)
-            print(f"  {arm}: {curves['teacher_steps']} teacher steps, {curves['promotions']} promotions; "
-                  "per-step reward on hard-train: " + " ".join(
-                      f"{r:+.3f}" + (f"+-{e:.3f}" if e is not None else "") for r, e in curves["rewards"]))
-            if curves["datasets"]:
-                level = curves["hard_train_level"]
-                print("    per teacher step, each dataset's mean item level and reward (* = its questions are in the"
-                      " final training)" + (f"; hard-train's mean level {level:.2f}:" if level else ":"))
-                for step, rows in curves["datasets"].items():
-                    print(f"      step {step:3d}: " + " | ".join(
-                        ("-" if lv is None else f"{lv:.2f}") + " " + ("-" if r is None else f"{r:+.3f}")
-                        + ("*" if taken else "") for lv, r, taken in rows))
-    means = {name: mean_error(r["values"])[0] for name, r in figures.items()}
+        extra += (f"  ({r.get('questions') or '?'} questions, {r.get('promotion_questions')} of them promoted,"
+                  f" {r.get('steps')} steps)" if name.endswith("-pq") else "")
+        spread = ("  seeds " + " ".join(f"{m:.3f}" for m in group["seed_means"])) if len(group["seed_means"]) > 1 else ""
+        print(f"  {name:24s} {mean:.3f} +- {error:.3f}   [{diff[0]:+.3f} +- {diff[1]:.3f}]{spread}{extra}")
+    for run in bench_runs(out):
+        curves = arm_curves(out / run)
+        print(f"  {run}: {curves['teacher_steps']} teacher steps, {curves['promotions']} promotions; "
+              "per-step reward on hard-train: " + " ".join(
+                  f"{r:+.3f}" + (f"+-{e:.3f}" if e is not None else "") for r, e in curves["rewards"]))
+        if curves["teacher_right"]:
+            print("    share of the teacher's answers the solver confirmed, per step: "
+                  + " ".join("-" if r is None else f"{r:.2f}" for r in curves["teacher_right"]))
+        if curves["datasets"]:
+            level = curves["hard_train_level"]
+            print("    per teacher step, each dataset's mean item level and reward (* = its questions are in the"
+                  " final training)" + (f"; hard-train's mean level {level:.2f}:" if level else ":"))
+            for step, rows in curves["datasets"].items():
+                print(f"      step {step:3d}: " + " | ".join(
+                    ("-" if lv is None else f"{lv:.2f}") + " " + ("-" if r is None else f"{r:+.3f}")
+                    + ("*" if taken else "") for lv, r, taken in rows))
+    means = {name: mean_error(group["values"])[0] for name, group in groups.items()}
+    values = {name: group["values"] for name, group in groups.items()}
     if "soar-srl-pq" in means and "hard-only-srl" in means:
         print(f"SRL students: SOAR-PQ / hard-only SRL {means['soar-srl-pq'] / max(means['hard-only-srl'], 1e-9):.2f}x")
-    if "soar-pq" in means and "hard-only" in means:
-        gap = paired_difference(figures["soar-pq"]["values"], figures["hard-only"]["values"])
-        line = (f"SOAR-PQ / hard-only {means['soar-pq'] / max(means['hard-only'], 1e-9):.2f}x (target >= 2x;"
-                f" paired difference {gap[0]:+.3f} +- {gap[1]:.3f})")
-        if "curated" in means:
-            # The share is only a figure when curated beat base by more than two standard errors (paired):
-            # a ratio of two gains inside the noise (both negative, say) reads as progress and means nothing.
-            gain, error = paired_difference(figures["curated"]["values"], base_values)
-            if gain > 2 * error:
-                share = (means["soar-pq"] - means["base"]) / gain
-                line += f"; SOAR-PQ gain / curated gain {share:.2f} (target >= 0.70)"
-            else:
-                line += (f"; curated's gain over base ({gain:+.3f} +- {error:.3f}) is not above two standard errors,"
-                         " so SOAR-PQ's share of it is undefined")
-        print(line)
-    print(json.dumps({name: dict(zip(("mean", "stderr"), mean_error(r["values"]))) for name, r in figures.items()}))
+    for pq, target in (("soar-pq", 0.70), ("teacher-labels-pq", 0.50)):
+        if pq in means and "hard-only" in means:
+            print(ratio_line(pq, values, means, base_values, target))
+    # what the teacher's learning adds: the trained teacher against the frozen one, under each label source
+    for trained, frozen in (("soar-pq", "frozen-teacher-pq"), ("teacher-labels-pq", "frozen-teacher-labels-pq")):
+        if trained in values and frozen in values:
+            gap, error = paired_difference(values[trained], values[frozen])
+            verdict = "beats it by more than two standard errors" if gap > 2 * error else "not two standard errors"
+            print(f"{trained} - {frozen}: {gap:+.3f} +- {error:.3f} (paired; target > 2 se: {verdict})")
+    if "teacher-labels-pq" in values and "soar-pq" in values:
+        gap, error = paired_difference(values["teacher-labels-pq"], values["soar-pq"])
+        print(f"teacher's labels - solver's labels (each with its own trained teacher): {gap:+.3f} +- {error:.3f}")
+    print(json.dumps({name: dict(zip(("mean", "stderr"), mean_error(g["values"])), seeds=g["seed_means"])
+                      for name, g in groups.items()}))
+
+
+def ratio_line(pq: str, values: dict, means: dict, base_values: list[float], target: float) -> str:
+    gap = paired_difference(values[pq], values["hard-only"])
+    line = (f"{pq} / hard-only {means[pq] / max(means['hard-only'], 1e-9):.2f}x (target >= 2x;"
+            f" paired difference {gap[0]:+.3f} +- {gap[1]:.3f})")
+    if "curated" in means:
+        # The share is only a figure when curated beat base by more than two standard errors (paired):
+        # a ratio of two gains inside the noise (both negative, say) reads as progress and means nothing.
+        gain, error = paired_difference(values["curated"], base_values)
+        if gain > 2 * error:
+            line += f"; gain / curated gain {(means[pq] - means['base']) / gain:.2f} (target >= {target:.2f})"
+        else:
+            line += (f"; curated's gain over base ({gain:+.3f} +- {error:.3f}) is not above two standard errors,"
+                     " so the share of it is undefined")
+    return line
 
 
 def main() -> None:
@@ -311,6 +392,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, help="wall-clock budget of each arm")
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"some of {', '.join(ARMS)}")
     parser.add_argument("--parallel", action="store_true", help="run the arms at the same time, one thread each")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per arm (run.seed = 0..N-1)")
     parser.add_argument("--eval-every", type=int, default=1000,
                         help="in-loop hard-test evaluation every N teacher steps (default: only step 0)")
     parser.add_argument("--resume", metavar="OUT", help="continue the bench under OUT after its arms were stopped"
@@ -326,14 +408,15 @@ def main() -> None:
         return
     if args.resume:
         out = Path(args.resume)
-        final_figures(out, resume_arms(out, args.parallel), args.k, args.seed, args.workers)
+        final_figures(out, resume_arms(out, args.parallel), args.k, args.seed, args.workers, args.eval_set)
         report(out, args.k)
         return
     if args.final:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        evaluate_all(out, [("base", Path(args.final[0]), args.k, args.seed)]
-                     + [(f"{Path(run).name}-pq", Path(run), args.k, args.seed, True) for run in args.final],
+        evaluate_all(out, [("base", Path(args.final[0]), args.k, args.seed, args.eval_set)]
+                     + [(f"{Path(run).name}-pq", Path(run), args.k, args.seed, args.eval_set, True)
+                        for run in args.final],
                      args.workers)
         report(out, args.k)
         return
@@ -341,8 +424,8 @@ def main() -> None:
         out, runs = Path(args.out), [Path(run) for run in args.evaluate]
         out.mkdir(parents=True, exist_ok=True)
         names = [f"{run.name}-pq" if has_pq_student(run) else run.name for run in runs]
-        jobs = [(name, run, args.k, args.seed) for name, run in zip(names, runs)]
-        figures = evaluate_all(out, [("base", runs[0], args.k, args.seed)] + jobs, args.workers)
+        jobs = [(name, run, args.k, args.seed, args.eval_set) for name, run in zip(names, runs)]
+        figures = evaluate_all(out, [("base", runs[0], args.k, args.seed, args.eval_set)] + jobs, args.workers)
         report(out, args.k)
         for name in names[1:]:
             difference, error = paired_difference(figures[name]["values"], figures[names[0]]["values"])
@@ -356,10 +439,12 @@ def main() -> None:
     if unknown or not arms:
         parser.error(f"--arms: unknown {sorted(unknown)} (expected some of {', '.join(ARMS)})")
     config = [args.config] if args.config else []
-    processes = [run_arm(arm, out / arm, args.hours, args.k, args.eval_every, config, args.set,
-                         wait=not args.parallel) for arm in arms]
-    wait_all(out, dict(zip(arms, processes)))
-    final_figures(out, arms, args.k, args.seed, args.workers)
+    runs = [(arm, seed) for seed in range(args.seeds) for arm in arms]
+    processes = {run_name(arm, seed): run_arm(arm, out / run_name(arm, seed), args.hours, args.k, args.eval_every,
+                                              config, args.set, wait=not args.parallel, seed=seed)
+                 for arm, seed in runs}
+    wait_all(out, processes)
+    final_figures(out, list(processes), args.k, args.seed, args.workers, args.eval_set)
     report(out, args.k)
 
 

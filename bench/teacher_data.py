@@ -252,8 +252,8 @@ def main() -> None:
     config = [args.config] if args.config else []
     wait_all(out, {name: run_chain(name, out, args.chain_steps, args.k, config, overrides, path)
                    for name, path in chains})
-    jobs = [("base", out / chains[0][0], args.k, args.seed)] + [(name, out / name, args.k, args.seed)
-                                                                 for name, _ in chains]
+    jobs = [("base", out / chains[0][0], args.k, args.seed, args.eval_set)] + [
+        (name, out / name, args.k, args.seed, args.eval_set) for name, _ in chains]
     evaluate_all(out, jobs, args.workers)
     report(out, args.k)
 

@@ -190,7 +190,8 @@ def best_by_reward(checkpoints: list[dict]) -> dict | None:
 def curriculum_problems(dataset: dict, rows: list[dict], domain, reward_target: str,
                         forbidden: set[str]) -> list[Problem]:
     """What students train on from one teacher dataset: each item as the teacher wrote it (re-checked from
-    its text, so its own answer, or the solver's per teacher.reward_target), never the stored row a
+    its text and its worked solution, so its own answer and steps, or the solver's per teacher.reward_target),
+    never the stored row a
     repeated question maps to; items repeating a hard-set question are left out (a reward question's
     answer must never reach a student). Datasets without texts fall back to their rows."""
     from soar_agent.tasks.base import RejectedItem
@@ -198,17 +199,37 @@ def curriculum_problems(dataset: dict, rows: list[dict], domain, reward_target: 
     from soar_agent.store import to_problem
 
     texts = (dataset.get("meta") or {}).get("texts")
+    solutions = (dataset.get("meta") or {}).get("solutions") or []
     problems = []
     for index, row in enumerate(rows):
         problem = to_problem(row)
         if texts and index < len(texts):
             try:
                 text = texts[index] if "</answer>" in texts[index] else texts[index] + "</answer>"  # EOS-ended
-                problem = check_item(domain, text, reward_target).problem
+                problem = check_item(domain, text, reward_target,
+                                     solutions[index] if index < len(solutions) else None).problem
             except RejectedItem:  # cannot happen for an accepted item; the row is all there is then
                 pass
         problems.append(problem)
     return without_questions(problems, forbidden)
+
+
+def students_train_on(config: RunConfig, domain) -> str:
+    """One line: what a soar run's students will learn from (said when a session starts)."""
+    from soar_agent.teacher import writes_solutions
+
+    target = config.teacher.reward_target
+    hard = ("hard-train's answers (RL) and worked solutions" if target == "verified" else
+            "hard-train's answers (RL only)")
+    if not writes_solutions(domain, target):
+        return (f"students train on the solver's answers and worked solutions to the teacher's questions"
+                f" (teacher.reward_target = verified; \"teacher\" trains them on the teacher's own); the final"
+                f" training adds {hard}")
+    checked = ("a solver records whether each is right and changes nothing students see" if hasattr(domain, "make_problem")
+               else "no solver checks them")
+    kept = " (the right ones only: drop-unverified)" if target == "drop-unverified" else ", right or wrong"
+    return (f"students train on the teacher's own worked solutions and answers{kept}; {checked}; the final"
+            f" training adds {hard}")
 
 
 def without_questions(problems: list[Problem], forbidden: set[str]) -> list[Problem]:
@@ -312,8 +333,10 @@ class Agent:
 
     def _store_hard_sets(self) -> None:
         domain, cfg = self.domain, self.config.domain
-        for split, configured in (("train", cfg.hard_train), ("test", cfg.hard_test)):
+        for split, configured in (("train", cfg.hard_train), ("val", cfg.hard_val), ("test", cfg.hard_test)):
             path = Path(configured) if configured else shipped_hard_set(domain.NAME, split)
+            if split == "val" and not configured and not path.is_file():
+                continue  # optional: hard-val is for choosing settings (benchmarks), a run needs none
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: hard-{split} set not found (domain.hard_{split})")
             from soar_agent.evaluation import unique_problems
@@ -336,6 +359,16 @@ class Agent:
     def hard_set(self, split: str) -> list[Problem]:
         (dataset,) = self.store.datasets(self.run_id, kind=f"hard-{split}")
         return [self.store.to_problem(row) for row in self.store.dataset_problems(dataset["id"])]
+
+    def hard_train_for_students(self) -> list[Problem]:
+        """hard-train as the final training and hard-only students see it: with its worked solutions only
+        under teacher.reward_target = verified (the solver's setting, where a shipped hard set's steps are
+        the solver's too); otherwise with its answers alone, for RL, as the paper's Hard-Only and PQ, so that
+        no solver step reaches a student of a run that learns from the teacher's own solutions."""
+        problems = self.hard_set("train")
+        if self.config.teacher.reward_target == "verified":
+            return problems
+        return [replace(problem, steps=()) for problem in problems]
 
     def completed_steps(self) -> list[dict]:
         return [s for s in self.store.teacher_steps(self.run_id) if s["status"] == "complete"]
@@ -388,6 +421,10 @@ class Agent:
                              message="session started",
                              data={"deadline": budget.deadline, "max_teacher_steps": budget.max_teacher_steps,
                                    "until": budget.until, "used_s": max(0.0, time.time() - budget.started)})
+        if self.config.run.mode in ("soar", "intrinsic"):
+            line = students_train_on(self.config, self.domain)
+            self.log(line)
+            self.store.log_event(run_id=self.run_id, level="info", kind="students-train-on", message=line)
         try:
             return self._run(budget)
         except KeyboardInterrupt:  # a second signal: stopped at once, whatever the unit
@@ -603,7 +640,7 @@ class Agent:
     def _curriculum(self, step: int) -> list[dict]:
         """The step's datasets: from the store when already sampled (resume), else sampled now."""
         from soar_agent.engine import HFEngine
-        from soar_agent.teacher import TeacherGarbage, sample_items, split_items
+        from soar_agent.teacher import TeacherGarbage, sample_items, split_items, writes_solutions
 
         existing = [d for d in self.store.datasets(self.run_id, kind="curriculum") if d["teacher_step"] == step]
         if existing:
@@ -616,6 +653,8 @@ class Agent:
                                         seed=_seed(self.config.run.seed, step, *([self._garbage_attempt]
                                                                                   if self._garbage_attempt else [])),
                                         progress=self._track(f"step {step}: teacher writing problems", count),
+                                        **({"solution_tokens": self.config.student.max_new_tokens}
+                                           if writes_solutions(self.domain, t.reward_target) else {}),
                                         **({"fits": fits} if (fits := self._fits_students()) else {}))
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
@@ -624,19 +663,28 @@ class Agent:
         for k, chunk in enumerate(split_items(items, t.datasets_per_step, t.split)):
             datasets.append({
                 "name": f"step-{step}-dataset-{k}", "problems": [i.problem for i in chunk],
-                "provenance": [{"teacher_step": step, "dataset": k, "text": i.text, "teacher_answer": i.teacher_answer}
+                "provenance": [{"teacher_step": step, "dataset": k, "text": i.text, "teacher_answer": i.teacher_answer,
+                                **({"teacher_solution": i.solution} if i.solution is not None else {})}
                                for i in chunk],
                 # the raw texts live with the dataset: an item that repeats a stored problem maps to that row
                 "answer_verified": [i.verified for i in chunk], "meta": {"index": k, "texts": [i.text for i in chunk],
                                                                    "token_ids": [i.token_ids for i in chunk],
+                                                                   **({"solutions": [i.solution for i in chunk],
+                                                                       "solution_token_ids": [i.solution_token_ids
+                                                                                              for i in chunk]}
+                                                                      if chunk and chunk[0].solution is not None else {}),
                                                                    **({"rejected_token_ids": rejected} if k == 0 else {})}})
         self.store.add_curriculum(run_id=self.run_id, teacher_step=step, datasets=datasets)
         verified = sum(bool(i.verified) for i in items)
-        self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
-                             message=f"step {step}: {count} items ({verified} verified)", data={"step": step, **stats})
         checked = [i.verified for i in items if i.verified is not None]
-        answers = (f"the teacher's answer was right for {verified}, wrong for {len(checked) - verified}"
-                   + (" (the solver's answer used)" if self.config.teacher.reward_target != "teacher" else "")
+        self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
+                             message=f"step {step}: {count} items ({verified} verified)",
+                             data={"step": step, **stats, "teacher_right": verified, "teacher_checked": len(checked)})
+        solved = items and items[0].solution is not None
+        answers = (f"the teacher's {'worked solution' if solved else 'answer'} was right for {verified},"
+                   f" wrong for {len(checked) - verified}"
+                   + (" (students train on the solver's)" if not solved and self.config.teacher.reward_target != "teacher"
+                      else " (students train on the teacher's)" if solved else "")
                    if checked else "answers unchecked (no solver for this domain)")
         self.log(f"[step {step}] teacher: {count} items, {answers}; "
                  f"{sum(stats['rejected'].values())} samples rejected")
@@ -795,6 +843,14 @@ class Agent:
             self.store.log_event(run_id=self.run_id, level="warning", kind="student-collapse",
                                  message=f"step {step}: student {index}-{j} writes empty answers",
                                  data={"step": step})
+        if metrics.get("updates") == 0:
+            # its weights are the baseline's, so its reward is exactly zero: say why instead of a quiet +0.000
+            note = (f"step {step}: student {index}-{j} made no update in {metrics.get('steps', 0)} steps: no worked"
+                    f" solution to train on and every sampled answer scored alike (train reward"
+                    f" {metrics.get('reward_mean', 0.0):.2f})")
+            self.log(f"[step {step}] warning: {note[len(f'step {step}: '):]}")
+            self.store.log_event(run_id=self.run_id, level="warning", kind="student-no-update", message=note,
+                                 data={"step": step, "dataset": dataset["id"] if dataset else None, "student": j})
         reward, stderr = paired_reward(before, after)
         # the per-question differences let a step pool its students' standard error (reward.pooled_reward)
         metrics.update(reward_metric=self.config.reward.metric, reward_stderr=stderr,
@@ -815,7 +871,7 @@ class Agent:
 
     def _finish_step(self, step: int, datasets: list[dict], before: list[float], started: float) -> None:
         from soar_agent.reward import pooled_reward, question_means
-        from soar_agent.teacher import TeacherItem, intrinsic_rewards, teacher_update
+        from soar_agent.teacher import TeacherItem, intrinsic_rewards, rloo_dataset_advantages
 
         cfg = self.config
         trainings = self.store.trainings(self.run_id, step)
@@ -830,21 +886,25 @@ class Agent:
         teacher_rewards = list(rewards.values())
         if cfg.run.mode == "intrinsic":
             teacher_rewards = intrinsic_rewards([self._success_rates(d, step) for d in datasets])
-        items = [[TeacherItem(text, self.store.to_problem(row), "", None, ids)
-                  for text, row, ids in zip(d["meta"]["texts"], self.store.dataset_problems(d["id"]),
-                                            d["meta"].get("token_ids") or [None] * len(d["meta"]["texts"]))]
+        items = [[TeacherItem(text, self.store.to_problem(row), "", None, ids, solution, solution_ids)
+                  for text, row, ids, solution, solution_ids in zip(
+                      d["meta"]["texts"], self.store.dataset_problems(d["id"]),
+                      *(d["meta"].get(key) or [None] * len(d["meta"]["texts"])
+                        for key in ("token_ids", "solutions", "solution_token_ids")))]
                  for d in datasets]
         teacher = self.model("teacher")
-        try:
-            rejected = [ids for d in datasets for ids in d["meta"].get("rejected_token_ids") or []]
-            update = teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
-                                    teacher_rewards, cfg.student.grad_clip, rejected=rejected,
-                                    reject_penalty=cfg.teacher.reject_penalty)
-        except FloatingPointError as error:  # NaN/inf teacher loss: no step taken, the run goes on
-            update = {"error": str(error), "updated": False}
-            self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss",
-                                 message=f"teacher: {error}", data={"step": step})
+        if cfg.teacher.lr == 0:  # a frozen teacher: the ablation that shows what the teacher's learning adds
+            update = {"advantages": rloo_dataset_advantages(teacher_rewards), "updated": False, "frozen": True}
+        else:
+            update = self._update_teacher(step, teacher, items, teacher_rewards, datasets)
         mean_reward = sum(rewards.values()) / len(rewards)
+        updated = sum(1 for t in trainings if (t["metrics"] or {}).get("updates", 1) > 0)
+        if trainings and not updated:
+            note = (f"step {step}: no student could update (no worked solution and no reward signal), so the"
+                    f" step's reward {mean_reward:+.3f} measures nothing the teacher wrote")
+            self.log(f"[step {step}] warning: {note[len(f'step {step}: '):]}")
+            self.store.log_event(run_id=self.run_id, level="warning", kind="no-student-update", message=note,
+                                 data={"step": step})
         # promotion is on the grounded reward in every mode: the intrinsic ablation replaces the teacher's
         # reward only (as the paper's Intrinsic-T), so that arm differs from SOAR in one thing
         moving_average, promote = promotion_decision([s["mean_reward"] for s in self.completed_steps()],
@@ -868,7 +928,8 @@ class Agent:
             metrics={"teacher_update": update, "teacher_rewards": teacher_rewards, "accuracy_before": fmean(before),
                      "reward_metric": cfg.reward.metric, "reward_stderr": step_stderr,
                      "dataset_reward_stderr": {str(k): v for k, v in dataset_stderr.items()},
-                     "seconds": time.time() - started, "mode": cfg.run.mode})
+                     "seconds": time.time() - started, "mode": cfg.run.mode,
+                     "students_updated": updated, "students": len(trainings)})
         self.force_promotion = False
         if promoted is not None:
             self._models.pop("baseline", None)  # reload the promoted student on next use
@@ -879,6 +940,22 @@ class Agent:
         self.log(f"[step {step}] done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}"
                  f" ± {step_stderr or 0:.4f}, "
                  f"moving average {moving_average:+.4f}{', PROMOTED' if promoted else ''}")
+
+    def _update_teacher(self, step: int, teacher, items, teacher_rewards: list[float], datasets: list[dict]) -> dict:
+        """One RLOO step of the teacher on its datasets' rewards (teacher.teacher_update); a non-finite loss
+        takes no step and is logged, and the run goes on."""
+        from soar_agent.teacher import teacher_update
+
+        cfg = self.config
+        try:
+            rejected = [ids for d in datasets for ids in d["meta"].get("rejected_token_ids") or []]
+            return teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
+                                  teacher_rewards, cfg.student.grad_clip, rejected=rejected,
+                                  reject_penalty=cfg.teacher.reject_penalty)
+        except FloatingPointError as error:  # NaN/inf teacher loss: no step taken, the run goes on
+            self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss",
+                                 message=f"teacher: {error}", data={"step": step})
+            return {"error": str(error), "updated": False}
 
     def _success_rates(self, dataset: dict, step: int) -> list[float]:
         """Baseline success rate per item (group_size samples against the item's target answer), seeded per
@@ -926,7 +1003,7 @@ class Agent:
             self.poll_commands()
             if self.stop_reason:
                 return
-            problems = self.hard_set("train") if mode == "hard-only" else self._curated_problems(step, unit)
+            problems = self.hard_train_for_students() if mode == "hard-only" else self._curated_problems(step, unit)
             student, reward, after = self._train_one(step, unit, None, unit, reward_questions, scores,
                                                      problems=problems, steps=cfg.student.steps,
                                                      source="hard" if mode == "hard-only" else "seed")
@@ -959,8 +1036,9 @@ class Agent:
                  f" ± {stderr or 0:.4f}")
 
     def _hard_questions(self) -> set[str]:
-        """Content hashes of hard-train and hard-test: curated data must hold none of them."""
-        return {content_hash(p.domain, p.question) for split in ("train", "test") for p in self.hard_set(split)}
+        """Content hashes of the hard sets (train, val when stored, test): curated data must hold none of them."""
+        splits = ("train", "val", "test") if self.store.datasets(self.run_id, kind="hard-val") else ("train", "test")
+        return {content_hash(p.domain, p.question) for split in splits for p in self.hard_set(split)}
 
     def _curated_problems(self, step: int, unit: int) -> list[Problem]:
         """One curated training's problems: the domain.curated JSONL, else as many fresh generator problems

@@ -16,11 +16,15 @@ from soar_agent.evaluation import evaluate_problems
 from soar_agent.tasks.base import Problem
 
 
+SPLITS = ("train", "val", "test")  # hard-train: the teacher's reward; hard-val: choosing settings; hard-test: reported
+
+
 @dataclass
 class MiningReport:
     pool: dict[int | None, int] = field(default_factory=dict)  # level -> problems tried
     kept: dict[int | None, int] = field(default_factory=dict)  # level -> fail@k problems
     train: list[Problem] = field(default_factory=list)
+    val: list[Problem] = field(default_factory=list)
     test: list[Problem] = field(default_factory=list)
 
 
@@ -49,17 +53,19 @@ def fail_at_k(engine, domain, problems: list[Problem], k: int = 128, temperature
     return remaining
 
 
-def split_train_test(problems: list[Problem], test_fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded split, stratified by level so both halves have the same difficulty mix."""
+def split_hard(problems: list[Problem], test_fraction: float, val_fraction: float, seed: int) -> tuple[list, list, list]:
+    """(train, val, test): a seeded split, stratified by level so the three have the same difficulty mix."""
     rng = random.Random(seed)
-    train, test = [], []
+    train, val, test = [], [], []
     for level in sorted({p.level or 0 for p in problems}):
         group = [p for p in problems if (p.level or 0) == level]
         rng.shuffle(group)
-        cut = round(len(group) * test_fraction)
-        test += group[:cut]
-        train += group[cut:]
-    return train, test
+        test_cut = round(len(group) * test_fraction)
+        val_cut = test_cut + round(len(group) * val_fraction)
+        test += group[:test_cut]
+        val += group[test_cut:val_cut]
+        train += group[val_cut:]
+    return train, val, test
 
 
 def write_jsonl(problems: list[Problem], path: Path) -> None:
@@ -108,14 +114,20 @@ def read_jsonl(path: Path, domain_name: str) -> list[Problem]:
     return problems
 
 
-def mine_hard(engine, domain, pool: list[Problem], k: int, test_fraction: float, seed: int,
-              temperature: float = 1.0, max_new_tokens: int = 160, log=print) -> MiningReport:
+def mine_hard(engine, domain, pool: list[Problem], k: int, test_fraction: float, val_fraction: float, seed: int,
+              temperature: float = 1.0, max_new_tokens: int = 160, log=print, only: str | None = None,
+              exclude: set[str] = frozenset()) -> MiningReport:
+    """fail@k problems of `pool` (questions in `exclude` left out: those of the sets already there), split into
+    train/val/test, or all into the split `only` (adding a split to existing sets)."""
     report = MiningReport()
-    unique = list({p.question: p for p in pool}.values())
+    unique = [p for p in {p.question: p for p in pool}.values() if p.question not in exclude]
     for p in unique:
         report.pool[p.level] = report.pool.get(p.level, 0) + 1
     hard = fail_at_k(engine, domain, unique, k, temperature, max_new_tokens, seed, log)
     for p in hard:
         report.kept[p.level] = report.kept.get(p.level, 0) + 1
-    report.train, report.test = split_train_test(hard, test_fraction, seed)
+    if only:
+        setattr(report, only, hard)
+    else:
+        report.train, report.val, report.test = split_hard(hard, test_fraction, val_fraction, seed)
     return report

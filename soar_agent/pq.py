@@ -7,10 +7,9 @@ steps leave, at least budget.pq_share of the budget) and exports it; `soar eval-
 
 The training is long, as the curated ceiling's is: a chain of trainings of PQ_TRAINING_STEPS each, every
 one continuing from the last (each makes its own pass over the expert solutions, rl.sft), budget.pq_steps
-(800) in all by default: the chains of bench/teacher_data.py. Measured there on the shipped model
-(bench/README.md, "What the teacher's data is worth"; hard-test pass@32, base 0.028): the PQ of a
-length-split run reached 0.318 (69% of the generator's gain at the same training, 3.4x Hard-Only), while its
-promoted student (50-step students) was 0.009 and a short PQ (200 steps, the default before 2026-12-01) 0.065."""
+(800) in all by default: the chains of bench/teacher_data.py, whose figures (bench/README.md, "What the
+teacher's data is worth": a long PQ far above the 50-step promoted student and a 200-step PQ) were measured
+before hard-val existed; `bench/teacher_data.py --eval-set val` re-measures them where settings are chosen."""
 
 from __future__ import annotations
 
@@ -44,11 +43,9 @@ def rewarded_problems(agent) -> tuple[list, int]:
     them (agent.curriculum_problems). The promoted datasets are the paper's PQ: a step promotes only when
     the moving average of its datasets' mean reward beats tau, so with the length split, whose short
     dataset's reward is below zero at every step, one run of 9 steps promoted once while its long dataset beat
-    tau at all 9 (runs/night-s1). Measured (bench/README.md, "The final training's questions"; hard-test pass@32,
-    107 x 32, base 0.028): 800 steps on those 9 datasets' 25,920 questions reached 0.299 against 0.131 on the
-    promoted one's 2,880 (+0.168 +- 0.047 paired), and on another run's 7 against its one 0.290 and 0.187.
-    Taking every dataset instead, those the reward scored below zero included, lowered it (two one-hour runs,
-    the same steps: -0.065 +- 0.033 paired; "What the reward's selection is worth")."""
+    tau at all 9 (runs/night-s1). The rewarded datasets beat the promoted ones alone, and every dataset
+    (those scored below zero included) did worse, in the final-training benchmarks of bench/README.md ("The
+    final training's questions", "What the reward's selection is worth"), measured before hard-val existed."""
     promoted = promoted_dataset_ids(agent.store, agent.run_id)
     problems, promotion_questions = [], 0
     for dataset in rewarded_datasets(agent.store, agent.run_id, agent.config.promotion.tau):
@@ -133,7 +130,7 @@ def _part(store, run_id: int, key: str) -> dict | None:
 def interrupted_chain(agent, seed: int, training_steps: int = PQ_TRAINING_STEPS) -> dict | None:
     """The stored part of the PQ chain that evaluate_pq(agent, seed=seed) would continue, if any."""
     questions, _ = rewarded_problems(agent)
-    key = _chain_key(questions + agent.hard_set("train"), seed, training_steps, agent.config.student)
+    key = _chain_key(questions + agent.hard_train_for_students(), seed, training_steps, agent.config.student)
     return _part(agent.store, agent.run_id, key)
 
 
@@ -186,7 +183,7 @@ def expert_solutions(agent) -> int:
     store, run_id = agent.store, agent.run_id
     rows = sum(1 for dataset in rewarded_datasets(store, run_id, agent.config.promotion.tau)
                for row in store.dataset_problems(dataset["id"]) if row.get("steps"))
-    return rows + sum(1 for problem in agent.hard_set("train") if problem.steps)
+    return rows + sum(1 for problem in agent.hard_train_for_students() if problem.steps)
 
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
@@ -207,7 +204,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     cfg = agent.config
     store, run_id = agent.store, agent.run_id
     questions, promotion_questions = rewarded_problems(agent)
-    problems = questions + agent.hard_set("train")
+    problems = questions + agent.hard_train_for_students()
     steps = steps or cfg.budget.pq_steps
     if not steps:
         raise ValueError(f"{agent.paths.root}: budget.pq_steps is 0 in the run's config: give the number of"

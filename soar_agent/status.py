@@ -72,6 +72,10 @@ def run_status(run_dir: Path) -> dict:
         kept = {e["data"]["step"]: e["data"]["accepted"] / e["data"]["sampled"]
                 for e in store.events(run["id"], limit=10_000) if e["kind"] == "teacher-sampled"
                 and e["data"].get("sampled") and "step" in e["data"]}
+        # the share of the teacher's answers (its worked solutions' under teacher labels) the solver confirmed
+        right = {e["data"]["step"]: e["data"]["teacher_right"] / e["data"]["teacher_checked"]
+                 for e in store.events(run["id"], limit=10_000) if e["kind"] == "teacher-sampled"
+                 and e["data"].get("teacher_checked") and "step" in e["data"]}
         last_event = store.events(run["id"], limit=1)
         evaluations = store.evaluations(run["id"], set_name="hard-test")
         pq = store.evaluations(run["id"], set_name="hard-test-pq")
@@ -94,7 +98,9 @@ def run_status(run_dir: Path) -> dict:
             # each complete step's grounded reward with its paired standard error (reward.pooled_reward)
             "steps": [{"step": s["step"], "reward": s["mean_reward"], "reward_stderr": s["metrics"].get("reward_stderr"),
                        "moving_average": s["moving_average"], "promoted": s["promoted_dataset_id"] is not None,
-                       "kept": kept.get(s["step"])}
+                       "kept": kept.get(s["step"]), "teacher_right": right.get(s["step"]),
+                       "students_updated": s["metrics"].get("students_updated"),
+                       "students": s["metrics"].get("students")}
                       for s in complete],
         }
         parts = store.checkpoints(run["id"], role="pq-chain", status="complete")  # a final training under way
@@ -190,7 +196,7 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
         shown_steps = steps[-last_steps:]
         title = f"last {len(shown_steps)} of {len(steps)} steps" if len(steps) > len(shown_steps) else None
         table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-        for column in ("step", "reward ± stderr", "moving average", "samples kept", "promoted"):
+        for column in ("step", "reward ± stderr", "moving average", "samples kept", "teacher right", "promoted"):
             table.add_column(column, justify="right")
         for s in shown_steps:
             reward = "-" if s["reward"] is None else f"{s['reward']:+.4f}"
@@ -198,6 +204,8 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
             table.add_row(str(s["step"]), reward + stderr,
                           "-" if s["moving_average"] is None else f"{s['moving_average']:+.4f}",
                           "-" if s.get("kept") is None else f"{s['kept']:.0%}",
-                          "promoted" if s["promoted"] else "")
+                          "-" if s.get("teacher_right") is None else f"{s['teacher_right']:.0%}",
+                          "promoted" if s["promoted"] else
+                          "no student updated" if s.get("students") and s.get("students_updated") == 0 else "")
         console.print(table)
     return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())

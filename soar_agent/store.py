@@ -53,8 +53,8 @@ LOCK_BACKOFF_S = 0.05
 # Enumerations. Only ``problems.source`` (and the 0/1 flags) are CHECK constraints in the schema: SQLite cannot
 # alter a CHECK without rebuilding the table, so sets that are likely to grow are enforced here instead.
 PROBLEM_SOURCES = ("seed", "hard", "teacher", "promotion")
-PROBLEM_SPLITS = ("train", "test")
-DATASET_KINDS = ("curriculum", "hard-train", "hard-test", "promotion", "seed", "transfer")
+PROBLEM_SPLITS = ("train", "val", "test")
+DATASET_KINDS = ("curriculum", "hard-train", "hard-val", "hard-test", "promotion", "seed", "transfer")
 CHECKPOINT_ROLES = ("baseline", "student", "teacher", "export", "pq", "pq-chain")
 CHECKPOINT_STATUSES = ("writing", "complete", "deleted")
 EVENT_LEVELS = ("debug", "info", "warning", "error")  # in increasing severity

@@ -298,7 +298,7 @@ def test_students_train_on_the_teachers_items_as_written_and_never_on_hard_quest
     texts = [[f"<question>{hard.question}</question><answer>1</answer>", "<question>2+3</question><answer>9</answer>"],
              ["<question>2+3</question><answer>5</answer>", "<question>7+1</question><answer>8</answer>"]]
 
-    def items(engine, domain, count, cfg, seed, progress=None):
+    def items(engine, domain, count, cfg, seed, progress=None, solution_tokens=None):
         return [teacher.check_item(domain, t, cfg.reward_target) for d in texts for t in d], {
             "sampled": count, "accepted": count, "rejected": {}}
 
@@ -592,7 +592,7 @@ def test_the_bench_trains_a_missing_pq_student_as_the_run_would_continuing_its_c
     (part,) = agent.store.checkpoints(agent.run_id, role="pq-chain", status="complete")
     assert part["metrics"]["steps"] == pq.PQ_TRAINING_STEPS
     calls = record_trainings(monkeypatch)
-    figure = soar_effect.evaluate_final(("soar-pq", tmp_path / "run", 2, 2027))
+    figure = soar_effect.evaluate_final(("soar-pq", tmp_path / "run", 2, 2027, "test"))
     assert [c["steps"] for c in calls] == [1] and figure["steps"] == pq.PQ_TRAINING_STEPS + 1  # the chain went on
     assert len(figure["values"]) == len({p.question for p in agent.hard_set("test")})
     assert Path(figure["checkpoint"]) == Path(agent.latest_checkpoint("pq")["path"])
@@ -637,7 +637,7 @@ def test_the_benchs_evaluation_keeps_each_figure_and_measures_only_what_a_kill_l
     monkeypatch.setattr(soar_effect, "evaluate_final", evaluate)
     monkeypatch.setattr(soar_effect, "ProcessPoolExecutor", ThreadPoolExecutor)  # the spy is seen by the workers
     out, run = tmp_path / "bench", tmp_path / "run"
-    jobs = [("base", run, 2, 2027), ("hard-only", run, 2, 2027)]
+    jobs = [("base", run, 2, 2027, "test"), ("hard-only", run, 2, 2027, "test")]
     killed.append("hard-only")
     with pytest.raises(RuntimeError, match="killed"):
         soar_effect.evaluate_all(out, jobs, workers=1)
@@ -654,7 +654,7 @@ def test_the_benchs_evaluation_keeps_each_figure_and_measures_only_what_a_kill_l
     assert measured[2:] == ["hard-only"] and again["base"] == figures["base"]
     assert again["hard-only"]["checkpoint"] == agent.latest_checkpoint("baseline")["path"] != figures["hard-only"][
         "checkpoint"]
-    soar_effect.evaluate_all(out, [(name, run, 2, 2028) for name, *_ in jobs], workers=1)
+    soar_effect.evaluate_all(out, [(name, run, 2, 2028, "test") for name, *_ in jobs], workers=1)
     assert sorted(measured[3:]) == ["base", "hard-only"]  # another seed: nothing kept applies
 
 

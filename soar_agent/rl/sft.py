@@ -6,8 +6,10 @@ model samples the right answer 3.7% of the time, so RLOO leaves level 4 flat at 
 supervised steps on the domain's expert solutions of the same levels lift it by +29 points. The built-in
 domains (arith, program) compute an expert solution for every problem they verify, teacher-written ones
 included (teacher.reward_target = verified), so a student can first learn the skill from those and then
-sharpen it with RL on its own samples. Hard-set questions never reach a student (the agent's contract), so
-their expert solutions are never trained on.
+sharpen it with RL on its own samples. Under teacher.reward_target = teacher the steps are the teacher's own
+worked solutions instead (teacher.py). The teacher's datasets never hold a hard-set question (the agent's
+contract); hard-train's worked solutions are trained on only by the final training and hard-only students
+under reward_target = verified (Agent.hard_train_for_students); hard-val and hard-test never are.
 
 One SFT step trains batch_prompts x group_size expert completions (as many rows as one RL step's policy
 update, at about a fifth of its cost: nothing is sampled), each the domain's `expert_completion` + EOS,
