@@ -143,3 +143,16 @@ def test_soar_run_with_teacher_labels_trains_students_on_the_teachers_solutions_
                 # its steps are the solution's lines (renumbered 1..N where the teacher miscounted)
                 assert [line.split(". ", 1)[1] for line in solution.splitlines()[:-1]] == list(problem.steps)
     assert right and wrong  # right and wrong teacher solutions both reach the students
+
+
+def test_the_problem_view_shows_the_teachers_worked_solution_and_whether_it_was_right():
+    from tui.problem import describe
+
+    problem = {"id": 7, "domain": "arith", "level": 3, "source": "teacher", "answer": "28", "question": QUESTION,
+               "answer_verified": 0, "datasets": [], "phases": {},
+               "provenance": {"teacher_step": 2, "dataset": 1, "teacher_answer": "28",
+                              "teacher_solution": WRONG_SOLUTION}}
+    text = describe(problem)
+    assert "teacher's answer 28: wrong (students train on it as written)" in text
+    assert "teacher's worked solution: 1. **add** 3+4=7, 7*5-6 | 2. **mul** 7*5=35, 35-6 |" in text
+    assert "Answer: 28" in text

@@ -42,12 +42,16 @@ def describe(p: dict) -> str:
     if "teacher_step" in provenance:
         teacher = str(provenance.get("teacher_answer"))
         if p["answer_verified"] == 0:
-            check = "wrong (the solver's answer is used)" if teacher != str(p["answer"]) else "wrong (used as written)"
+            check = ("wrong (the solver's answer is used)" if teacher != str(p["answer"])
+                     else "wrong (students train on it as written)")
         else:
             check = {1: "right (checked by the solver)", None: "not checked (no solver for this domain)"}.get(
                 p["answer_verified"], "?")
         lines.append(f"teacher step {provenance['teacher_step']}, dataset {provenance.get('dataset')},"
                      f" teacher's answer {escape(teacher)}: {check}")
+        if provenance.get("teacher_solution"):  # teacher.reward_target = teacher: what students imitated
+            steps = [line.strip() for line in provenance["teacher_solution"].splitlines() if line.strip()]
+            lines.append("teacher's worked solution: " + escape(" | ".join(steps)))
     if p["datasets"]:
         lines.append("in " + ", ".join(escape(d["name"]) for d in p["datasets"][:6])
                      + (f" +{len(p['datasets']) - 6}" if len(p["datasets"]) > 6 else ""))
