@@ -1,7 +1,8 @@
 """The `soar` command line: a thin shell over the library (argparse; each command's help has an example).
 
 Errors users can cause (bad config, missing model, corrupt data) print one line `soar: error: ...` and
-exit with status 2; nothing else is printed.
+exit with status 2; nothing else is printed. A full disk (or quota) prints one line naming the file that could
+not be written and how to go on, and exits with status 3 (EXIT_DISK_FULL): nothing already stored is lost.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ HARD_SET_DIR = REPO_CURRICULA / "hard"
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
+
+
+EXIT_USER_ERROR = 2
+EXIT_DISK_FULL = 3  # distinct from bad input: the same command works again once there is space
 
 
 # Bounds of the command-line sizes that are not config fields (those take the config's own bounds):
@@ -375,8 +380,10 @@ def cmd_mine_hard(args) -> int:
 def cmd_pretrain_tiny(args) -> int:
     """Pretrain the embedded default model from scratch (seeded; ~30 minutes on 2 CPU cores).
 
+    A non-empty --out is replaced only with --force; never the current directory or the --init model.
     Example: soar pretrain-tiny --out /tmp/tiny --seed 0
     """
+    from soar_agent.export import check_model_target
     from soar_agent.models import resolve_model_path
     from soar_agent.pretrain import PretrainArgs, pretrain
 
@@ -384,8 +391,8 @@ def cmd_pretrain_tiny(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out is a file, not a directory")
     _writable_directory(out.parent, "--out's directory")
-    if args.init:
-        resolve_model_path(args.init)  # ModelLoadError naming it
+    init = [resolve_model_path(args.init)] if args.init else []  # ModelLoadError naming it
+    check_model_target(out, init, args.force, what="the --init model")  # the save deletes what --out holds
     pretrain(PretrainArgs(out=Path(args.out), seed=args.seed, steps=args.steps, lr=args.lr,
                           examples_per_domain=args.examples_per_domain, init=Path(args.init) if args.init else None),
              log=lambda message: print(message, flush=True))
@@ -476,18 +483,27 @@ def cmd_run(args) -> int:
     Example: soar run curricula/default.toml --hours 8
              soar run --run-dir runs/default          # resume
     """
-    from rich.console import Console
-
-    from soar_agent.agent import Agent, Budget
     from soar_agent.config import load_config
-
-    console = Console(highlight=False, log_path=False)
-    from soar_agent.store import quick_check
+    from soar_agent.runlock import hold_run_dir
 
     overrides = (args.set or []) + ([f"run.mode={args.mode}"] if args.mode else [])  # --mode = --set run.mode
     config = load_config(args.config, overrides) if (args.config or overrides) else None
     run_dir = Path(args.run_dir or Path("runs") / (config.run.name if config else "default"))
     _writable_directory(run_dir, "run directory")  # a file in the way or a read-only parent: before any work
+    args.go_on_with = f"every unit stored before it is kept: free space, then resume with soar run --run-dir {run_dir}"
+    with hold_run_dir(run_dir, "soar run"):  # before the store is read: a second agent would redo its units
+        return _run_session(args, config, run_dir)
+
+
+def _run_session(args, config, run_dir: Path) -> int:
+    """cmd_run once the run directory is held."""
+    from rich.console import Console
+
+    from soar_agent.agent import Agent, Budget
+    from soar_agent.diskfull import is_disk_full
+    from soar_agent.store import quick_check
+
+    console = Console(highlight=False, log_path=False)
     if (run_dir / "soar.db").is_file():  # hours of training must not be written into a damaged store
         quick_check(run_dir / "soar.db")
     _require_strong_sandbox((config.domain.name if config else ""), args.allow_weak_sandbox)
@@ -513,8 +529,15 @@ def cmd_run(args) -> int:
         _continue_budget(agent, budget, run_dir, previous)
     with _progress_bars(console) as progress:
         agent.progress = progress
-        reason = agent.run(budget)
+        try:
+            reason = agent.run(budget)
+        except Exception as error:
+            if is_disk_full(error):  # outside a teacher step (an evaluation, the final training)
+                _record_write_failure(agent, error)
+            raise
     console.log(f"stopped: {reason}")
+    if agent.write_error is not None:  # nothing to export onto a full disk, and the session did not finish
+        raise agent.write_error
     # the run's model is the PQ student when it ended with one (pq.py: the promoted student is short-trained)
     which = "pq" if agent.final_summary else "best"
     if not args.no_export:
@@ -524,6 +547,18 @@ def cmd_run(args) -> int:
         console.log(f"for a student trained long on the rewarded questions: soar eval-pq {run_dir}, then"
                     f" soar export {run_dir} --out DIR --checkpoint pq")
     return 0
+
+
+def _record_write_failure(agent, error: Exception) -> None:
+    """Mark the run stopped by `error` when the store can still take it (a failed checkpoint save has
+    removed its partial files again); a full store refuses this too, and the run then reads as killed, which
+    a resume handles the same way."""
+    try:
+        agent.store.set_run_status(agent.run_id, "stopped")
+        agent.store.log_event(run_id=agent.run_id, level="error", kind="io-error",
+                              message=f"cannot write to {agent.paths.root}: {error}; stopping (resume when fixed)")
+    except Exception:  # the error the user must see is the first one, raised by the caller
+        pass
 
 
 def cmd_status(args) -> int:
@@ -564,12 +599,16 @@ def cmd_eval_pq(args) -> int:
     from soar_agent.agent import Agent
     from soar_agent.pq import evaluate_pq
 
+    from soar_agent.runlock import hold_run_dir
+
     run_dir = Path(args.run_dir)
     if not (run_dir / "soar.db").is_file():
         raise UserError(f"{run_dir}: not a run directory (no soar.db)")
-    agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
-    _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)
-    summary = evaluate_pq(agent, steps=args.steps)
+    args.go_on_with = f"the students kept before it stay: free space, then go on with soar eval-pq {run_dir}"
+    with hold_run_dir(run_dir, "soar eval-pq"):  # it writes the run's pq checkpoints as the run's agent
+        agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
+        _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)
+        summary = evaluate_pq(agent, steps=args.steps)
     print(json.dumps(summary, indent=2) if args.json else
           " ".join(f"{k} {v:.3f}" for k, v in summary.items() if k.startswith("pass@")))
     return 0
@@ -660,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--lr", type=_number(0.0, 1.0, low_open=True), default=2e-3,
                     help="peak learning rate (cosine schedule; in (0, 1])")
     pt.add_argument("--init", help="continue training this model directory (second stage)")
+    pt.add_argument("--force", action="store_true",
+                    help="replace a non-empty --out directory (never the current directory or the --init model)")
 
     rn = add("run", cmd_run)
     rn.add_argument("config", nargs="?", help="run config TOML (default: the embedded default)")
@@ -709,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from soar_agent.config import ConfigError
+    from soar_agent.diskfull import disk_full_error
     from soar_agent.models import ModelLoadError
     from soar_agent.store import StoreError
     from soar_agent.tasks.base import RejectedItem
@@ -720,16 +762,36 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code
     try:
         return args.handler(args)
-    except (UserError, ConfigError, ModelLoadError, RejectedItem, ValueError, FileNotFoundError, StoreError) as error:
-        print(f"soar: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except OSError as error:  # the machine refused (permissions, a full disk): name the file, not a traceback
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"soar: error: {_one_line(where + (error.strerror or str(error)))}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("soar: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if (full := disk_full_error(error)) is not None:
+            print(f"soar: error: {_one_line(_disk_full_message(full, args))}", file=sys.stderr)
+            return EXIT_DISK_FULL
+        if isinstance(error, (UserError, ConfigError, ModelLoadError, RejectedItem, ValueError, FileNotFoundError,
+                              StoreError)):
+            print(f"soar: error: {_one_line(error)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if isinstance(error, OSError):  # the machine refused (permissions): name the file, not a traceback
+            where = f"{error.filename}: " if error.filename else ""
+            print(f"soar: error: {_one_line(where + (error.strerror or str(error)))}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+def _disk_full_message(error: BaseException, args) -> str:
+    """What filled up (the file that could not be written, its device's free space) and how to go on."""
+    import shutil
+
+    filename = getattr(error, "filename", None)
+    what = (error.strerror if isinstance(error, OSError) and error.strerror else "no space left on device")
+    free = ""
+    existing = next((p for p in (Path(filename), *Path(filename).parents) if p.exists()), None) if filename else None
+    with contextlib.suppress(OSError):
+        free = f" ({shutil.disk_usage(existing).free / 2**20:.1f} MiB free there now)" if existing else ""
+    go_on = getattr(args, "go_on_with", None) or "free space, then run the command again"
+    return f"{filename + ': ' if filename else ''}{what}{free}; {go_on}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ AUTO_EXPORT = re.compile(r"export-([0-9]+)")  # the name Agent.export gives the 
 
 
 class ExportTargetError(ValueError):
-    """An --out directory that an export must not replace; the message is one line naming it."""
+    """An --out directory that a model save (export, pretrain-tiny) must not replace; the message is one line
+    naming it."""
 
 
 def _real(path) -> Path:
@@ -26,9 +27,8 @@ def _within(path: Path, root: Path) -> bool:
 
 
 def check_target(out: Path, run_dir: Path, sources: list[Path], force: bool) -> None:
-    """Refuse an --out whose replacement would lose data. Saving renames over the target, so the old
-    directory and everything under it is deleted: never allow that for the run (its store and
-    checkpoints) or the weights being exported, and for anything else only with --force."""
+    """Refuse an export's --out whose replacement would lose data: never the run (its store and
+    checkpoints), then check_model_target's rule."""
     target, run = _real(out), _real(run_dir)
     if _within(run, target):
         raise ExportTargetError(f"--out {out}: contains the run directory {run_dir}; choose another directory")
@@ -36,10 +36,20 @@ def check_target(out: Path, run_dir: Path, sources: list[Path], force: bool) -> 
         raise ExportTargetError(f"--out {out}: inside the run's checkpoints; choose another directory")
     if target.parent == run and target.name.startswith("soar.db"):
         raise ExportTargetError(f"--out {out}: is the run's store; choose another directory")
+    check_model_target(out, sources, force, what="the model being exported")
+
+
+def check_model_target(out: Path, sources: list[Path], force: bool, what: str) -> None:
+    """Refuse an --out whose replacement would lose data. Saving renames over the target, so the old
+    directory and everything under it is deleted: never allow that for the current directory or one above it
+    (`--out .` would delete the project) or for the weights being read (`sources`, named `what`), and for
+    anything else non-empty only with --force."""
+    target = _real(out)
+    if _within(_real(Path.cwd()), target):
+        raise ExportTargetError(f"--out {out}: contains the current directory; choose another directory")
     for source in sources:
         if _within(_real(source), target):
-            raise ExportTargetError(f"--out {out}: holds the model being exported ({source}); choose another "
-                                    "directory")
+            raise ExportTargetError(f"--out {out}: holds {what} ({source}); choose another directory")
     if target.exists() and not target.is_dir():
         raise ExportTargetError(f"--out {out}: exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not force:
