@@ -434,8 +434,8 @@ class Agent:
             raise
 
     def _run(self, budget: Budget) -> str:
-        if not self.store.evaluations(self.run_id, set_name="hard-test"):
-            self.report_evaluation(step=0)
+        if (missing := self._missing_evaluation()) is not None:
+            self.report_evaluation(step=missing)
         garbage_in_a_row = self._garbage_attempt = 0
         while True:
             release_freed_memory()  # the last step's models and buffers: RSS stays at what is live
@@ -474,6 +474,18 @@ class Agent:
         self.store.set_run_status(self.run_id, "stopped")
         self.store.log_event(run_id=self.run_id, level="info", kind="stopped", message=reason or self.stop_reason)
         return reason or self.stop_reason
+
+    def _missing_evaluation(self) -> int | None:
+        """The planned hard-test evaluation a kill or a stop left undone, or None: step 0's, or the last
+        complete step's when it is an eval.every_teacher_steps-th step. Only that one can be redone as planned
+        (its baseline is still the latest: no teacher step runs before it), and a session that redoes it
+        first leaves no earlier one missing."""
+        completed = self.completed_steps()
+        last = completed[-1]["step"] if completed else 0
+        if last and last % self.config.eval.every_teacher_steps:
+            return None
+        evaluated = {e["teacher_step"] for e in self.store.evaluations(self.run_id, set_name="hard-test")}
+        return None if last in evaluated else last
 
     def _ends_with_final_training(self) -> bool:
         return self.config.run.mode in ("soar", "intrinsic") and self.config.budget.pq_steps > 0

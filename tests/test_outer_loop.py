@@ -1050,3 +1050,44 @@ def test_a_wrong_teacher_answer_keeps_no_expert_steps():
     assert right.problem.answer == "29" and right.problem.steps == arith.make_problem("(3+4)*5-6").steps != ()
     verified = teacher.check_item(arith, "<question>(3+4)*5-6</question><answer>30</answer>", "verified")
     assert verified.problem.answer == "29" and verified.problem.steps == right.problem.steps
+
+
+def test_a_periodic_evaluation_a_kill_or_a_stop_left_undone_is_redone_first_on_resume(
+        tmp_path, hard_files, random_tiny_dir, monkeypatch):
+    """The hard-test evaluation after an eval.every_teacher_steps-th step is planned: a kill inside it, or a stop
+    that skips it, leaves it to the next session, which does it before anything else (the baseline is still
+    the one it was planned for), even when the step budget is already spent."""
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "eval.every_teacher_steps=1")
+    real = Agent.report_evaluation
+
+    def killed_in_step_1(self, step):
+        if step == 1:
+            raise KeyboardInterrupt  # as a kill -9 in the evaluation: nothing of it is stored
+        return real(self, step)
+
+    monkeypatch.setattr(Agent, "report_evaluation", killed_in_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        agent.run(Budget(max_teacher_steps=1))
+    assert [e["teacher_step"] for e in agent.store.evaluations(agent.run_id, set_name="hard-test")] == [0]
+    monkeypatch.setattr(Agent, "report_evaluation", real)
+    resumed = Agent.open(None, tmp_path / "run", log=lambda m: None, existing_only=True)
+    resumed.run(Budget(max_teacher_steps=1))  # the budget is spent: only the missing evaluation runs
+    assert [e["teacher_step"] for e in resumed.store.evaluations(resumed.run_id, set_name="hard-test")] == [0, 1]
+    assert len(resumed.completed_steps()) == 1
+    # a graceful stop during step 2 skips its evaluation; the next session does it first
+    resumed.store.send_command(run_id=resumed.run_id, command="stop")
+    monkeypatch.setattr(Agent, "poll_commands", lambda self: None)  # the stop lands after the step, not before
+    real_step = Agent.teacher_step
+
+    def step_then_stop(self, step):
+        real_step(self, step)
+        self.stop_reason = "stop command received"
+
+    monkeypatch.setattr(Agent, "teacher_step", step_then_stop)
+    resumed.run(Budget(max_teacher_steps=2))
+    assert [e["teacher_step"] for e in resumed.store.evaluations(resumed.run_id, set_name="hard-test")] == [0, 1]
+    monkeypatch.setattr(Agent, "teacher_step", real_step)
+    again = Agent.open(None, tmp_path / "run", log=lambda m: None, existing_only=True)
+    again.run(Budget(max_teacher_steps=2))
+    assert [e["teacher_step"] for e in again.store.evaluations(again.run_id, set_name="hard-test")] == [0, 1, 2]
