@@ -1,7 +1,9 @@
 """No command loses data: `soar pretrain-tiny` replaces a non-empty --out only with --force (never the current
 directory); one agent per run directory (a second `soar run` or `soar eval-pq` is refused naming the live
 pid, readers are not); a full disk stops `soar run` with one line naming what filled up and how to resume
-(exit status 3), the store stays consistent and the resume finishes the run."""
+(exit status 3), the store stays consistent and the resume finishes the run. The full disk is each writer's
+real error: SQLite's SQLITE_FULL (a store held to its size), safetensors' SafetensorError, torch.save onto
+/dev/full, and, as root, a tmpfs that really fills up."""
 
 import json
 import os
@@ -235,6 +237,52 @@ def test_a_full_store_stops_in_one_line_and_the_run_resumes(tmp_path, random_tin
         assert sorted(d["name"] for d in store.datasets(latest)) == ["hard-test", "hard-train"]
 
     monkeypatch.setattr(Agent, "open", classmethod(opened))  # space freed
+    assert_resume_finishes_the_step(run, capsys)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (root only): a disk that really fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)  # lazy: the in-process store may be open
+
+
+def test_a_really_full_disk_stops_in_one_line_and_the_run_resumes(tmp_path, small_disk, random_tiny_dir, monkeypatch,
+                                                                  capsys):
+    """The teacher's sampling fills the disk; the next write (the curriculum's transaction, as it happens,
+    or a checkpoint) meets the real ENOSPC."""
+    import soar_agent.teacher as teacher
+
+    filler = small_disk / "filler"
+
+    def fill_the_disk():
+        with open(filler, "wb") as handle:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    handle.write(bytes(1 << 16))
+                    handle.flush()
+
+    def items_then_a_full_disk(engine, domain, count, cfg, seed, progress=None):
+        if not filler.exists():
+            fill_the_disk()
+        items = [teacher.check_item(domain, f"<question>{i}+1</question><answer>{i + 1}</answer>", "verified")
+                 for i in range(count)]
+        return items, {"sampled": count, "accepted": count, "rejected": {}}
+
+    monkeypatch.setattr(teacher, "sample_items", items_then_a_full_disk)
+    run = small_disk / "run"
+    argv = ["run", "--run-dir", str(run), "--max-teacher-steps", "1", "--no-export",
+            *sets(FAST + hard_sets(tmp_path) + [f"model.path={toml_path(random_tiny_dir)}"])]
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert_stopped_by_a_full_disk(code, err, run, str(run))
+    assert "0.0 MiB free there now" in err[0]
+    filler.write_bytes(b"")  # space freed; the teacher samples as before
     assert_resume_finishes_the_step(run, capsys)
 
 
