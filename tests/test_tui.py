@@ -26,7 +26,7 @@ pytest.importorskip("textual")
 
 from textual.widgets import DataTable, Static, TabbedContent  # noqa: E402
 
-from tui.app import HelpScreen, RunPicker, RunScreen, SoarApp  # noqa: E402
+from tui.app import TABS, HelpScreen, RunPicker, RunScreen, SoarApp  # noqa: E402
 from tui.curricula import CompareScreen, CurriculumScreen  # noqa: E402
 from tui.problem import ProblemScreen  # noqa: E402
 
@@ -80,12 +80,21 @@ def build_store(db: Path, steps: int = 4) -> int:
         return run
 
 
+def repeating(questions: list[Problem], repeats_of_first: int) -> list[Problem]:
+    """The teacher repeats itself (a default run's short dataset: 2,880 items, 2,113 distinct problems): the
+    first question comes back ``repeats_of_first`` more times; the store keeps one problem row for all of them."""
+    return questions + [questions[0]] * repeats_of_first
+
+
 def add_step(store: Store, run: int, step: int) -> None:
-    datasets = [{"name": f"step-{step}-dataset-{k}", "meta": {"index": k},
-                 "problems": [arith(100 * step + 10 * k + i, 2 + k) for i in range(3)],
-                 "provenance": [{"teacher_step": step, "dataset": k, "text": f"<question>q{i}</question>",
-                                 "teacher_answer": str(i)} for i in range(3)],
-                 "answer_verified": [True, True, k == 0]} for k in range(2)]
+    """Two curricula of 3 distinct questions, the first of which dataset k repeats k + 1 more times."""
+    datasets = []
+    for k in range(2):
+        problems = repeating([arith(100 * step + 10 * k + i, 2 + k) for i in range(3)], k + 1)
+        datasets.append({"name": f"step-{step}-dataset-{k}", "meta": {"index": k}, "problems": problems,
+                         "provenance": [{"teacher_step": step, "dataset": k, "text": f"<question>q{i}</question>",
+                                         "teacher_answer": str(i)} for i in range(len(problems))],
+                         "answer_verified": [True, True, k == 0] + [True] * (k + 1)})
     ids = store.add_curriculum(run_id=run, teacher_step=step, datasets=datasets)
     store.log_event(run_id=run, level="info", kind="teacher-sampled", message=f"step {step}: 6 items (5 verified)",
                     data={"step": step, "sampled": 6 + step, "accepted": 6})
@@ -125,6 +134,28 @@ def evaluate(store: Store, run: int, problem_ids: list[int], step: int, score: f
                          samples_per_problem=0, temperature=1.0, teacher_step=step, results=[])
 
 
+LONG_ITEMS, LONG_DISTINCT = 230, 100  # positions p and p + 100 (and p + 200) hold the same question
+
+
+def add_long_step(store: Store, run: int, step: int) -> int:
+    """A promoted curriculum longer than two pages whose questions come back on later pages, the way a
+    default run's teacher repeats itself; returns its dataset id. Its first repeat (position 100) opens the
+    second page, where the issue's user hit DuplicateKey."""
+    questions = [arith(5000 + i) for i in range(LONG_DISTINCT)]
+    problems = [questions[p % LONG_DISTINCT] for p in range(LONG_ITEMS)]
+    (dataset_id,) = store.add_curriculum(run_id=run, teacher_step=step, datasets=[{
+        "name": f"step-{step}-long", "problems": problems, "answer_verified": [True] * LONG_ITEMS,
+        "provenance": [{"teacher_step": step, "dataset": 0, "teacher_answer": q.answer} for q in problems]}])
+    store.add_training(run_id=run, teacher_step=step, dataset_id=dataset_id, student_index=0, reward=0.1,
+                       accuracy_before=0.1, accuracy_after=0.2, checkpoint_path=None, metrics={"reward_mean": 0.3},
+                       rollouts=[{"problem_id": row["id"], "phase": "student", "ref": f"step-{step}/student-0-0",
+                                  "completion": "Answer: 1", "reward": 1.0, "correct": 1}
+                                 for row in store.dataset_problems(dataset_id)])
+    store.complete_teacher_step(run_id=run, step=step, dataset_rewards={dataset_id: 0.5}, mean_reward=0.5,
+                                moving_average=0.1, promoted_dataset_id=dataset_id, checkpoints=[], metrics={})
+    return dataset_id
+
+
 @pytest.fixture(autouse=True)
 def utc(monkeypatch):
     """Times are shown in local time: pin the zone so that screenshots match anywhere."""
@@ -147,6 +178,17 @@ def run_db(tmp_path) -> Path:
     """A fresh copy for tests that write."""
     db = tmp_path / "demo" / "soar.db"
     build_store(db)
+    return db
+
+
+@pytest.fixture
+def repeats_db(tmp_path) -> Path:
+    """The demo run and a fifth step whose promoted curriculum repeats questions across pages (writable:
+    the Control tab's keys send commands)."""
+    db = tmp_path / "repeats" / "soar.db"
+    build_store(db)
+    with Store(db) as store:
+        add_long_step(store, 1, step=5)
     return db
 
 
@@ -183,6 +225,11 @@ async def wait_for(pilot, condition, timeout: float = 10.0, poll: bool = True) -
 
 def cells(table: DataTable, column: int) -> list[str]:
     return [str(table.get_row_at(i)[column]) for i in range(table.row_count)]
+
+
+def column(table: DataTable, label: str) -> list[str]:
+    (index,) = [i for i, c in enumerate(table.columns.values()) if str(c.label) == label]
+    return cells(table, index)
 
 
 def text(widget: Static) -> str:
@@ -286,8 +333,10 @@ async def test_filter_curricula_and_drill_into_a_problem(fixture_db):
         screen = app.screen
         assert isinstance(screen, CurriculumScreen)
         problems = screen.query_one("#problems", DataTable)
-        assert cells(problems, 1) == ["What is 410 + 2870?", "What is 411 + 2877?", "What is 412 + 2884?"]
-        assert cells(problems, 4)[0] == "4/8  50%"
+        assert cells(problems, 1) == ["What is 410 + 2870?", "What is 411 + 2877?", "What is 412 + 2884?",
+                                      "What is 410 + 2870?", "What is 410 + 2870?"]
+        assert column(problems, "rep") == ["×3", "", "", "×3", "×3"]
+        assert column(problems, "student")[0] == "12/24  50%"  # the rollouts of all three items
         await pilot.press("slash", *"411", "enter")
         await settle(pilot)
         assert cells(problems, 1) == ["What is 411 + 2877?"]
@@ -340,7 +389,179 @@ async def test_compare_two_curricula(fixture_db):
         assert isinstance(screen, CompareScreen)
         assert "step-4-dataset-1" in text(screen.query_one("#left-summary", Static))
         assert "step-3-dataset-1" in text(screen.query_one("#right-summary", Static))
-        assert screen.query_one("#right-table", DataTable).row_count == 3
+        assert screen.query_one("#right-table", DataTable).row_count == 5
+
+
+def long_dataset_problem_ids(db: Path) -> list[int]:
+    with Store(db, readonly=True) as store:
+        (long,) = store.datasets(1, name="step-5-long")
+        return [row["id"] for row in store.dataset_problems(long["id"])]
+
+
+async def load_every_page(pilot, table: DataTable, rows: int) -> None:
+    while table.row_count < rows:
+        loaded = table.row_count
+        await pilot.press("end")
+        await settle(pilot)
+        assert table.row_count > loaded, f"paging stopped at {loaded} rows of {rows}"
+
+
+@pytest.mark.asyncio
+async def test_a_curriculum_that_repeats_questions_shows_every_item_and_its_repeats(repeats_db):
+    ids = long_dataset_problem_ids(repeats_db)
+    assert ids[0] == ids[LONG_DISTINCT] == ids[2 * LONG_DISTINCT] and len(set(ids)) == LONG_DISTINCT
+    app = make_app(repeats_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        assert cells(app.screen.query_one("#datasets", DataTable), 1)[0] == "step-5-long"
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CurriculumScreen)
+        problems = screen.query_one("#problems", DataTable)
+        await load_every_page(pilot, problems, LONG_ITEMS)  # the second page opens with the first repeat
+        assert "230 items, 100 distinct" in text(screen.query_one("#info", Static))
+        assert cells(problems, 0) == [str(p) for p in range(LONG_ITEMS)]
+        assert column(problems, "rep") == ["×3" if p % LONG_DISTINCT < 30 else "×2" for p in range(LONG_ITEMS)]
+        problems.move_cursor(row=LONG_DISTINCT)
+        await pilot.press("enter")  # a repeat opens the problem it repeats
+        await settle(pilot)
+        assert isinstance(app.screen, ProblemScreen) and app.screen.problem_id == ids[0]
+        # the problem is listed once per dataset holding it, however often the dataset repeats it
+        assert "in step-5-long, promotion-step-5\n" in text(app.screen.query_one("#problem", Static))
+        await pilot.press("escape")
+        await pilot.press("slash", *"5000 +", "enter")  # the filter keeps every occurrence
+        await settle(pilot)
+        assert cells(problems, 0) == ["0", "100", "200"] and column(problems, "rep") == ["×3"] * 3
+        await pilot.press("escape", "p")  # the promoted copy repeats the same way
+        await settle(pilot)
+        assert cells(app.screen.query_one("#datasets", DataTable), 1)[0] == "promotion-step-5"
+        await pilot.press("enter")
+        await settle(pilot)
+        problems = app.screen.query_one("#problems", DataTable)
+        await load_every_page(pilot, problems, LONG_ITEMS)
+        assert column(problems, "rep")[LONG_DISTINCT] == "×3"
+
+
+@pytest.mark.asyncio
+async def test_compare_curricula_that_repeat_questions(repeats_db):
+    ids = long_dataset_problem_ids(repeats_db)
+    app = make_app(repeats_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        await pilot.press("m", "down", "c")  # step-5-long against step-4-dataset-1
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        assert "230 items, 100 distinct" in text(screen.query_one("#left-summary", Static))
+        assert "5 items, 3 distinct" in text(screen.query_one("#right-summary", Static))
+        left, right = screen.query_one("#left-table", DataTable), screen.query_one("#right-table", DataTable)
+        assert left.row_count == LONG_ITEMS and column(left, "rep")[2 * LONG_DISTINCT] == "×3"
+        assert right.row_count == 5 and column(right, "rep") == ["×3", "", "", "×3", "×3"]
+        left.move_cursor(row=2 * LONG_DISTINCT)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, ProblemScreen) and app.screen.problem_id == ids[0]
+
+
+QUIT_ACTIONS = {"quit", "app.quit"}
+CLOSE_ACTIONS = {"app.pop_screen"}
+
+
+def bound_keys(app) -> list[str]:
+    """Every key bound where the keyboard is (the focused widget, its screen, the app), but those that quit;
+    the keys that close the screen come last, so that every other key is pressed on it first."""
+    actions = {key: active.binding.action for key, active in app.screen.active_bindings.items()
+               if active.binding.action not in QUIT_ACTIONS}
+    return sorted(actions, key=lambda key: (actions[key] in CLOSE_ACTIONS, key))
+
+
+async def back_to(pilot, screen) -> None:
+    while pilot.app.screen is not screen:
+        pilot.app.pop_screen()
+        await settle(pilot)
+
+
+async def refocus(pilot, screen, tab_id: str, home) -> None:
+    """Give the keyboard back to ``home``, the widget that had it when the screen opened (on the run screen:
+    the tab's main widget): a key may have moved it to a filter or the tab bar, where the next key would be
+    typed or switch tabs instead of being the key under test."""
+    if isinstance(screen, RunScreen):
+        await screen.action_show_tab(tab_id)
+    elif home is not None:
+        home.focus()
+    await settle(pilot)
+
+
+async def press_every_key(pilot, tab_id: str, trail: tuple[str, ...], explored: set[type], reopen=None) -> None:
+    """Press every key bound on the current screen, coming back to it after each; a key that opens one of the
+    TUI's screens has every key of that screen pressed too (each kind of screen once). ``reopen`` brings the
+    screen back after a key closed it."""
+    app = pilot.app
+    context, home = app.screen, app.focused
+    keys = bound_keys(app)
+    for index, key in enumerate(keys):
+        if app.screen is not context:
+            assert reopen is not None, f"{' '.join(trail)} left its screen with keys {keys[index:]} unpressed"
+            context = await reopen()
+            home = app.focused
+        await pilot.press(key)
+        await settle(pilot)
+        assert app.return_code is None, f"the TUI exited on {' '.join(trail + (key,))}"
+        opened = app.screen
+        if opened is not context and context in app.screen_stack:
+            if type(opened).__module__.startswith("tui.") and type(opened) not in explored:
+                explored.add(type(opened))
+
+                async def reopen_opened(parent=context, parent_home=home, key=key, kind=type(opened)):
+                    await back_to(pilot, parent)
+                    await refocus(pilot, parent, tab_id, parent_home)
+                    await pilot.press(key)
+                    await settle(pilot)
+                    assert type(app.screen) is kind, f"{' '.join(trail + (key,))} did not reopen {kind.__name__}"
+                    return app.screen
+
+                await press_every_key(pilot, tab_id, trail + (key,), explored, reopen_opened)
+            await back_to(pilot, context)
+        if app.screen is context and app.focused is not home:
+            await refocus(pilot, context, tab_id, home)
+
+
+# The keys that lead to each screen whose keys are all pressed: every tab, the promotion questions, and
+# the comparison (a curriculum marked, the cursor moved, compare).
+KEY_CONTEXTS = [("1",), ("2",), ("2", "p"), ("2", "m", "down", "c"), ("3",), ("4",), ("5",), ("6",)]
+TUI_SCREENS = {CurriculumScreen, CompareScreen, ProblemScreen, HelpScreen}  # all but the run picker
+
+
+@pytest.mark.asyncio
+async def test_every_key_on_every_tab_of_a_run_that_repeats_questions(repeats_db):
+    """The TUI survives every bound key, on every tab and on every screen a key opens, on a store whose
+    curricula repeat questions as a default run's do. Each context starts a fresh app; a screen already
+    explored from another context is opened but not explored again. The export key runs a harmless stand-in."""
+    explored: set[type] = set()
+    for path in KEY_CONTEXTS:
+        tab_id = TABS[int(path[0]) - 1][0]
+        app = make_app(repeats_db, export_argv=lambda run_dir, out, checkpoint: [sys.executable, "-c", "print()"])
+        app.animation_level = "none"  # scrolling ends where it would anyway; waiting for it only costs time
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press(*path)
+            await settle(pilot)
+            assert app.return_code is None, f"the TUI exited on {' '.join(path)}"
+            if isinstance(app.screen, RunScreen):
+                assert app.screen.query_one("#tabs", TabbedContent).active == tab_id
+            else:
+                explored.add(type(app.screen))
+            await press_every_key(pilot, tab_id, path, explored)
+            await back_to(pilot, next(screen for screen in app.screen_stack if isinstance(screen, RunScreen)))
+            await pilot.press("q")
+            await pilot.pause()
+        assert app.return_code == 0, path
+    assert explored == TUI_SCREENS
 
 
 @pytest.mark.asyncio
@@ -526,6 +747,28 @@ def test_ui_queries_never_scan_rollouts(fixture_db):
         for sql in touching:
             plan = " | ".join(row[3] for row in store.db.execute("EXPLAIN QUERY PLAN " + sql))
             assert "SCAN rollouts" not in plan and "rollouts_problem" in plan, (sql, plan)
+
+
+def test_a_comparison_counts_a_repeated_questions_rollouts_once(tmp_path):
+    """A repeated question is one problem whose student figures already hold the rollouts of every repeat:
+    the dataset's student success adds them once, however often the dataset repeats the question."""
+    from tui import queries
+
+    db = tmp_path / "summary" / "soar.db"
+    with Store(db) as store:
+        run = store.create_run(name="summary", mode="soar", config={}, status="running")
+        (dataset_id,) = store.add_curriculum(run_id=run, teacher_step=1, datasets=[
+            {"name": "repeats", "problems": [arith(1), arith(1), arith(1), arith(2)]}])
+        repeated, once = (row["id"] for row in store.dataset_problems(dataset_id)[2:])
+        store.add_rollouts(run_id=run, rows=[
+            *({"problem_id": repeated, "phase": "student", "ref": "r", "completion": "", "correct": 1}
+              for _ in range(3)),
+            {"problem_id": once, "phase": "student", "ref": "r", "completion": "", "correct": 0}])
+    with queries.open_reader(db) as store:
+        summary = queries.dataset_summary(store, dataset_id)
+    assert summary["items"] == 4 and summary["distinct_problems"] == 2
+    assert [p["repeats"] for p in summary["problems"]] == [3, 3, 3, 1]
+    assert summary["student_success"] == 3 / 4  # not (3 * 3) / (3 * 3 + 1), counting the repeats' rollouts thrice
 
 
 # ------------------------------------------------------------------------------------------ snapshots

@@ -1,5 +1,8 @@
 """The Curricula tab (the teacher's datasets, or the promotion questions), a curriculum's problems, and
-two curricula side by side. Tables page by keyset: a run with thousands of curricula opens at once."""
+two curricula side by side. Tables page by keyset: a run with thousands of curricula opens at once.
+
+The teacher repeats questions and the store keeps one problem row per question, so a dataset's rows are
+keyed by item (position), never by problem id, and show how often their question occurs."""
 
 from __future__ import annotations
 
@@ -20,6 +23,18 @@ from tui.tab import Source, TabBody
 from tui.widgets import PagedTable
 
 KINDS = {"curriculum": "curricula", "promotion": "promotion questions"}
+
+
+def repeat_cell(count: int) -> str:
+    """How many items of the dataset hold this question ("×3"), blank for a question asked once."""
+    return f"×{count}" if count > 1 else ""
+
+
+def describe_items(d: dict) -> str:
+    """"230 items, 100 distinct": a dataset's size, and how many problems those items are when it repeats some."""
+    distinct = d.get("distinct_problems")
+    items = d.get("items", 0)
+    return f"{items} items" + (f", {distinct} distinct" if distinct is not None and distinct != items else "")
 
 
 def cursor_key(table: DataTable) -> str | None:
@@ -198,6 +213,7 @@ class CurriculumScreen(Screen):
     def __init__(self, source: Source, dataset_id: int) -> None:
         super().__init__()
         self.source, self.dataset_id = source, dataset_id
+        self._problem_ids: dict[str, int] = {}  # row key (the item's position) -> its problem
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -208,7 +224,8 @@ class CurriculumScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#problems", PagedTable)
-        for label, width in (("#", 4), ("question", 34), ("answer", 12), ("teacher", 9), ("student", 11)):
+        for label, width in (("#", 4), ("question", 30), ("rep", 4), ("answer", 10), ("teacher", 9),
+                             ("student", 11)):
             table.add_column(label, width=width)
         table.focus()
         self.reload("")
@@ -237,12 +254,15 @@ class CurriculumScreen(Screen):
             self.query_one("#info", Static).update(
                 f"[b]{escape(d['name'])}[/b] ({d['kind']}) · step {step}"
                 f" · reward {fmt.number(d['reward'], signed=True)} · promoted {fmt.flag(d['promoted'])}"
-                f" · {d['items']} items")
+                f" · {describe_items(d)}")
         if message.reset:
             table.reset()
-        table.add_page([(str(r["id"]), [r["position"], fmt.cell(r["question"], 34), fmt.cell(r["answer"], 12),
-                                        fmt.teacher_answer(r["answer_verified"]), fmt.ratio(r["correct"], r["total"])])
-                        for r in message.rows], last_key=message.rows[-1]["position"] if message.rows else None)
+            self._problem_ids = {}
+        self._problem_ids.update((str(r["position"]), r["id"]) for r in message.rows)
+        table.add_page([(str(r["position"]), [r["position"], fmt.cell(r["question"], 30), repeat_cell(r["repeats"]),
+                                              fmt.cell(r["answer"], 10), fmt.teacher_answer(r["answer_verified"]),
+                                              fmt.ratio(r["correct"], r["total"])]) for r in message.rows],
+                       last_key=message.rows[-1]["position"] if message.rows else None)
 
     @on(PagedTable.NeedMore, "#problems")
     def more(self, message: PagedTable.NeedMore) -> None:
@@ -263,7 +283,7 @@ class CurriculumScreen(Screen):
 
     @on(DataTable.RowSelected, "#problems")
     def open_problem(self, event: DataTable.RowSelected) -> None:
-        self.app.push_screen(ProblemScreen(self.source, int(event.row_key.value)))
+        self.app.push_screen(ProblemScreen(self.source, self._problem_ids[event.row_key.value]))
 
 
 class CompareScreen(Screen):
@@ -285,6 +305,8 @@ class CompareScreen(Screen):
     def __init__(self, source: Source, left_id: int, right_id: int) -> None:
         super().__init__()
         self.source, self.ids = source, (left_id, right_id)
+        # per table: row key (the item's position) -> its problem
+        self._problem_ids: dict[str, dict[str, int]] = {"left-table": {}, "right-table": {}}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -299,7 +321,8 @@ class CompareScreen(Screen):
         self.sub_title = "compare curricula"
         for side in ("left", "right"):
             table = self.query_one(f"#{side}-table", DataTable)
-            table.add_column("question", width=20)
+            table.add_column("question", width=16)
+            table.add_column("rep", width=4)
             table.add_column("answer", width=6)
             table.add_column("student", width=9)
         self.query_one("#left-table").focus()
@@ -317,14 +340,16 @@ class CompareScreen(Screen):
             self.query_one(f"#{side}-summary", Static).update(
                 f"[b]{escape(d.get('name', '?'))}[/b]\nstep {d.get('teacher_step')} · reward "
                 f"{fmt.number(d.get('reward'), signed=True)} · promoted {fmt.flag(d.get('promoted'))}\n"
-                f"{d.get('items', 0)} items · teacher right {fmt.number(d['verified_fraction'], 2)}"
+                f"{describe_items(d)} · teacher right {fmt.number(d['verified_fraction'], 2)}"
                 f" · student {fmt.number(d['student_success'], 2)}")
             table = self.query_one(f"#{side}-table", DataTable)
             table.clear()
+            self._problem_ids[table.id] = {str(p["position"]): p["id"] for p in d["problems"]}
             for p in d["problems"]:
-                table.add_row(fmt.cell(p["question"], 20), fmt.cell(p["answer"], 6),
-                              fmt.ratio(p["correct"], p["total"]), key=str(p["id"]))
+                table.add_row(fmt.cell(p["question"], 16), repeat_cell(p["repeats"]), fmt.cell(p["answer"], 6),
+                              fmt.ratio(p["correct"], p["total"]), key=str(p["position"]))
 
     @on(DataTable.RowSelected)
     def open_problem(self, event: DataTable.RowSelected) -> None:
-        self.app.push_screen(ProblemScreen(self.source, int(event.row_key.value)))
+        problem_id = self._problem_ids[event.data_table.id][event.row_key.value]
+        self.app.push_screen(ProblemScreen(self.source, problem_id))

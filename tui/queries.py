@@ -182,9 +182,12 @@ def curricula_page(store: Store, run_id: int, kind: str = "curriculum", text: st
 
 
 def dataset(store: Store, dataset_id: int) -> dict | None:
+    """A dataset with its item count and how many distinct problems those items are (the teacher repeats
+    questions: a default run's short dataset has 2,880 items of 2,113 problems)."""
     rows = _rows(store, "SELECT d.id, d.name, d.kind, d.teacher_step, d.reward, d.promoted, d.meta_json,"
-                        " (SELECT count(*) FROM dataset_items i WHERE i.dataset_id = d.id) AS items"
-                        " FROM datasets d WHERE d.id = ?", (dataset_id,))
+                        " (SELECT count(*) FROM dataset_items i WHERE i.dataset_id = d.id) AS items,"
+                        " (SELECT count(DISTINCT i.problem_id) FROM dataset_items i WHERE i.dataset_id = d.id)"
+                        " AS distinct_problems FROM datasets d WHERE d.id = ?", (dataset_id,))
     return rows[0] if rows else None
 
 
@@ -201,13 +204,17 @@ def success_rates(store: Store, problem_ids: list[int]) -> dict[int, tuple[int, 
 
 def dataset_problems_page(store: Store, dataset_id: int, text: str = "", after_position: int = -1,
                           limit: int = PAGE) -> list[dict]:
-    """One page of a dataset's problems in position order (keyset on position), each with its student
-    success as ``correct``/``total``; ``text`` filters questions (substring, case-insensitive)."""
+    """One page of a dataset's items in position order (keyset on position): each item's problem with its
+    student success as ``correct``/``total`` and ``repeats``, how many items of the whole dataset hold that
+    problem. A repeated question is one problem row, so ``id`` recurs: ``position`` identifies an item.
+    ``text`` filters questions (substring, case-insensitive)."""
     where, params = "", []
     if text.strip():
         where, params = " AND p.question LIKE ?", [f"%{text.strip()}%"]
     rows = _rows(store,
-                 "SELECT i.position, p.id, p.question, p.answer, p.answer_verified, p.level, p.source"
+                 "SELECT i.position, p.id, p.question, p.answer, p.answer_verified, p.level, p.source,"
+                 " (SELECT count(*) FROM dataset_items r WHERE r.problem_id = i.problem_id"
+                 " AND r.dataset_id = i.dataset_id) AS repeats"
                  " FROM dataset_items i JOIN problems p ON p.id = i.problem_id"
                  f" WHERE i.dataset_id = ? AND i.position > ?{where} ORDER BY i.position LIMIT ?",
                  [dataset_id, after_position, *params, int(limit)])
@@ -222,7 +229,9 @@ def dataset_summary(store: Store, dataset_id: int) -> dict:
     info = dataset(store, dataset_id) or {}
     problems = dataset_problems_page(store, dataset_id, limit=10_000)
     verified = [p["answer_verified"] for p in problems if p["answer_verified"] is not None]
-    correct, total = sum(p["correct"] for p in problems), sum(p["total"] for p in problems)
+    # A problem's figures already count the rollouts of all its repeats: add them once, not once per item.
+    rates = {p["id"]: (p["correct"], p["total"]) for p in problems}
+    correct, total = sum(c for c, _ in rates.values()), sum(t for _, t in rates.values())
     return {**info, "problems": problems,
             "verified_fraction": sum(verified) / len(verified) if verified else None,
             "student_success": correct / total if total else None,
@@ -237,7 +246,7 @@ def problem(store: Store, problem_id: int) -> dict | None:
     row = store.get_problem(problem_id)
     if row is None:
         return None
-    row["datasets"] = _rows(store, "SELECT d.id, d.name, d.kind, d.teacher_step FROM dataset_items i"
+    row["datasets"] = _rows(store, "SELECT DISTINCT d.id, d.name, d.kind, d.teacher_step FROM dataset_items i"
                                    " JOIN datasets d ON d.id = i.dataset_id WHERE i.problem_id = ? ORDER BY d.id",
                             (problem_id,))
     row["phases"] = {phase: (correct or 0, total) for phase, correct, total in store.db.execute(
