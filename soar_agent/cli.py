@@ -297,12 +297,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_mine_hard(args) -> int:
-    """Keep the problems a model fails k times out of k (fail@k), split train/test, store and write JSONL.
+    """Keep the problems a model fails k times out of k (fail@k), split train/val/test, store and write JSONL.
 
     Example: soar mine-hard --domain arith --levels 5,6,7 --k 128 --pool-per-level 200
     """
     from soar_agent.config import load_config
-    from soar_agent.mining import merge_into_jsonl, mine_hard, write_jsonl
+    from soar_agent.mining import SPLITS, merge_into_jsonl, mine_hard, read_jsonl, write_jsonl
     from soar_agent.models import load_tokenizer
     from soar_agent.store import Store
     from soar_agent.tasks import generate_problems, get_domain
@@ -311,13 +311,16 @@ def cmd_mine_hard(args) -> int:
     overrides = list(args.set or [])
     if args.domain:
         overrides.append(f"domain.name={args.domain}")
-    for key in ("k", "pool_per_level", "test_fraction", "seed", "max_new_tokens"):
+    for key in ("k", "pool_per_level", "test_fraction", "val_fraction", "seed", "max_new_tokens"):
         if getattr(args, key) is not None:
             overrides.append(f"mining.{key}={getattr(args, key)}")
     if args.model:
         overrides.append(f"model.path={args.model}")
     config = load_config(args.config, overrides)
     mining = config.mining
+    if not args.split and mining.test_fraction + mining.val_fraction >= 1:
+        raise UserError(f"mining.test_fraction + mining.val_fraction: {mining.test_fraction} + {mining.val_fraction}"
+                        " leaves no hard-train; their sum must be below 1")
     domain = get_domain(config.domain.name)
     _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
     # everything the user named is checked before the model is loaded and sampled for minutes
@@ -349,28 +352,37 @@ def cmd_mine_hard(args) -> int:
             total, done = len(pool) * mining.k, [0]
             engine.on_rows = lambda rows: done.__setitem__(0, done[0] + rows) or progress(
                 f"mining fail@{mining.k} ({len(pool)} problems)", min(done[0], total), total)
-        report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.seed, mining.temperature,
-                           mining.max_new_tokens, log=lambda message: print(message, file=sys.stderr, flush=True))
+        # the sets already in --out-dir: a question mined again never lands in two of them
+        existing = {p.question for split in SPLITS if (out_dir / f"{domain.NAME}-hard-{split}.jsonl").is_file()
+                    for p in read_jsonl(out_dir / f"{domain.NAME}-hard-{split}.jsonl", domain.NAME)}
+        report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.val_fraction, mining.seed,
+                           mining.temperature, mining.max_new_tokens,
+                           log=lambda message: print(message, file=sys.stderr, flush=True), only=args.split,
+                           exclude=existing if (args.append or args.split) else set())
     store = Store(db_path)
     run_id = store.create_run(name=f"mine-{domain.NAME}", mode="mine-hard",
                               config={"mining": vars(mining), "model": config.model.path, "domain": domain.NAME},
                               model_path=str(config.model.path))
     provenance = {"k": mining.k, "temperature": mining.temperature, "seed": mining.seed, "model": config.model.path}
-    for split, problems in (("train", report.train), ("test", report.test)):
+    written = [split for split in SPLITS if not args.split or split == args.split]
+    for split in written:
+        problems = getattr(report, split)
         ids = store.add_problems(run_id=run_id, problems=problems, source="hard", split=split, provenance=provenance)
         store.create_dataset(run_id=run_id, name=f"{domain.NAME}-hard-{split}", kind=f"hard-{split}", problem_ids=ids)
     store.log_event(run_id=run_id, level="info", kind="mine-hard",
-                    message=f"{len(report.train)} train + {len(report.test)} test fail@{mining.k} problems",
+                    message=" + ".join(f"{len(getattr(report, split))} {split}" for split in written)
+                    + f" fail@{mining.k} problems",
                     data={"pool": report.pool, "kept": report.kept})
     store.set_run_status(run_id, "complete")
-    for split, problems in (("train", report.train), ("test", report.test)):
+    for split in written:
         path = out_dir / f"{domain.NAME}-hard-{split}.jsonl"
-        merge_into_jsonl(problems, path) if args.append else write_jsonl(problems, path)
+        merge_into_jsonl(getattr(report, split), path) if args.append else write_jsonl(getattr(report, split), path)
     summary = {"domain": domain.NAME, "k": mining.k, "pool": report.pool, "kept": report.kept,
-               "train": len(report.train), "test": len(report.test), "db": str(db_path), "out_dir": str(out_dir)}
+               **{split: len(getattr(report, split)) for split in written}, "db": str(db_path),
+               "out_dir": str(out_dir)}
     print(json.dumps(summary, indent=2) if args.json else
-          f"kept {len(report.train) + len(report.test)} fail@{mining.k} problems per level {report.kept} "
-          f"of {report.pool}; wrote {out_dir}/{domain.NAME}-hard-{{train,test}}.jsonl and {db_path}")
+          f"kept {sum(report.kept.values())} fail@{mining.k} problems per level {report.kept} "
+          f"of {report.pool}; wrote {out_dir}/{domain.NAME}-hard-{{{','.join(written)}}}.jsonl and {db_path}")
     return 0
 
 
@@ -678,11 +690,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="generated problems per level to mine from (mining.pool_per_level)")
     mh.add_argument("--test-fraction", type=_config_bound("mining.test_fraction"),
                     help="share of the kept problems held out as hard-test (mining.test_fraction)")
+    mh.add_argument("--val-fraction", type=_config_bound("mining.val_fraction"),
+                    help="share of the kept problems kept as hard-val (mining.val_fraction)")
     mh.add_argument("--seed", type=_config_bound("mining.seed"), help="seed of the pool and the samples (mining.seed)")
     mh.add_argument("--max-new-tokens", type=_config_bound("mining.max_new_tokens"),
                     help="token budget per sampled completion (mining.max_new_tokens)")
     mh.add_argument("--db", help="store to write (default runs/mine-<domain>/soar.db)")
-    mh.add_argument("--out-dir", default=str(HARD_SET_DIR), help="where to write <domain>-hard-{train,test}.jsonl")
+    mh.add_argument("--out-dir", default=str(HARD_SET_DIR), help="where to write <domain>-hard-{train,val,test}.jsonl")
+    mh.add_argument("--split", choices=("train", "val", "test"),
+                    help="write every kept problem to this one set (e.g. add hard-val beside existing sets); the"
+                         " questions of the sets already in --out-dir are left out")
     mh.add_argument("--append", action="store_true", help="add to the JSONL sets in --out-dir instead of replacing them")
     mh.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     mh.add_argument("--json", action="store_true", help="print the report as JSON")

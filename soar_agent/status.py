@@ -205,7 +205,8 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
                           "-" if s["moving_average"] is None else f"{s['moving_average']:+.4f}",
                           "-" if s.get("kept") is None else f"{s['kept']:.0%}",
                           "-" if s.get("teacher_right") is None else f"{s['teacher_right']:.0%}",
-                          "promoted" if s["promoted"] else
-                          "no student updated" if s.get("students") and s.get("students_updated") == 0 else "")
+                          ", ".join(note for note, shown in (
+                              ("promoted", s["promoted"]),
+                              ("no student updated", s.get("students") and s.get("students_updated") == 0)) if shown))
         console.print(table)
     return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())

@@ -331,7 +331,23 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN heartbeat_at TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: sqlite_utils.Database) -> None:
+    """hard-val: a problem's split may be 'val'. Widening a CHECK changes nothing stored, so the table's schema
+    text is edited in place (SQLite's documented procedure for changes that leave the on-disk content as it
+    is: writable_schema, then a schema_version bump so every connection re-reads it) instead of rebuilding
+    the problems table that dataset items and rollouts point at."""
+    conn = db.conn
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE type = 'table' AND name = 'problems'",
+                     ("CHECK (split IN ('train', 'test'))", "CHECK (split IN ('train', 'val', 'test'))"))
+        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 
 
 # --------------------------------------------------------------------------------------------------

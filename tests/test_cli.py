@@ -48,19 +48,34 @@ def test_eval_json_reports_levels_and_pass_at_k(random_tiny_dir):
 def test_mine_hard_writes_store_and_jsonl(random_tiny_dir, tmp_path):
     db, out = tmp_path / "mine.db", tmp_path / "hard"
     result = soar("mine-hard", "--model", random_tiny_dir, "--domain", "program", "--levels", "1,2", "--k", "4",
-                  "--pool-per-level", "6", "--test-fraction", "0.5", "--max-new-tokens", "12", "--db", db,
-                  "--out-dir", out, "--json")
+                  "--pool-per-level", "6", "--test-fraction", "0.5", "--val-fraction", "0.25",
+                  "--max-new-tokens", "12", "--db", db, "--out-dir", out, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    # a random model never writes "Answer: N": every problem is fail@k
-    assert report["train"] + report["test"] == 12 and report["test"] == 6
-    train = [json.loads(line) for line in (out / "program-hard-train.jsonl").read_text().splitlines()]
-    assert len(train) == 6 and all(row["steps"] and row["answer"] for row in train)
+    # a random model never writes "Answer: N": every problem is fail@k; per level 3 test, 2 val (1.5 rounds
+    # to 2), 1 train
+    assert (report["train"], report["val"], report["test"]) == (2, 4, 6)
+    rows = {split: [json.loads(line) for line in (out / f"program-hard-{split}.jsonl").read_text().splitlines()]
+            for split in ("train", "val", "test")}
+    assert len(rows["train"]) == 2 and all(row["steps"] and row["answer"] for row in rows["train"])
+    questions = [row["question"] for split in rows.values() for row in split]
+    assert len(questions) == len(set(questions)) == 12  # disjoint
     with Store(db, readonly=True) as store:
         run = store.latest_run()
         assert run["mode"] == "mine-hard"
-        assert len(store.problems_for(run["id"], source="hard", split="train")) == 6
-        assert {d["kind"] for d in store.datasets(run["id"])} == {"hard-train", "hard-test"}
+        assert len(store.problems_for(run["id"], source="hard", split="val")) == 4
+        assert {d["kind"] for d in store.datasets(run["id"])} == {"hard-train", "hard-val", "hard-test"}
+    # --split val adds a validation set beside existing sets: every kept problem goes there, none that the
+    # sets already hold, and train and test are left as they were
+    before = {split: (out / f"program-hard-{split}.jsonl").read_text() for split in ("train", "test")}
+    again = soar("mine-hard", "--model", random_tiny_dir, "--domain", "program", "--levels", "1,2", "--k", "4",
+                 "--pool-per-level", "9", "--max-new-tokens", "12", "--db", tmp_path / "val.db", "--out-dir", out,
+                 "--split", "val", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["val"] > 0 and "train" not in json.loads(again.stdout)
+    val = [json.loads(line)["question"] for line in (out / "program-hard-val.jsonl").read_text().splitlines()]
+    assert not set(val) & {row["question"] for split in ("train", "test") for row in rows[split]}
+    assert before == {split: (out / f"program-hard-{split}.jsonl").read_text() for split in ("train", "test")}
 
 
 def test_missing_model_directory(tmp_path):
@@ -126,7 +141,8 @@ def test_status_text_is_a_short_report_a_person_reads(tmp_path):
     assert lines[2] == "teacher steps: 4 complete, none in progress; promotions: 2"
     assert lines[3] == "hard-test after step 4: pass@1 30.0%; PQ student: pass@1 31.0%"  # the model run exports
     assert lines[4].startswith("teacher reward: greedy, moving average ")
-    assert lines[5].split() == ["step", "reward", "±", "stderr", "moving", "average", "samples", "kept", "promoted"]
+    assert lines[5].split() == ["step", "reward", "±", "stderr", "moving", "average", "samples", "kept", "teacher",
+                                "right", "promoted"]
     assert [line.split()[0] for line in lines[6:]] == ["1", "2", "3", "4"]
     # the share of the teacher's samples kept: step N of the fixture kept 6 of 6 + N
     assert [next(w for w in line.split() if w.endswith("%")) for line in lines[6:]] == ["86%", "75%", "67%", "60%"]

@@ -101,6 +101,11 @@ def test_a_step_whose_students_cannot_update_says_so(tmp_path, hard_files, rando
     assert any("no student could update" in line for line in lines)
     (step,) = agent.completed_steps()
     assert step["metrics"]["students_updated"] == 0 and step["metrics"]["students"] == 4
+    from soar_agent.status import format_status, run_status
+
+    status = run_status(tmp_path / "run")
+    assert status["steps"][0]["students_updated"] == 0
+    assert "no student updated" in format_status(status)
 
 
 def test_soar_run_with_teacher_labels_trains_students_on_the_teachers_solutions_and_updates_the_teacher(tmp_path):
@@ -143,6 +148,10 @@ def test_soar_run_with_teacher_labels_trains_students_on_the_teachers_solutions_
                 # its steps are the solution's lines (renumbered 1..N where the teacher miscounted)
                 assert [line.split(". ", 1)[1] for line in solution.splitlines()[:-1]] == list(problem.steps)
     assert right and wrong  # right and wrong teacher solutions both reach the students
+    # soar status shows the share of the teacher's answers the solver confirmed
+    from soar_agent.status import run_status
+
+    assert run_status(run_dir)["steps"][0]["teacher_right"] == right / (right + wrong)
 
 
 def test_the_problem_view_shows_the_teachers_worked_solution_and_whether_it_was_right():
