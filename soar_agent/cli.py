@@ -580,6 +580,17 @@ def cmd_status(args) -> int:
     """
     from soar_agent.status import format_status, run_status
 
+    if args.profile:
+        from soar_agent.profile import format_profile, run_profile
+        from soar_agent.store import Store
+
+        db = Path(args.run_dir) / "soar.db"
+        if not db.is_file():
+            raise UserError(f"{args.run_dir}: not a run directory (no soar.db)")
+        with Store(db, readonly=True) as store:
+            profile = run_profile(store, store.require_run()["id"])
+        print(json.dumps(profile, indent=2) if args.json else format_profile(profile))
+        return 0
     status = run_status(Path(args.run_dir))
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return 0
@@ -742,6 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = add("status", cmd_status)
     st.add_argument("run_dir", help="the run's directory (holding soar.db), e.g. runs/default")
     st.add_argument("--json", action="store_true", help="print every figure as JSON (for scripts)")
+    st.add_argument("--profile", action="store_true",
+                    help="where the run's wall clock went, phase by phase (with --json: as JSON)")
 
     ex = add("export", cmd_export)
     ex.add_argument("run_dir", help="the run's directory (holding soar.db)")
