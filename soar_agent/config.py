@@ -60,7 +60,7 @@ def _opt(default: Any, help: str, **constraints: Any) -> Any:
     Constraints: ``ge``/``gt``/``le``/``lt`` (numeric bounds, also applied to list items), ``choices``
     (allowed values), ``pattern`` (regex a string must fully match), ``distinct`` (list without repeats),
     ``expect`` (human wording of the expectation, replacing the generated one)."""
-    if "le" in constraints:  # every size has a documented maximum (issue 8 §4)
+    if "le" in constraints:  # every size has a documented maximum, so no setting can exhaust memory
         help += f" (at most {constraints['le']:g})" if isinstance(constraints["le"], float) else \
             f" (at most {constraints['le']})"
     metadata = {"help": help, **constraints}
