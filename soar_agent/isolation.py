@@ -7,7 +7,8 @@ directory, chmod inside it, list network interfaces, report its uid). Later runs
 the probe saw hold, strictly: if one of them fails to apply, the run fails instead of going on weaker.
 
 Anything missing is logged once, loudly (``soar`` refuses the ``code``/``program`` domains then, unless
-``--allow-weak-sandbox``).
+``--allow-weak-sandbox``). The scoring sandbox (:mod:`soar_agent.scoring_sandbox`, math and gym answers)
+starts its helper under the same plan.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def layers() -> Layers:
             _found = _probe_layers()
             if _found.missing:
                 log.warning("SANDBOX IS WEAKER THAN DESIGNED: missing %s. Untrusted code (the code and program "
-                            "domains) is less contained; soar refuses those domains unless --allow-weak-sandbox "
-                            "is given. %s", "; ".join(_found.missing), _found.describe())
+                            "domains) and answer scoring (math, gym) are less contained; soar refuses the code "
+                            "and program domains unless --allow-weak-sandbox is given. %s",
+                            "; ".join(_found.missing), _found.describe())
         return _found
 
 

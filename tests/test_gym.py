@@ -52,6 +52,61 @@ def test_scoring_uses_the_regenerated_entry_not_only_the_answer_text():
     assert domain.verify(bare, p.answer) and not domain.verify(bare, forged.answer)
 
 
+def test_an_answer_runs_no_code_here_and_cannot_change_later_scores(tmp_path):
+    """Scorers eval or parse_expr the answer (puzzle24 and countdown through sympy, string_insertion with
+    eval): an answer's code must not run in soar's process, and one answer must not change how any later
+    answer scores."""
+    puzzle24, countdown, insertion = (get_domain(f"gym:{name}") for name in ("puzzle24", "countdown",
+                                                                              "string_insertion"))
+    rng = random.Random(0)
+    sums_to_24, countdown_problem, insertion_problem = (domain.generate(1, rng) for domain in
+                                                        (puzzle24, countdown, insertion))
+    marker = tmp_path / "answer-code-ran"
+    for domain, problem in ((puzzle24, sums_to_24), (countdown, countdown_problem)):
+        assert not domain.verify(problem, f'__import__("os").system("touch {marker}")')
+    assert not marker.exists()
+    wrong = "1 + 2 + 3 + 4"  # four numbers in puzzle24's range, but 10, not 24
+    assert not puzzle24.verify(sums_to_24, wrong)
+    patch_the_scorer = ("exec(\"import sys; sys.modules['reasoning_gym.games.puzzle24'].parse_expr"
+                        " = lambda *args, **kwargs: 24\")")
+    assert not insertion.verify(insertion_problem, patch_the_scorer)
+    assert not puzzle24.verify(sums_to_24, wrong)
+    assert puzzle24.verify(sums_to_24, sums_to_24.answer)
+    assert countdown.verify(countdown_problem, countdown_problem.answer)
+
+
+def test_every_shipped_dataset_scores_out_of_process_as_it_would_in_process():
+    """Every dataset reasoning-gym ships (the installed version's list, not a copy of it) is scored through
+    the sandbox exactly as its scorer scores our own trusted texts in process: the confinement and its
+    compile gate refuse nothing a gold answer needs. A dataset whose generator fails at level 1 is
+    unusable as a domain anyway (and is named here, so a new one shows up)."""
+    import reasoning_gym
+
+    datasets = sorted(reasoning_gym.factory.DATASETS)
+    assert len(datasets) >= 100
+    problems, predictions, expected, unusable = {}, [], [], []
+    for name in datasets:
+        try:
+            domain = get_domain(f"gym:{name}")
+            problem = domain.generate(domain.LEVELS[0], random.Random(6))
+        except Exception:  # noqa: BLE001: the dataset's own generator
+            unusable.append(name)
+            continue
+        entry = gym._entry(domain, *problem.meta["gym"])
+        for text in (str(entry["answer"]), "0"):
+            # trusted text only (the generator's own answer, "0"), so scoring it here is safe
+            try:
+                want = float(reasoning_gym.get_score_answer_fn(name)(text, entry) or 0.0) >= 1.0
+            except Exception:  # noqa: BLE001: verify's rule for a scorer that raises: an exact match
+                want = text.strip() == problem.answer.strip()
+            problems.setdefault(name, []).append((problem, text, want))
+    assert set(unusable) <= {"composite", "knight_swap"}, unusable
+    for name, cases in problems.items():
+        domain = get_domain(f"gym:{name}")
+        got = domain.verify_batch([case[0] for case in cases], [case[1] for case in cases])
+        assert got == [case[2] for case in cases], name
+
+
 def test_jsonl_round_trip_keeps_how_a_problem_was_made(tmp_path):
     domain = get_domain("gym:leg_counting")
     problems = generate_problems(domain, [1, 4], random.Random(3))

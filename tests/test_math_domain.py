@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 
 import pytest
 
 import soar_agent.tasks.math as math_domain
+from soar_agent import scoring_sandbox
 from soar_agent.tasks.base import Problem, RejectedItem
 
 
@@ -120,7 +122,7 @@ def test_equivalent_answers_and_wrong_answers():
 def test_none_predictions_need_no_workers():
     math_domain.shutdown_verifier()
     assert math_domain.verify_batch(["1", "2"], [None, None]) == [False, False]
-    assert math_domain._pool_state["pool"] is None
+    assert scoring_sandbox.sandbox_for("math").pid is None
     with pytest.raises(ValueError):
         math_domain.verify_batch(["1"], [])
 
@@ -142,62 +144,46 @@ def test_adversarial_predictions_are_false_and_harmless():
     assert not os.path.exists(marker)
 
 
-def test_hard_timeout_kills_and_rebuilds_the_pool():
+def test_hard_timeout_kills_only_that_answers_child():
     # math-verify's own alarm is at least 1 s; a 0.5 s hard limit forces the kill path
     assert math_domain.verify_batch(["1"], ["1"]) == [True]
-    pool_before = math_domain._pool_state["pool"]
+    helper = scoring_sandbox.sandbox_for("math").pid
     start = time.monotonic()
     results = math_domain.verify_batch(["3", "2", "5"], ["9^{9^{9^{9}}}", "2", "5"], timeout_s=0.5)
     assert results == [False, True, True]
     assert time.monotonic() - start < 15
-    assert math_domain._pool_state["pool"] is not pool_before
+    assert scoring_sandbox.sandbox_for("math").pid == helper  # each answer has its own child: only it died
 
 
-def test_pool_is_reused_and_survives_dead_workers():
+def test_helper_is_reused_and_replaced_when_it_dies():
     assert math_domain.verify_batch(["1"], ["1"]) == [True]
-    pool = math_domain._pool_state["pool"]
+    helper = scoring_sandbox.sandbox_for("math").pid
     assert math_domain.verify_batch(["2"], ["2"]) == [True]
-    assert math_domain._pool_state["pool"] is pool
-    for process in list(pool._processes.values()):
-        process.kill()
-        process.join(5)
-    deadline = time.monotonic() + 5
-    while not math_domain._pool_broken(pool) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert scoring_sandbox.sandbox_for("math").pid == helper
+    os.kill(helper, signal.SIGKILL)
     assert math_domain.verify_batch(["\\frac{1}{3}", "2"], ["\\frac{2}{6}", "3"]) == [True, False]
+    assert scoring_sandbox.sandbox_for("math").pid not in (None, helper)
 
 
-def test_workers_run_under_the_sandbox_guard():
+def test_answers_of_a_helper_killed_mid_batch_are_rerun(monkeypatch):
     assert math_domain.verify_batch(["1"], ["1"]) == [True]
-    pool = math_domain._pool_state["pool"]
-    marker = f"/tmp/pwned_soar_math_{uuid.uuid4().hex}"
-    with pytest.raises(PermissionError, match="blocked by sandbox: process"):
-        pool.submit(os.system, f"touch {marker}").result(timeout=30)
-    with pytest.raises(PermissionError, match="blocked by sandbox: write outside sandbox"):
-        pool.submit(open, marker, "w").result(timeout=30)
-    assert not os.path.exists(marker)
-
-
-def test_items_on_a_crashed_worker_are_rerun(monkeypatch):
-    assert math_domain.verify_batch(["1"], ["1"]) == [True]
-    pool = math_domain._pool_state["pool"]
-    real_wait = math_domain.wait
+    sandbox = scoring_sandbox.sandbox_for("math")
+    helper = sandbox.pid
+    real_read_line = scoring_sandbox.ScoringSandbox._read_line
     kills = []
 
-    def wait_after_killing_the_workers_once(*args, **kwargs):
-        # the first wait of the batch: items are in flight on these workers; kill them all (no timing guess)
-        if not kills:
-            kills.append(len(pool._processes))
-            for process in list(pool._processes.values()):
-                process.kill()
-                process.join()
-        return real_wait(*args, **kwargs)
+    def read_line_after_killing_the_helper_once(self, deadline):
+        # the batch has been handed over and is being scored: kill the helper now (no timing guess)
+        if not kills and self.pid == helper:
+            kills.append(helper)
+            os.kill(helper, signal.SIGKILL)
+        return real_read_line(self, deadline)
 
-    monkeypatch.setattr(math_domain, "wait", wait_after_killing_the_workers_once)
-    # all true: an item that lost its worker and was not rerun would show up as False
+    monkeypatch.setattr(scoring_sandbox.ScoringSandbox, "_read_line", read_line_after_killing_the_helper_once)
+    # all true: an answer that lost its helper and was not rerun would show up as False
     golds = [str(i) for i in range(200)]
     predictions = [f"\\frac{{{2 * i}}}{{2}}" for i in range(200)]
     results = math_domain.verify_batch(golds, predictions)
-    assert kills and kills[0] >= 1
+    assert kills == [helper]
     assert results == [True] * 200
-    assert math_domain._pool_state["pool"] is not pool
+    assert sandbox.pid not in (None, helper)

@@ -13,6 +13,14 @@ metadata-free entry, falling back to an exact match where the scorer needs metad
 questions cannot be checked by a solver here, so `teacher.reward_target = "verified"` keeps the teacher's
 answers, as the paper does.
 
+Scoring runs out of process, always: several scorers `eval` or sympy-`parse_expr` the answer text
+(countdown, puzzle24, simple/intermediate_integration, polynomial_multiplication, string_insertion,
+spiral_matrix, binary_matrix, n_queens in reasoning-gym 0.1.19), and rather than trust a list that a new
+release can outgrow, no dataset's scorer is ever called in this process: every answer of every dataset in
+`reasoning_gym.factory.DATASETS` is scored in `soar_agent.scoring_sandbox` (a confined helper that forks a
+fresh child per answer), and tests/test_gym.py runs each shipped dataset through it. An answer the scorer
+chokes on, or that takes more than `SCORE_TIMEOUT_S`, is wrong.
+
 The completion format is the built-in one (free reasoning lines, then a last line `Answer: <answer>`),
 so the shipped model's habits carry over. reasoning-gym is an optional extra (`pip install
 'soar-agent[gym]'`), imported only when a gym domain is used.
@@ -30,6 +38,8 @@ from soar_agent.tasks.base import Problem, RejectedItem, builtin_student_prompt,
 PREFIX = "gym:"
 MAX_LEVELS = 10  # levels past a curriculum's longest attribute repeat its hardest setting: not worth listing
 MAX_ANSWER_CHARS = 2000
+# per answer, wall clock; the slowest level-1 gold answer (intermediate_integration) scores in 0.4 s
+SCORE_TIMEOUT_S = 5.0
 _ANSWER_LINE = re.compile(r"^Answer:[ \t]*(\S.*)$")
 
 
@@ -79,17 +89,35 @@ class GymDomain:
         return match.group(1).strip()[:MAX_ANSWER_CHARS] if match else None
 
     def verify(self, problem: Problem, prediction: str | None) -> bool:
-        if prediction is None:
-            return False
+        return self.verify_batch([problem], [prediction])[0]
+
+    def verify_batch(self, problems: list[Problem], predictions: list[str | None]) -> list[bool]:
+        """Whether each prediction scores 1.0 with the dataset's scorer, in the scoring sandbox (one
+        forked child per answer). A scorer that raises on a metadata-free entry (a question without the
+        [level, seed] record) falls back to an exact match with the stored answer."""
+        from soar_agent import scoring_sandbox
+
+        if len(problems) != len(predictions):
+            raise ValueError(f"verify_batch: {len(problems)} problems but {len(predictions)} predictions")
+        results = [False] * len(problems)
+        asked = [i for i, prediction in enumerate(predictions) if prediction is not None]
+        if not asked:
+            return results
+        calls = [(self.dataset, predictions[i], self._entry_for(problems[i])) for i in asked]
+        outcomes = scoring_sandbox.sandbox_for("gym").score(calls, timeout_s=SCORE_TIMEOUT_S,
+                                                            workers=scoring_sandbox.default_workers())
+        for i, outcome in zip(asked, outcomes):
+            if outcome.failure == "exception":
+                results[i] = predictions[i].strip() == problems[i].answer.strip()
+            else:
+                results[i] = outcome.score is not None and outcome.score >= 1.0
+        return results
+
+    def _entry_for(self, problem: Problem) -> dict:
         record = (problem.meta or {}).get("gym")
         if record is not None:
-            entry = _entry(self, *record)
-        else:
-            entry = {"question": problem.question, "answer": problem.answer, "metadata": {}}
-        try:
-            return _score(self.dataset, prediction, entry) >= 1.0
-        except Exception:  # noqa: BLE001: a scorer that needs metadata this entry lacks
-            return prediction.strip() == problem.answer.strip()
+            return _entry(self, *record)
+        return {"question": problem.question, "answer": problem.answer, "metadata": {}}
 
     def load_problems(self, path) -> list[Problem]:
         """Problems from JSONL rows {question, answer, level?, meta?: {gym: [level, seed]}}; one-line
@@ -144,15 +172,6 @@ def load(name: str) -> GymDomain:
 def _entry(domain: GymDomain, level: int, seed: int) -> dict:
     rg = _reasoning_gym()
     return rg.create_dataset(domain.dataset, **domain._configs[level], seed=seed, size=1)[0]
-
-
-@lru_cache(maxsize=None)
-def _scorer(dataset: str):
-    return _reasoning_gym().get_score_answer_fn(dataset)
-
-
-def _score(dataset: str, prediction: str, entry: dict) -> float:
-    return float(_scorer(dataset)(prediction, entry) or 0.0)
 
 
 def is_gym(name: str) -> bool:

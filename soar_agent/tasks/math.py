@@ -3,21 +3,15 @@
 Owns loading problems from JSONL or Parquet (``question``/``problem`` + ``answer``, optional ``level``),
 the student prompt, strict ``\\boxed{}`` answer extraction, and answer checking. math-verify parses
 untrusted model text with sympy (whose ``parse_expr`` evaluates Python), so it never runs in this
-process: a pool of guarded worker processes does it, with a hard per-item timeout that kills and
-rebuilds the pool when a worker hangs in C code its own ``signal.alarm`` cannot interrupt.
+process: :mod:`soar_agent.scoring_sandbox` does it (the same mechanism as the gym domains), in a
+confined helper that forks a fresh child per answer and kills it at a hard timeout, which also covers a
+hang in C code math-verify's own ``signal.alarm`` cannot interrupt.
 """
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 import sys
-import threading
-import time
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from soar_agent.tasks.base import MAX_LINE_BYTES, Problem, RejectedItem, check_level, jsonl_rows, split_solution
@@ -30,9 +24,6 @@ TOPICS = "competition mathematics: algebra, number theory, counting and probabil
 MAX_STEP_CHARS = 4000
 _PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
 _BOXED = "\\boxed{"
-# Untrusted parsing may allocate wildly (e.g. 9^{9^{9^9}}); bound each worker, not the host.
-_WORKER_MEMORY_BYTES = 4 * 1024**3
-_WARMUP_TIMEOUT_S = 120.0
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -194,167 +185,31 @@ def verify(problem: Problem, prediction: str | None) -> bool:
 
 
 def verify_batch(golds: list[str], predictions: list[str | None], timeout_s: float = 5.0,
-                 workers: int = 2) -> list[bool]:
-    """math-verify equivalence of each prediction with its gold answer, in the worker pool.
+                 workers: int | None = None) -> list[bool]:
+    """math-verify equivalence of each prediction with its gold answer, in the scoring sandbox.
 
-    An item running longer than ``timeout_s`` counts as False; its pool is killed and rebuilt and the
-    other in-flight items are rerun. An item whose worker crashes is rerun alone once; crashing again
-    counts as False. None predictions are False without a call."""
+    An item running longer than ``timeout_s``, or crashing its child, counts as False. None predictions
+    are False without a call."""
+    from soar_agent import scoring_sandbox
+
     if len(golds) != len(predictions):
         raise ValueError(f"verify_batch: {len(golds)} golds but {len(predictions)} predictions")
     results = [False] * len(golds)
-    queue = deque(i for i, prediction in enumerate(predictions) if prediction is not None)
-    if not queue:
+    asked = [i for i, prediction in enumerate(predictions) if prediction is not None]
+    if not asked:
         return results
-    with _POOL_LOCK:
-        try:
-            _run_queue(queue, golds, predictions, results, timeout_s, max(1, workers))
-        except BaseException:
-            _kill_pool()  # never leave a hung worker behind an interrupted call
-            raise
+    # math-verify's own (graceful, alarm-based) limits: three phases must fit inside our hard limit
+    inner_s = max(1, int(timeout_s / 3))
+    outcomes = scoring_sandbox.sandbox_for("math").score(
+        [(golds[i], predictions[i], inner_s) for i in asked], timeout_s=timeout_s,
+        workers=workers or scoring_sandbox.default_workers())
+    for i, outcome in zip(asked, outcomes):
+        results[i] = outcome.score == 1.0
     return results
 
 
-def _run_queue(queue: deque, golds, predictions, results: list[bool], timeout_s: float, workers: int) -> None:
-    # math-verify's own (graceful, alarm-based) limits: three phases must fit inside our hard limit
-    inner_s = max(1, int(timeout_s / 3))
-    solo: deque[int] = deque()  # items whose worker crashed: rerun one at a time to find the culprit
-    in_flight: dict[Future, tuple[int, float, bool]] = {}  # future -> (index, submitted at, alone)
-    pool = _get_pool(workers)
-    while queue or solo or in_flight:
-        if solo and not in_flight:
-            index = solo.popleft()
-            in_flight[pool.submit(_verify_one, golds[index], predictions[index], inner_s)] = (
-                index, time.monotonic(), True)
-        while queue and not solo and len(in_flight) < workers:
-            index = queue.popleft()
-            in_flight[pool.submit(_verify_one, golds[index], predictions[index], inner_s)] = (
-                index, time.monotonic(), False)
-        oldest = min(submitted for _, submitted, _ in in_flight.values())
-        done, _ = wait(in_flight, timeout=max(0.0, oldest + timeout_s - time.monotonic()),
-                       return_when=FIRST_COMPLETED)
-        crashed = []
-        for future in done:
-            index, _, alone = in_flight.pop(future)
-            try:
-                results[index] = bool(future.result())
-            except BrokenProcessPool:  # some worker died (segfault, memory): maybe this item's
-                if not alone:
-                    crashed.append(index)
-            except Exception:  # anything else from the worker: not shown equal
-                results[index] = False
-        now = time.monotonic()
-        expired = [future for future, (_, submitted, _) in in_flight.items() if now - submitted >= timeout_s]
-        for future in expired:
-            in_flight.pop(future)  # stays False
-        if crashed or expired or _pool_broken(pool):
-            # the survivors lose their worker too; rerun them (crash suspects alone)
-            for index, _, alone in in_flight.values():
-                (solo if alone else queue).appendleft(index)
-            in_flight.clear()
-            solo.extend(sorted(crashed))
-            _kill_pool()
-            pool = _get_pool(workers)
-
-
-# --- the pool: module-level, created lazily, reused across calls
-
-_POOL_LOCK = threading.RLock()
-_pool_state: dict = {"pool": None, "workers": 0}
-
-
-def _get_pool(workers: int) -> ProcessPoolExecutor:
-    pool = _pool_state["pool"]
-    if pool is not None and _pool_state["workers"] == workers and not _pool_broken(pool):
-        return pool
-    _kill_pool()
-    methods = multiprocessing.get_all_start_methods()
-    # not "fork": forking a process with threads (torch, our own) is unsafe. A forkserver that has
-    # preloaded sympy makes (re)building the pool after a kill cost milliseconds instead of seconds.
-    if "forkserver" in methods:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["math_verify", __name__])
-    else:
-        context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
-    # start every worker now so item timeouts never include interpreter start-up or imports
-    pings = [pool.submit(_ping) for _ in range(workers)]
-    try:
-        for ping in pings:
-            ping.result(timeout=_WARMUP_TIMEOUT_S)
-    except BaseException:
-        _kill(pool)
-        raise
-    _pool_state.update(pool=pool, workers=workers)
-    return pool
-
-
-def _pool_broken(pool: ProcessPoolExecutor) -> bool:
-    return bool(getattr(pool, "_broken", False))
-
-
-def _kill(pool: ProcessPoolExecutor) -> None:
-    # ProcessPoolExecutor has no public way to stop a running task; its process table is the only handle
-    processes = []
-    for _ in range(3):  # the executor's manager thread may be editing the table right now
-        try:
-            processes = list((getattr(pool, "_processes", None) or {}).values())
-            break
-        except RuntimeError:
-            continue
-    for process in processes:
-        process.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.join(timeout=5)
-
-
-def _kill_pool() -> None:
-    with _POOL_LOCK:
-        pool = _pool_state["pool"]
-        _pool_state.update(pool=None, workers=0)
-        if pool is not None:
-            _kill(pool)
-
-
 def shutdown_verifier() -> None:
-    """Stop the verification workers (a later call starts new ones)."""
-    _kill_pool()
+    """Stop the verification helper (a later call starts a new one)."""
+    from soar_agent import scoring_sandbox
 
-
-# --- worker side
-
-
-def _worker_init() -> None:
-    import resource
-
-    from soar_agent.sandbox import install_guard
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = _WORKER_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(_WORKER_MEMORY_BYTES, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    import math_verify  # noqa: F401  (before the guard: imports only read files, but do them up front)
-
-    # math-verify logs every timed-out input in full; in a worker that is only noise
-    logging.disable(logging.CRITICAL)
-    install_guard(None, lambda kind, event: None)
-
-
-def _ping() -> bool:
-    return True
-
-
-def _boxed(text: str) -> str:
-    return text if _BOXED in text else _BOXED + text + "}"
-
-
-def _verify_one(gold: str, prediction: str, inner_timeout_s: int) -> bool:
-    from math_verify import parse
-    from math_verify import verify as math_verify
-
-    try:
-        gold_parsed = parse(_boxed(gold), parsing_timeout=inner_timeout_s)
-        predicted = parse(_boxed(prediction), parsing_timeout=inner_timeout_s)
-        return bool(math_verify(gold_parsed, predicted, timeout_seconds=inner_timeout_s))
-    except Exception:  # any failure to parse or compare is "not shown equal"
-        return False
+    scoring_sandbox.sandbox_for("math").stop()
