@@ -1144,13 +1144,15 @@ class Agent:
         """The baseline checkpoint with the highest estimated improvement on hard-train (best_by_reward)."""
         return best_by_reward(self.store.checkpoints(self.run_id, role="baseline"))
 
-    def export(self, which: str = "best", out: str | None = None, force: bool = False) -> Path:
+    def export(self, which: str = "best", out: str | None = None, force: bool = False, log=None) -> Path:
+        """Export a checkpoint (export.export_checkpoint); `log` gets one line saying which (default: the
+        agent's log)."""
         from soar_agent.export import export_checkpoint, prune_exports
 
         # milliseconds: two exports in one second must not collide (an existing --out is refused)
         target = export_checkpoint(self.store, self.run_id, self.config, which,
                                    Path(out) if out else self.paths.exports / f"export-{int(time.time() * 1000)}",
-                                   best=self.best_checkpoint(), force=force)
+                                   best=self.best_checkpoint(), force=force, log=log or self.log)
         if out is None:  # one per session otherwise, kept forever
             prune_exports(self.paths.exports, self.config.budget.keep_checkpoints)
         return target

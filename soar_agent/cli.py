@@ -608,7 +608,8 @@ def cmd_export(args) -> int:
     if not (run_dir / "soar.db").is_file():
         raise UserError(f"{run_dir}: not a run directory (no soar.db)")
     agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
-    print(agent.export(args.checkpoint, args.out, force=args.force))
+    # which checkpoint (role, step, path; or the base model, said plainly), then the directory written, last
+    print(agent.export(args.checkpoint, args.out, force=args.force, log=print))
     return 0
 
 
