@@ -44,6 +44,19 @@ MAX_PRETRAIN_STEPS = 1_000_000
 MAX_PRETRAIN_EXAMPLES = 10_000_000
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring's layout kept, and each option's default shown where it has one worth showing (not a
+    flag's False, not a None that the help text explains)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == argparse.SUPPRESS or "default" in text
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return text + " (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's error format: one line `soar: error: ...`, exit status 2 (no usage block)."""
 
@@ -301,22 +314,27 @@ def cmd_mine_hard(args) -> int:
 
     Example: soar mine-hard --domain arith --levels 5,6,7 --k 128 --pool-per-level 200
     """
-    from soar_agent.config import load_config
+    from soar_agent.config import ConfigError, apply_overrides, load_config
     from soar_agent.mining import SPLITS, merge_into_jsonl, mine_hard, read_jsonl, write_jsonl
     from soar_agent.models import load_tokenizer
     from soar_agent.store import Store
     from soar_agent.tasks import generate_problems, get_domain
     from soar_agent.tasks.chat import for_model
 
-    overrides = list(args.set or [])
+    flags = []  # (option, override): applied after --set, and an error names the option the user typed
     if args.domain:
-        overrides.append(f"domain.name={args.domain}")
+        flags.append(("--domain", f"domain.name={args.domain}"))
     for key in ("k", "pool_per_level", "test_fraction", "val_fraction", "seed", "max_new_tokens"):
         if getattr(args, key) is not None:
-            overrides.append(f"mining.{key}={getattr(args, key)}")
+            flags.append((f"--{key.replace('_', '-')}", f"mining.{key}={getattr(args, key)}"))
     if args.model:
-        overrides.append(f"model.path={args.model}")
-    config = load_config(args.config, overrides)
+        flags.append(("--model", f"model.path={args.model}"))
+    config = load_config(args.config, list(args.set or []))
+    for option, override in flags:
+        try:
+            config = apply_overrides(config, [override])
+        except ConfigError as error:
+            raise ConfigError(str(error).replace(f"--set {override.split('=', 1)[0]}", option, 1)) from None
     mining = config.mining
     if not args.split and mining.test_fraction + mining.val_fraction >= 1:
         raise UserError(f"mining.test_fraction + mining.val_fraction: {mining.test_fraction} + {mining.val_fraction}"
@@ -666,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
         description = inspect.cleandoc(handler.__doc__)  # docstrings indent every line but the first
         summary = " ".join(description.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
         sub = commands.add_parser(name, help=summary, description=description,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=_HelpFormatter)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -738,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     max_hours, max_steps = _config_meta("budget.hours")["le"], _config_meta("budget.max_teacher_steps")["le"]
     limit.add_argument("--hours", type=_number(0.0, max_hours, low_open=True),
                        help=f"stop after this many hours from now (more than 0, at most {max_hours:g}); a resumed"
-                       " run given none of these four limits continues the time and step budget its last session had")
+                       " run given none of these four limits continues the time and step budget its last session had"
+                       " (default: the config's budget.hours and budget.max_teacher_steps; 0 = no limit)")
     limit.add_argument("--until", type=_clock_time, help="stop at this local time (HH:MM)")
     limit.add_argument("--max-teacher-steps", type=_config_bound("budget.max_teacher_steps"),
                        help=f"stop once the run has this many teacher steps (0 = no limit; at most {max_steps})")
@@ -746,7 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"stop after N more teacher steps (on a resumed run; at most {max_steps})")
     rn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     rn.add_argument("--mode", choices=("soar", "hard-only", "intrinsic", "curated"),
-                    help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE)")
+                    help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE; default: the config's,"
+                         " soar)")
     rn.add_argument("--no-export", action="store_true", help="do not export the run's model at the end (the PQ student, else the best)")
     rn.add_argument("--allow-weak-sandbox", action="store_true",
                     help="run the code/program domains even when a sandbox layer is missing on this machine")

@@ -92,6 +92,30 @@ def test_bad_levels_and_unknown_domain(random_tiny_dir):
     assert_one_line_error(soar("eval", "--model", random_tiny_dir, "--domain", "poetry"), "unknown domain")
 
 
+def test_an_options_error_names_the_option_typed(capsys):
+    """`soar mine-hard --domain foo` is about --domain, not a --set the user never wrote."""
+    from soar_agent import cli
+
+    assert cli.main(["mine-hard", "--domain", "foo"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("soar: error: --domain: ") and "--set" not in error and "'foo'" in error
+    assert cli.main(["mine-hard", "--set", "domain.name=foo"]) == 2
+    assert capsys.readouterr().err.startswith("soar: error: --set domain.name: ")
+
+
+def test_subcommand_help_shows_the_defaults(capsys):
+    from soar_agent import cli
+
+    for argv, shown in ((["eval"], ["--samples", "(default: 4)", "(default: 400)", "(default: arith)"]),
+                        (["pretrain-tiny"], ["(default: 2400)", "(default: 0)"]),
+                        (["export"], ["(default: best)"]),
+                        (["run"], ["default: the config's, soar", "budget.hours"])):
+        assert cli.main([*argv, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(needle in text for needle in shown), (argv, text)
+        assert "(default: None)" not in text and "(default: False)" not in text
+
+
 def test_malformed_and_unknown_config_keys(tmp_path, random_tiny_dir):
     bad = tmp_path / "bad.toml"
     bad.write_text("[mining\nk = 3\n")
