@@ -946,7 +946,8 @@ class Agent:
         if promoted is not None:
             self._models.pop("baseline", None)  # reload the promoted student on next use
             self.store.log_event(run_id=self.run_id, level="info", kind="promotion",
-                                 message=f"step {step}: dataset {promoted} promoted", data={"step": step})
+                                 message=f"step {step}: {best['name']} promoted",  # the name Curricula shows
+                                 data={"step": step, "dataset_id": promoted})
         shutil.rmtree(self.paths.checkpoints / f"step-{step}", ignore_errors=True)
         self._prune_checkpoints()
         self.log(f"[step {step}] done in {time.time() - started:.0f}s: mean reward {mean_reward:+.4f}"

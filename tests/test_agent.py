@@ -71,6 +71,9 @@ def test_one_complete_teacher_step(tmp_path, hard_files):
     # tau = -1 forces a promotion: a new baseline checkpoint and the dataset in the promotion questions
     assert step["promoted_dataset_id"] is not None
     assert len(store.datasets(run, kind="promotion")) == 1
+    (promoted,) = [d for d in curricula if d["id"] == step["promoted_dataset_id"]]  # named as the TUI's Curricula do
+    assert [e["message"] for e in store.events(run, limit=100) if e["kind"] == "promotion"] == [
+        f"step 1: {promoted['name']} promoted"]
     assert [c["role"] for c in store.checkpoints(run, status="complete")] == ["teacher", "baseline"]
     assert {e["set_name"] for e in store.evaluations(run)} == {"hard-test", "easy"}
     assert len(store.evaluations(run, set_name="hard-test")) == 2  # base (step 0) and after step 1

@@ -119,7 +119,8 @@ def add_step(store: Store, run: int, step: int) -> None:
                                 metrics={"seconds": 300.0 + step, "teacher_rewards": list(rewards.values()),
                                          "reward_metric": "sampled", "reward_stderr": 0.004 * step})
     if promoted:
-        store.log_event(run_id=run, level="info", kind="promotion", message=f"step {step}: dataset {promoted} promoted")
+        store.log_event(run_id=run, level="info", kind="promotion", message=f"step {step}: step-{step}-dataset-1 promoted",
+                        data={"step": step, "dataset_id": promoted})  # as the agent words it: the name Curricula shows
 
 
 def evaluate(store: Store, run: int, problem_ids: list[int], step: int, score: float) -> None:
@@ -257,12 +258,38 @@ async def test_overview_shows_the_run(fixture_db):
         assert isinstance(screen, RunScreen)
         stats = text(screen.query_one("#stats", Static))
         for needle in ("demo · soar", "running · student-collapse", "step", "4", "3h 02m", "left 5h 00m", "940",
-                       "promotions", "pass@1 0.300", "pass@4 0.600", "no agent attached",
+                       "2 promoted", "pass@1 30.0%", "pass@4 60.0%", "none attached",  # percentages, as soar status
                        "+0.0600 ± 0.0160 (sampled)"):
             assert needle in stats, (needle, stats)
         chart = screen.query_one("#pass-chart")
-        assert set(chart.series) == {"pass@1", "pass@4"} and chart.series["pass@4"][-1] == (4, pytest.approx(0.6))
+        assert set(chart.series) == {"pass@1", "pass@4"} and chart.series["pass@4"][-1] == (4, pytest.approx(60))
         assert [s for s, _ in screen.query_one("#student-chart").series["reward_mean"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_the_overview_fits_80x24_and_the_footer_shows_the_tab_keys(fixture_db):
+    """Every stats row is on screen whole (none wrapped, none below the pane), rates are percentages like
+    `soar status`'s, and the footer names the 1-6 tab keys."""
+    from textual.widgets._footer import FooterKey
+
+    app = make_app(fixture_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        stats = app.screen.query_one("#stats", Static)
+        console = Console(width=stats.content_region.width, color_system=None)
+        with console.capture() as captured:
+            console.print(stats.content)
+        lines = captured.get().rstrip("\n").splitlines()
+        keys = [line.split()[0] for line in lines if line.strip()]
+        assert keys == ["run", "status", "step", "elapsed", "last", "reward", "kept", "hard-test", "PQ", "agent"], lines
+        assert len(lines) <= stats.content_region.height, lines
+        assert {str(key.key) for key in app.screen.query(FooterKey)} >= {"1", "2", "3", "4", "5", "6"}
+        await pilot.press("4")
+        await settle(pilot)
+        assert "pass@4 60.0%" in column(app.screen.query_one("#checkpoint-table", DataTable), "hard-test")
+        await pilot.press("3")
+        await settle(pilot)
+        assert column(app.screen.query_one("#eval-table", DataTable), "pass@1")[0] == "30.0%"
 
 
 @pytest.mark.asyncio
@@ -305,6 +332,43 @@ async def test_navigation_between_tabs_and_screens(fixture_db):
 
 
 @pytest.mark.asyncio
+async def test_an_events_whole_message_is_shown_under_the_table(run_db):
+    long = "student 3-1 collapsed: " + " ".join(f"word{i}" for i in range(40)) + " THE END"
+    with Store(run_db) as store:
+        store.log_event(run_id=1, level="warning", kind="student-collapse", message=long)
+    app = make_app(run_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("5")
+        await settle(pilot)
+        table = app.screen.query_one("#event-table", DataTable)
+        detail = app.screen.query_one("#event-detail", Static)
+        assert long in " ".join(str(detail.content).split())  # the cursor follows the tail: the newest event, whole
+        await pilot.press("up")
+        assert str(detail.content).endswith("student-collapse: step 3: student 1-0 [empty]")  # no markup parsed
+        # a promotion event names the dataset as Curricula does
+        assert "step 4: step-4-dataset-1 promoted" in column(table, "message")
+
+
+@pytest.mark.asyncio
+async def test_promotion_datasets_show_as_promoted(fixture_db):
+    app = make_app(fixture_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2", "p")
+        await settle(pilot)
+        table = app.screen.query_one("#datasets", DataTable)
+        assert cells(table, 1) == ["promotion-step-4", "promotion-step-2"] and column(table, "promoted") == ["yes", "yes"]
+        await pilot.press("slash", *"promoted", "enter")  # the filter agrees with the column
+        await settle(pilot)
+        assert cells(table, 1) == ["promotion-step-4", "promotion-step-2"]
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, CurriculumScreen)
+        assert "promoted yes" in " ".join(text(w) for w in app.screen.query(Static))
+
+
+@pytest.mark.asyncio
 async def test_filter_curricula_and_drill_into_a_problem(fixture_db):
     app = make_app(fixture_db)
     async with app.run_test(size=SIZE) as pilot:
@@ -323,7 +387,7 @@ async def test_filter_curricula_and_drill_into_a_problem(fixture_db):
         # promotion questions view
         await pilot.press("p")
         await settle(pilot)
-        assert cells(table, 1) == []  # the filter 'promoted' matches no promotion dataset name
+        assert cells(table, 1) == ["promotion-step-4", "promotion-step-2"]  # promotion questions are all promoted
         await pilot.press("slash", *["backspace"] * 8, "enter", "p")
         await settle(pilot)
         assert table.row_count == 8
@@ -670,8 +734,8 @@ async def test_live_refresh_while_another_process_writes(run_db, tmp_path):
         await wait_for(pilot, lambda: app.screen.overview.teacher_step == 6)
         assert "wrote step 6" in cells(app.screen.query_one("#event-table", DataTable), 3)
         stats = text(app.screen.query_one("#stats", Static))
-        assert re.search(r"step\s+6\s*\n", stats) and "pass@1 0.500" in stats, stats
-        assert app.screen.query_one("#pass-chart").series["pass@1"][-1] == (6, 0.5)
+        assert re.search(r"step\s+6 · 3 promoted", stats) and "pass@1 50.0%" in stats, stats
+        assert app.screen.query_one("#pass-chart").series["pass@1"][-1] == (6, 50.0)
         await pilot.press("2")
         await settle(pilot)
         assert cells(app.screen.query_one("#datasets", DataTable), 1)[0] == "step-6-dataset-1"

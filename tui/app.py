@@ -37,6 +37,7 @@ TABS = [("overview", "Overview", OverviewTab), ("curricula", "Curricula", Curric
         ("evaluations", "Evaluations", EvaluationsTab), ("checkpoints", "Checkpoints", CheckpointsTab),
         ("events", "Events", EventsTab), ("control", "Control", ControlTab)]
 THEMES = ("textual-dark", "textual-light")
+TAB_KEYS = Binding.Group("Tabs", compact=True)
 
 KEYS = [  # (keys, where, what): the help screen
     ("1 … 6", "run", "Overview, Curricula, Evaluations, Checkpoints, Events, Control"),
@@ -104,8 +105,8 @@ class RunScreen(Screen):
     RunScreen #tabs TabPane { height: 1fr; padding: 0; }
     """
 
-    BINDINGS = [Binding("r", "refresh", "Refresh", show=False),
-                *[Binding(str(i), f"show_tab('{tab_id}')", label, show=False)
+    BINDINGS = [Binding("r", "refresh", "Refresh", show=False),  # the footer shows the tab keys as one "123456 Tabs"
+                *[Binding(str(i), f"show_tab('{tab_id}')", label, group=TAB_KEYS)
                   for i, (tab_id, label, _) in enumerate(TABS, 1)]]
 
     class Polled(Message):

@@ -29,14 +29,14 @@ def headline(evaluations: list[dict]) -> str:
     if not hard:
         return "-"
     keys = pass_keys(hard[-1]["summary"])
-    return f"{keys[-1]} {hard[-1]['summary'][keys[-1]]:.3f}" if keys else "-"
+    return f"{keys[-1]} {fmt.percent(hard[-1]['summary'][keys[-1]])}" if keys else "-"
 
 
 def evaluation_lines(checkpoint: dict) -> str:
     lines = [f"[b]checkpoint {checkpoint['id']}[/b] · {checkpoint['role']} · {escape(checkpoint['path'])}"]
     for e in checkpoint["evaluations"]:
         s = e["summary"]
-        figures = " ".join(f"{k} {s[k]:.3f}" for k in (["greedy_acc"] if "greedy_acc" in s else []) + pass_keys(s))
+        figures = " ".join(f"{k} {fmt.percent(s[k])}" for k in (["greedy_acc"] if "greedy_acc" in s else []) + pass_keys(s))
         lines.append(f"{escape(e['set_name'])} @ step {e['teacher_step']}: {figures or '-'}")
     if not checkpoint["evaluations"]:
         lines.append("no evaluations of this checkpoint")

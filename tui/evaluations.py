@@ -91,5 +91,5 @@ class EvaluationsTab(TabBody):
             table.add_column("greedy" if key == "greedy_acc" else key, key=key)
         for r in reversed(rows):
             step = r["teacher_step"] if r["teacher_step"] is not None else "-"
-            table.add_row(step, r["checkpoint_id"] or "-", *[fmt.number(r["summary"].get(k)) for k in keys],
+            table.add_row(step, r["checkpoint_id"] or "-", *[fmt.percent(r["summary"].get(k)) for k in keys],
                           key=str(r["id"]))

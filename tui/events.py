@@ -6,7 +6,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Select
+from textual.widgets import DataTable, Select, Static
 from textual.worker import get_current_worker
 
 from soar_agent.store import EVENT_LEVELS
@@ -22,6 +22,7 @@ class EventsTab(TabBody):
     DEFAULT_CSS = """
     EventsTab #level { width: 24; }
     EventsTab #event-table { height: 1fr; }
+    EventsTab #event-detail { height: auto; max-height: 6; padding: 0 1; border-top: solid $primary-background; }
     """
     BINDINGS = [Binding("l", "cycle_level", "Level")]
 
@@ -35,10 +36,12 @@ class EventsTab(TabBody):
         self.level = "info"
         self.last_id: int | None = None
         self._seen: object = None
+        self.events: dict[str, dict] = {}  # by row key: the whole event, for the detail line
 
     def compose(self) -> ComposeResult:
         yield Select([(f"level ≥ {lv}", lv) for lv in EVENT_LEVELS], value=self.level, allow_blank=False, id="level")
         yield DataTable(id="event-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="event-detail", markup=False)  # the highlighted event's whole message
 
     def on_mount(self) -> None:
         table = self.query_one("#event-table", DataTable)
@@ -72,7 +75,9 @@ class EventsTab(TabBody):
         following = not table.row_count or table.cursor_row >= table.row_count - 1
         if message.reset:
             table.clear()
+            self.events = {}
         for e in message.rows:
+            self.events[str(e["id"])] = e
             if str(e["id"]) in table.rows:
                 continue
             style = LEVEL_STYLE[e["level"]]
@@ -83,6 +88,17 @@ class EventsTab(TabBody):
             self.last_id = message.rows[-1]["id"]
         if following and table.row_count:
             table.move_cursor(row=table.row_count - 1)
+        self._show_detail()
+
+    @on(DataTable.RowHighlighted, "#event-table")
+    def _show_detail(self) -> None:
+        """The message column is cut at its width: the line under the table shows the whole message of the
+        event under the cursor."""
+        table = self.query_one("#event-table", DataTable)
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value if table.row_count else None
+        e = self.events.get(key)
+        self.query_one("#event-detail", Static).update(
+            f"{fmt.clock_time(e['ts'])} {e['level']} {e['kind']}: {e['message']}" if e else "no events")
 
     @on(Select.Changed, "#level")
     def level_changed(self, event: Select.Changed) -> None:

@@ -26,6 +26,11 @@ def number(value: float | None, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def percent(value: float | None) -> str:
+    """A rate (pass@k, accuracy) as `soar status` shows it: "30.0%" ("-" when missing)."""
+    return "-" if value is None else f"{value:.1%}"
+
+
 def ratio(correct: int, total: int) -> str:
     """Student success as "3/8 38%" ("-" when never tried)."""
     return f"{correct}/{total} {correct / total:4.0%}" if total else "-"

@@ -15,23 +15,25 @@ from tui.widgets import Chart
 
 
 def smallest_and_largest_k(summary: dict) -> str:
+    """pass@1 and pass@<largest k> as percentages, like `soar status` ("pass@1 30.0% pass@4 60.0%")."""
     keys = pass_keys(summary)
-    return " · ".join(f"{k} {summary[k]:.3f}" for k in dict.fromkeys([*keys[:1], *keys[-1:]])) or "-"
+    return "  ".join(f"{k} {fmt.percent(summary[k])}" for k in dict.fromkeys([*keys[:1], *keys[-1:]])) or "-"
 
 
 def stats_table(o: Overview) -> Table:
+    """Ten short rows: at 80x24 the stats pane (38 columns by 10 rows) shows every one whole, unwrapped."""
     run = o.run
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
-    step = str(o.teacher_step) + (f" ({o.in_progress_step} in progress)" if o.in_progress_step else "")
+    step = str(o.teacher_step) + (f" ({o.in_progress_step} running)" if o.in_progress_step else "")
     hard = smallest_and_largest_k(o.hard_test[-1][1] if o.hard_test else {})
     if o.attached:
         agent = f"[green]attached[/] ({fmt.duration(o.heartbeat_age_s)} ago)"
     elif o.heartbeat_age_s is None:
-        agent = "[yellow]no agent attached[/]"
+        agent = "[yellow]none attached[/]"
     else:
-        agent = f"[yellow]no agent attached[/] (last seen {fmt.duration(o.heartbeat_age_s)} ago)"
+        agent = f"[yellow]detached[/] (seen {fmt.duration(o.heartbeat_age_s)} ago)"
     reward = "-"
     if o.last_reward is not None:
         mean, stderr, metric = o.last_reward
@@ -39,13 +41,12 @@ def stats_table(o: Overview) -> Table:
     rows = [
         ("run", f"{run['name']} · {run['mode']}"),
         ("status", f"{run['status']} · {o.phase}"),
-        ("step", step),
+        ("step", f"{step} · {o.promotions} promoted"),
         ("elapsed", fmt.duration(o.elapsed_s) + (f" · left {fmt.duration(o.remaining_s)}"
                                                   if o.remaining_s is not None else "")),
         ("last step", f"{fmt.duration(o.last_step_seconds)} · {fmt.number(o.tokens_per_second, 0)} tokens/s"),
-        ("promotions", str(o.promotions)),
         ("reward", reward),
-        ("samples kept", "-" if o.kept is None else f"{o.kept[1]:.0%} (step {o.kept[0]})"),
+        ("kept", "-" if o.kept is None else f"{o.kept[1]:.0%} of samples (step {o.kept[0]})"),
         ("hard-test", hard),
         ("PQ student", smallest_and_largest_k(o.pq)),  # the final training's student: the model `soar run` exports
         ("agent", agent),
@@ -56,10 +57,10 @@ def stats_table(o: Overview) -> Table:
 
 
 def pass_series(o: Overview) -> dict[str, list[tuple[float, float]]]:
-    """pass@1 and the largest k evaluated, over teacher steps."""
+    """pass@1 and the largest k evaluated, over teacher steps, in percent."""
     keys = pass_keys(o.hard_test[-1][1]) if o.hard_test else []
     wanted = list(dict.fromkeys([*keys[:1], *keys[-1:]]))
-    return {k: [(step, s[k]) for step, s in o.hard_test if k in s] for k in wanted}
+    return {k: [(step, 100 * s[k]) for step, s in o.hard_test if k in s] for k in wanted}
 
 
 class OverviewTab(TabBody):
@@ -71,7 +72,7 @@ class OverviewTab(TabBody):
     def compose(self) -> ComposeResult:
         with Grid():
             yield Static("loading…", id="stats")
-            yield Chart("hard-test pass@k", id="pass-chart")
+            yield Chart("hard-test pass@k (%)", id="pass-chart")
             yield Chart("teacher reward", id="teacher-chart")
             yield Chart("student reward", id="student-chart")
 

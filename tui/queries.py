@@ -149,6 +149,11 @@ def overview(store: Store, run_id: int, now: float) -> Overview:
 # --------------------------------------------------------------------------------------------- curricula
 
 
+# A promotion dataset (promotion-step-N) is the promoted curriculum's questions: promoted by definition,
+# though the store only flags the curriculum it came from.
+PROMOTED = "(CASE WHEN d.kind = 'promotion' THEN 1 ELSE d.promoted END)"
+
+
 def _dataset_filter(text: str) -> tuple[str, list]:
     """Filter words, all of which must match: ``promoted``, a step number (``12`` or ``step:12``), or any
     other text matched against the dataset name."""
@@ -157,7 +162,7 @@ def _dataset_filter(text: str) -> tuple[str, list]:
         lowered = word.lower()
         number = re.fullmatch(r"(?:step:)?(\d+)", lowered)
         if lowered == "promoted":
-            clauses.append("d.promoted = 1")
+            clauses.append(f"{PROMOTED} = 1")
         elif number:
             clauses.append("(d.teacher_step = ? OR d.name LIKE ?)")
             params += [int(number.group(1)), f"%{word}%"]
@@ -175,7 +180,7 @@ def curricula_page(store: Store, run_id: int, kind: str = "curriculum", text: st
         where += " AND d.id < ?"
         params.append(before_id)
     return _rows(store,
-                 "SELECT d.id, d.name, d.kind, d.teacher_step, d.reward, d.promoted,"
+                 f"SELECT d.id, d.name, d.kind, d.teacher_step, d.reward, {PROMOTED} AS promoted,"
                  " (SELECT count(*) FROM dataset_items i WHERE i.dataset_id = d.id) AS items"
                  f" FROM datasets d WHERE d.run_id = ? AND d.kind = ?{where} ORDER BY d.id DESC LIMIT ?",
                  [run_id, kind, *params, int(limit)])
@@ -184,7 +189,7 @@ def curricula_page(store: Store, run_id: int, kind: str = "curriculum", text: st
 def dataset(store: Store, dataset_id: int) -> dict | None:
     """A dataset with its item count and how many distinct problems those items are (the teacher repeats
     questions: a default run's short dataset has 2,880 items of 2,113 problems)."""
-    rows = _rows(store, "SELECT d.id, d.name, d.kind, d.teacher_step, d.reward, d.promoted, d.meta_json,"
+    rows = _rows(store, f"SELECT d.id, d.name, d.kind, d.teacher_step, d.reward, {PROMOTED} AS promoted, d.meta_json,"
                         " (SELECT count(*) FROM dataset_items i WHERE i.dataset_id = d.id) AS items,"
                         " (SELECT count(DISTINCT i.problem_id) FROM dataset_items i WHERE i.dataset_id = d.id)"
                         " AS distinct_problems FROM datasets d WHERE d.id = ?", (dataset_id,))
