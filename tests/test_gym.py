@@ -164,3 +164,7 @@ def test_one_soar_run_teacher_step_on_a_gym_dataset(tmp_path):
     hard = store.problems_for(run, source="hard", split="train")
     assert len(hard) == 8 and all(store.to_problem(row).meta["gym"][0] == 7 for row in hard)
     assert {e["set_name"] for e in store.evaluations(run)} >= {"hard-test"}
+    # no solver here: the teacher solved its own questions, and students trained supervised on those solutions
+    (dataset, *_) = store.datasets(run, kind="curriculum")
+    assert dataset["meta"]["solutions"] and all(s.strip() for s in dataset["meta"]["solutions"])
+    assert all(t["metrics"]["sft_steps"] > 0 for t in store.trainings(run))

@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from soar_agent.tasks.base import Problem, RejectedItem, builtin_student_prompt, jsonl_rows
+from soar_agent.tasks.base import (Problem, RejectedItem, builtin_expert_completion, builtin_student_prompt,
+                                   jsonl_rows)
 
 PREFIX = "gym:"
 MAX_LEVELS = 10  # levels past a curriculum's longest attribute repeat its hardest setting: not worth listing
@@ -81,6 +82,12 @@ class GymDomain:
 
     def student_prompt(self, question: str) -> str:
         return builtin_student_prompt(question)
+
+    def expert_completion(self, problem: Problem) -> str:
+        """A worked solution in the student format (its steps as lines, then `Answer: ...`), for sft-rlvr's
+        supervised phase. A gym problem carries steps when the teacher solved its own question (its datasets
+        train on that solution, teacher.writes_solutions); generated and mined problems carry none."""
+        return builtin_expert_completion(problem)
 
     def extract_answer(self, completion: str) -> str | None:
         """The text after `Answer:` on the completion's last non-empty line (None otherwise)."""
