@@ -155,6 +155,36 @@ def _check_prompt_room(config: RunConfig, domain, files: dict) -> None:
             raise RejectedItem(f"{error}; no problem of the file fits (domain.{name})") from None
 
 
+# What a resume may change: how long and where the run goes on, not what it measures (the experiment's settings)
+RESUMABLE = ("budget.", "model.device", "model.engine", "run.workers", "run.ray_address")
+
+
+def resume_config(stored: RunConfig, given: RunConfig, keys: set[str] | None = None) -> tuple[RunConfig, list[str]]:
+    """The config a resumed run goes on with, and the lines saying so: the stored one, with the given values
+    of the settings in RESUMABLE (budget.*, model.device, model.engine, run.workers) applied; the given
+    experiment's settings that differ are ignored and named. ``keys``: the settings the user set (`--set`),
+    else (a config file) every setting that differs counts."""
+    old, new = config_to_dict(stored), config_to_dict(given)
+    changed = [f"{section}.{key}" for section in new for key in new[section]
+               if new[section][key] != old[section][key] and (keys is None or f"{section}.{key}" in keys)]
+    applied = [name for name in changed if name.startswith(RESUMABLE)]
+    ignored = [name for name in changed if not name.startswith(RESUMABLE)]
+    value = lambda data, name: data[name.split(".")[0]][name.split(".")[1]]
+    for name in applied:
+        old[name.split(".")[0]][name.split(".")[1]] = value(new, name)
+    notes = []
+    if applied:
+        notes.append("resuming with the run's stored configuration and this session's "
+                     + ", ".join(f"{name} = {value(new, name)!r}" for name in applied))
+    if ignored:
+        notes.append("note: ignored on a resume (the experiment's settings are the run's stored ones; a new"
+                     " --run-dir starts a run with them): " + ", ".join(
+                         f"{name} = {value(new, name)!r} (stored {value(old, name)!r})" for name in ignored)
+                     + "; a resume takes only budget.*, model.device, model.engine and run.workers")
+    return (config_from_dict(old, source="the stored config with this session's settings") if applied else stored,
+            notes)
+
+
 def promotion_decision(history: list[float], mean_reward: float, tau: float, window: int,
                        force: bool = False) -> tuple[float, bool]:
     """(moving average of the last `window` step rewards including this one, promote?): promote when the
@@ -253,6 +283,10 @@ class Agent:
     write_error: OSError | None = None  # the failed write (e.g. a full disk) that stopped this session
     _models: dict = field(default_factory=dict)
     _last_beat: float = float("-inf")  # time.monotonic() of the last heartbeat written inside a unit
+    # when this session (`run`) started, as the store writes times: a command sent before it is dropped, not
+    # obeyed (a stop queued while no agent was attached must not end the next resume); None outside `run`
+    session_started: str | None = None
+    _stop_in_unit: bool = False  # a stop command read inside a unit: beat() ends the unit (UnitStopped)
 
     def _track(self, label: str, total: int):
         """Report one long phase's progress: the returned function sets the number of units done. It also
@@ -279,9 +313,12 @@ class Agent:
     # ------------------------------------------------------------------ set-up and resume
 
     @classmethod
-    def open(cls, config: RunConfig | None, run_dir: Path, log=print, existing_only: bool = False) -> "Agent":
-        """A new run in an empty run_dir, or the existing run there (its stored config wins).
-        ``existing_only`` (export, eval-pq): the run must exist; StoreError rather than a new run."""
+    def open(cls, config: RunConfig | None, run_dir: Path, log=print, existing_only: bool = False,
+             given: set[str] | None = None) -> "Agent":
+        """A new run in an empty run_dir, or the existing run there (its stored config wins, but for the
+        settings a resume may change: resume_config). ``given``: the dotted keys the user set (`--set`), when
+        not a whole config file. ``existing_only`` (export, eval-pq): the run must exist; StoreError rather
+        than a new run."""
         paths = RunPaths(Path(run_dir))
         metric_note = None
         if not existing_only:
@@ -298,8 +335,10 @@ class Agent:
         existing = store.latest_run()
         if existing is not None:
             stored = config_from_dict(existing["config"], source=f"{paths.db} (stored config)")
-            if config is not None and config_to_dict(config) != config_to_dict(stored):
-                log("note: resuming with the run's stored configuration; the given one is ignored")
+            if config is not None:
+                stored, notes = resume_config(stored, config, given)
+                for note in notes:
+                    log(note)
             agent = cls(stored, paths, log, store, existing["id"])
             if not existing_only:  # export and eval-pq read the run, they do not resume it
                 store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")
@@ -415,6 +454,7 @@ class Agent:
     # ------------------------------------------------------------------ the loop
 
     def run(self, budget: Budget) -> str:
+        self.session_started, self._stop_in_unit = _store_time(), False
         self._install_signal_handlers()
         self.store.set_run_status(self.run_id, "running")
         self.store.log_event(run_id=self.run_id, level="info", kind="session",
@@ -427,6 +467,11 @@ class Agent:
             self.store.log_event(run_id=self.run_id, level="info", kind="students-train-on", message=line)
         try:
             return self._run(budget)
+        except UnitStopped:  # a stop command read inside a unit, after its current step: the unit is redone
+            self.log(f"{self.stop_reason}: stopped inside a unit of work; what it had not stored is redone on resume")
+            self.store.set_run_status(self.run_id, "stopped")
+            self.store.log_event(run_id=self.run_id, level="info", kind="stopped", message=self.stop_reason)
+            return self.stop_reason
         except KeyboardInterrupt:  # a second signal: stopped at once, whatever the unit
             self.store.set_run_status(self.run_id, "stopped")
             self.store.log_event(run_id=self.run_id, level="warning", kind="stopped",
@@ -581,42 +626,81 @@ class Agent:
                     signal.signal(sig, signal.SIG_DFL)
                 raise KeyboardInterrupt
             self.stop_reason = f"{signal.Signals(signum).name} received: stopping after the current unit"
-            self.log(self.stop_reason + " (again: stop at once)")
+            self.log(self.stop_reason + " (Ctrl-C again: stop at once, the unit in progress is redone on resume;"
+                     f" resume with `soar run --run-dir {self.paths.root}`)")
+
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, request_stop)
 
     def beat(self) -> None:
-        """The run's heartbeat, written at most every HEARTBEAT_S."""
-        if time.monotonic() - self._last_beat >= HEARTBEAT_S:
-            self._last_beat = time.monotonic()
+        """Inside a unit of work (each training step, evaluation batch, teacher sampling round, teacher update
+        micro-batch, decoded token): the run's heartbeat and, in a `soar run` session, the TUI's commands, at most
+        every HEARTBEAT_S, so that they are answered within seconds rather than after a unit of minutes. A pause
+        waits here, at the step boundary; a stop ends the unit (UnitStopped: it is redone on resume, as after a
+        second Ctrl-C; the final training keeps its chain's last training)."""
+        if time.monotonic() - self._last_beat < HEARTBEAT_S:
+            return
+        self._last_beat = time.monotonic()
+        self.store.heartbeat(self.run_id)
+        if self.session_started is None:  # outside `soar run` (eval-pq): the heartbeat alone
+            return
+        self._obey_commands(inside_unit=True)
+        while self.paused and not self.stop_reason:
+            time.sleep(1.0)
             self.store.heartbeat(self.run_id)
+            self._obey_commands(inside_unit=True)
+        self._last_beat = time.monotonic()
+        if self._stop_in_unit:
+            raise UnitStopped(self.stop_reason)
 
     def poll_commands(self) -> None:
         """Commands from the TUI (or `soar` scripts), each acknowledged; pause blocks here."""
         while True:
             self.store.heartbeat(self.run_id)
-            for command in self.store.pending_commands(self.run_id):
-                name = command["command"]
-                if name == "pause":
-                    self.paused, message = True, "paused after the current unit"
-                elif name == "resume":
-                    self.paused, message = False, "resumed"
-                elif name == "stop":
-                    self.stop_reason, message = "stop command received", "stopping after the current unit"
-                elif name == "promote":
-                    self.force_promotion, message = True, "the best student of the next completed step will be promoted"
-                else:  # export
-                    try:
-                        out = self.export(command["args"].get("checkpoint", "best"), command["args"].get("out"))
-                        message = f"exported to {out}"
-                    except ValueError as error:  # a refused --out or unknown checkpoint must not end the run
-                        message = f"export failed: {error}"
-                self.store.ack_command(command["id"], message)
-                self.store.log_event(run_id=self.run_id, level="info", kind=f"command-{name}", message=message)
+            self._obey_commands()
             if not self.paused or self.stop_reason:
                 return
             time.sleep(1.0)
+
+    def _obey_commands(self, inside_unit: bool = False) -> None:
+        """Each pending command, acknowledged with what the agent does. One sent before this session started
+        is dropped: a stop queued while no agent was attached would end the resume at once (and export), a
+        pause hold it; the user sends it again to mean it now."""
+        for command in self.store.pending_commands(self.run_id):
+            name = command["command"]
+            if self.session_started is not None and command["created_at"] < self.session_started:
+                sent = _local_time(command["created_at"])
+                note = f"ignored a {name} sent at {sent} before this session started; send it again to {name}"
+                self.store.ack_command(command["id"], f"dropped: sent at {sent}, before this session started;"
+                                                      f" send it again to {name}")
+                self.store.log_event(run_id=self.run_id, level="warning", kind="command-dropped", message=note,
+                                     data={"command": name, "command_id": command["id"]})
+                self.log(note)
+                continue
+            if name == "pause":
+                self.paused = True
+                message = "pausing at the next step" if inside_unit else "paused after the current unit"
+            elif name == "resume":
+                self.paused, message = False, "resumed"
+            elif name == "stop":
+                self.stop_reason = "stop command received"
+                message = "stopping after the current unit"
+                if inside_unit:
+                    self._stop_in_unit = True
+                    message = "stopping after the current step; the unit it interrupts is redone on resume"
+            elif name == "promote":
+                self.force_promotion, message = True, "the best student of the next completed step will be promoted"
+            else:  # export
+                try:
+                    out = self.export(command["args"].get("checkpoint", "best"), command["args"].get("out"))
+                    message = f"exported to {out}"
+                except ValueError as error:  # a refused --out or unknown checkpoint must not end the run
+                    message = f"export failed: {error}"
+            self.store.ack_command(command["id"], message)
+            self.store.log_event(run_id=self.run_id, level="info", kind=f"command-{name}", message=message)
+            if inside_unit:
+                self.log(f"{name}: {message}")
 
     # ------------------------------------------------------------------ one teacher step
 
@@ -661,7 +745,7 @@ class Agent:
         teacher = self.model("teacher")
         count = t.datasets_per_step * t.items_per_dataset
         try:
-            items, stats = sample_items(HFEngine(teacher, self.tokenizer), self.domain, count, t,
+            items, stats = sample_items(HFEngine(teacher, self.tokenizer, tick=self.beat), self.domain, count, t,
                                         seed=_seed(self.config.run.seed, step, *([self._garbage_attempt]
                                                                                   if self._garbage_attempt else [])),
                                         progress=self._track(f"step {step}: teacher writing problems", count),
@@ -752,7 +836,8 @@ class Agent:
         baseline are scored on paired samples."""
         from soar_agent.student_job import reward_scores
 
-        return reward_scores(model, self.tokenizer, self.domain, self.config, problems, self._reward_seed(step))
+        return reward_scores(model, self.tokenizer, self.domain, self.config, problems, self._reward_seed(step),
+                             tick=self.beat)
 
     def _reward_seed(self, step: int) -> int:
         return _seed(self.config.run.seed, step, 55)
@@ -805,7 +890,7 @@ class Agent:
             return None, float("nan"), None
         step_done = self._track(f"step {step}: student {index}-{j} ({self.config.student.backend})", job.steps)
         student, result = train_and_score(self.model("baseline"), self.tokenizer, self.domain, self.config, job,
-                                          on_step=step_done)
+                                          on_step=step_done, tick=self.beat)
         reward = self._record_training(step, index, dataset, j, before, result, ids)
         return (student, reward, result.after) if result.after is not None else (None, float("nan"), None)
 
@@ -960,11 +1045,24 @@ class Agent:
         from soar_agent.teacher import teacher_update
 
         cfg = self.config
+        # minutes in one step: `soar status` and the TUI say so (the last event is the phase), and a bar follows
+        # its micro-batches, with the heartbeat and the commands (beat)
+        message = f"step {step}: updating the teacher on its {sum(len(d) for d in items)} items"
+        self.store.log_event(run_id=self.run_id, level="info", kind="teacher-update", message=message,
+                             data={"step": step})
+        self.log(f"[step {step}] {message[len(f'step {step}: '):]}")
+        bar = []
+
+        def progress(done: int, rows: int) -> None:
+            if not bar:
+                bar.append(self._track(f"step {step}: teacher update ({rows} rows)", rows))
+            bar[0](done)
+
         try:
             rejected = [ids for d in datasets for ids in d["meta"].get("rejected_token_ids") or []]
             return teacher_update(teacher, self._models["teacher_optimizer"], self.tokenizer, self.domain, items,
                                   teacher_rewards, cfg.student.grad_clip, rejected=rejected,
-                                  reject_penalty=cfg.teacher.reject_penalty)
+                                  reject_penalty=cfg.teacher.reject_penalty, progress=progress)
         except FloatingPointError as error:  # NaN/inf teacher loss: no step taken, the run goes on
             self.store.log_event(run_id=self.run_id, level="error", kind="non-finite-loss",
                                  message=f"teacher: {error}", data={"step": step})
@@ -977,7 +1075,7 @@ class Agent:
         from soar_agent.evaluation import evaluate_problems
 
         s = self.config.student
-        results = evaluate_problems(HFEngine(self.model("baseline"), self.tokenizer), self.domain,
+        results = evaluate_problems(HFEngine(self.model("baseline"), self.tokenizer, tick=self.beat), self.domain,
                                     self._dataset_problems(dataset), samples=s.group_size, greedy=False,
                                     temperature=s.temperature, max_new_tokens=s.max_new_tokens,
                                     seed=_seed(self.config.run.seed, step, dataset["id"], 77))
@@ -1100,7 +1198,7 @@ class Agent:
         from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
 
         cfg = self.config
-        engine = HFEngine(self.model("baseline"), self.tokenizer)
+        engine = HFEngine(self.model("baseline"), self.tokenizer, tick=self.beat)
         checkpoint = self.latest_checkpoint("baseline")
         started = time.time()
         sets = {"hard-test": self.hard_set("test")}
@@ -1157,6 +1255,29 @@ class Agent:
         if out is None:  # one per session otherwise, kept forever
             prune_exports(self.paths.exports, self.config.budget.keep_checkpoints)
         return target
+
+
+class UnitStopped(Exception):
+    """A stop command read inside a unit of work (Agent.beat): the unit ends after its current step and is
+    redone on resume; `Agent.run` records the stop."""
+
+
+def _store_time() -> str:
+    """Now, as the store writes times (UTC ISO with milliseconds): comparable with its rows' as text."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _local_time(stored: str) -> str:
+    """A stored (UTC ISO) time as a local date and clock time, for messages."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stored).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return stored
+
 
 
 class _StepSkipped(RuntimeError):

@@ -272,8 +272,17 @@ def cmd_eval(args) -> int:
     domain = for_model(domain, tokenizer)  # an instruct model's chat template, when it has one
     problems = _fitting(problems, domain, tokenizer, args.model, args.max_new_tokens, "--max-new-tokens", args.data)
     model, tokenizer, engine = _load(args.model, engine=args.engine, tokenizer=tokenizer)
-    results = evaluate_problems(engine, domain, problems, samples=args.samples, greedy=True,
-                                temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    from rich.console import Console
+
+    with _progress_bars(Console(stderr=True)) as progress:  # minutes: a bar with ETA, on stderr (--json stays clean)
+        if hasattr(engine, "on_rows"):  # every completion: one greedy and --samples sampled per problem
+            total, done = len(problems) * (1 + args.samples), [0]
+            label = f"evaluating {len(problems)} problems (greedy + {args.samples} samples each)"
+            progress(label, 0, total)
+            engine.on_rows = lambda rows: done.__setitem__(0, done[0] + rows) or progress(
+                label, min(done[0], total), total)
+        results = evaluate_problems(engine, domain, problems, samples=args.samples, greedy=True,
+                                    temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     summary = summarize(results, default_ks(args.samples) if args.samples else [])
     summary.update(model=str(args.model), domain=args.domain, samples=args.samples,
                    tokens_per_second=round(engine.stats.tokens_per_second, 1))
@@ -448,15 +457,36 @@ def _deadline(args) -> float | None:
     return None
 
 
+def _eta_column():
+    """The bars' ETA: the time left at the phase's average pace so far (elapsed / done x left). Rich's own
+    TimeRemainingColumn estimates the speed from the last 30 s only, and shows -:--:-- for every phase whose
+    updates come further apart: an evaluation batch, a training step of the final training, a sampling round."""
+    import datetime
+
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class AveragePaceETA(ProgressColumn):
+        def render(self, task) -> Text:
+            if task.finished:
+                return Text("0:00:00", style="progress.remaining")
+            if not task.total or not task.completed or not task.elapsed:
+                return Text("-:--:--", style="progress.remaining")
+            left = task.elapsed / task.completed * (task.total - task.completed)
+            return Text(str(datetime.timedelta(seconds=int(left))), style="progress.remaining")
+
+    return AveragePaceETA()
+
+
 @contextlib.contextmanager
 def _progress_bars(console):
     """Rich progress bars with ETA for the agent's long phases (evaluations, teacher sampling, students):
     yields the (label, done, total) callback; a phase's bar goes away when it completes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bars: dict[str, int] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True) as progress:
+                  TextColumn("ETA"), _eta_column(), console=console, transient=True) as progress:
         def update(label: str, done: int, total: int) -> None:
             if label not in bars:
                 bars[label] = progress.add_task(label, total=total)
@@ -540,7 +570,10 @@ def _run_session(args, config, run_dir: Path) -> int:
     deadline = _deadline(args)  # counted from the command's start
     continues = all(getattr(args, name) is None for name in ("hours", "until", "max_teacher_steps", "more_steps"))
     previous = _stored_time_budget(run_dir) if continues else None
-    agent = Agent.open(config, run_dir, log=lambda message: console.log(message))
+    resumed = (run_dir / "soar.db").is_file()
+    given = None if args.config else {o.split("=", 1)[0].strip() for o in (args.set or [])} | (
+        {"run.mode"} if args.mode else set())  # what the user set: a resume names those it ignores
+    agent = Agent.open(config, run_dir, log=lambda message: console.log(message), given=given)
     _require_strong_sandbox(agent.config.domain.name, args.allow_weak_sandbox)  # a resumed run's own config
     done = sum(s["status"] == "complete" for s in agent.store.teacher_steps(agent.run_id))
     limit = args.max_teacher_steps if args.max_teacher_steps is not None else agent.config.budget.max_teacher_steps
@@ -557,6 +590,7 @@ def _run_session(args, config, run_dir: Path) -> int:
     budget = Budget(deadline, limit, until=args.until is not None)
     if continues:
         _continue_budget(agent, budget, run_dir, previous)
+    console.log(_opening_line(agent, budget, run_dir, done, resumed))
     with _progress_bars(console) as progress:
         agent.progress = progress
         try:
@@ -577,6 +611,33 @@ def _run_session(args, config, run_dir: Path) -> int:
         console.log(f"for a student trained long on the rewarded questions: soar eval-pq {run_dir}, then"
                     f" soar export {run_dir} --out DIR --checkpoint pq")
     return 0
+
+
+def _opening_line(agent, budget, run_dir: Path, done: int, resumed: bool) -> str:
+    """What `soar run` is about to do, said before its first minutes of silent work: the run, its budget,
+    the plan of a step and where to watch it."""
+    import time
+
+    cfg = agent.config
+    t, s = cfg.teacher, cfg.student
+    run = f"resuming {run_dir} after {done} teacher steps" if resumed else f"new {cfg.run.mode} run in {run_dir}"
+    limits = []
+    if budget.deadline is not None:
+        limits.append(f"until {time.strftime('%a %H:%M', time.localtime(budget.deadline))}"
+                      f" ({max(0.0, budget.deadline - time.time()) / 3600:.1f} h)")
+    if budget.max_teacher_steps:
+        limits.append(f"{budget.max_teacher_steps} teacher steps in all")
+    if cfg.run.mode in ("hard-only", "curated"):
+        plan = (f"each step {t.datasets_per_step * s.students_per_dataset} {cfg.run.mode} trainings of {s.steps}"
+                f" {s.backend} steps")
+    else:
+        plan = (f"each teacher step writes {t.datasets_per_step} datasets of {t.items_per_dataset} problems and trains"
+                f" {s.students_per_dataset} student(s) of {s.steps} {s.backend} steps on each")
+    plan += f"; hard-test evaluation every {cfg.eval.every_teacher_steps} steps"
+    if agent._ends_with_final_training():
+        plan += f"; at the budget's end a final training of {cfg.budget.pq_steps} steps"
+    return (f"soar run: {run}; budget: {' and '.join(limits) or 'none (Ctrl-C stops it)'}; {plan};"
+            f" watch it with `soar tui {run_dir}` (or `soar status {run_dir}`)")
 
 
 def _record_write_failure(agent, error: Exception) -> None:

@@ -75,6 +75,9 @@ class HFEngine:
     max_batch_size: int = 256
     stats: GenerationStats = field(default_factory=GenerationStats)
     on_rows: Callable[[int], None] | None = None  # told how many completions each finished batch held (progress)
+    # called once per decoded token: a batch of 256 rows takes minutes on a CPU, and the agent's heartbeat and
+    # commands (Agent.beat, throttled there) must not wait for it to end
+    tick: Callable[[], None] | None = None
 
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0, max_new_tokens: int = 128,
                  stop: list[str] | None = None, seed: int | None = None) -> list[list[Completion]]:
@@ -143,6 +146,8 @@ class HFEngine:
         finish = ["length"] * len(prompts)
         matched: list[str | None] = [None] * len(prompts)
         for _ in range(max_new_tokens):
+            if self.tick is not None:
+                self.tick()
             log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
             if temperature == 0:
                 chosen = log_probs.argmax(-1)

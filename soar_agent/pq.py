@@ -191,12 +191,14 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                 fill: bool = False) -> dict | None:
     """Train the PQ student (`steps` RL steps, default budget.pq_steps), keep it as the run's `pq` checkpoint
     and evaluate it on hard-test: the evaluation's summary, or None when `stop()` returned a reason between
-    two trainings of the chain (nothing is stored then). With a `deadline` (epoch seconds), a training of the
+    two trainings of the chain (nothing is stored then; a stop command inside a training, agent.UnitStopped,
+    keeps the trainings before it and is raised on). With a `deadline` (epoch seconds), a training of the
     chain that would not end `evaluation_seconds` before it (at the pace of the ones before) is shortened to
     the steps that fit, and not started when fewer than a tenth of a training's fit: the student trained so
     far is kept and evaluated, and its steps are what the summary reports; with `fill` as well, the chain
     goes on past `steps` (then only an estimate) while trainings fit, so that it ends at the deadline. The pace
     of the chain's own trainings is the one exact measure of its cost (the run's students only estimate it)."""
+    from soar_agent.agent import UnitStopped
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model, save_checkpoint
     from soar_agent.rl import trainer
@@ -258,10 +260,15 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                 agent.log(message)
                 if not length:
                     break
-        student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
-                                                  steps=length, seed=seed + index,
-                                                  log=lambda record, offset=done: step_done(offset + record["step"] + 1),
-                                                  **extra)
+        try:
+            student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
+                                                      steps=length, seed=seed + index,
+                                                      log=lambda record, offset=done: step_done(offset + record["step"] + 1),
+                                                      **extra)
+        except UnitStopped:  # a stop command inside this training (Agent.beat): it is redone on resume, the
+            if unkept:  # trainings before it are kept as after a stop between trainings
+                _keep_part(agent, student, key, *unkept, seconds_per_step())
+            raise
         done += length
         done_here += length
         unkept = (done, index + 1)
@@ -294,7 +301,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     store.mark_checkpoint(checkpoint_id, "complete")
     # a hard-test set stored before repeated lines were skipped may still repeat a question
     hard_test = unique_problems(agent.hard_set("test"))[0]
-    engine = HFEngine(student, agent.tokenizer)
+    engine = HFEngine(student, agent.tokenizer, tick=agent.beat)
     engine.on_rows = agent._counter(f"PQ student: hard-test evaluation ({len(hard_test)} problems)",
                                     len(hard_test) * (1 + cfg.eval.samples))
     results = evaluate_problems(engine, agent.domain, hard_test,

@@ -32,8 +32,9 @@ def expert_logprob_unusable(domain, problems) -> str | None:
     return None
 
 
-def expert_logprobs(model, tokenizer, domain, problems, batch_size: int = 16) -> list[float]:
-    """Mean per-token log-prob of each problem's expert completion under the model (teacher forcing)."""
+def expert_logprobs(model, tokenizer, domain, problems, batch_size: int = 16, tick=None) -> list[float]:
+    """Mean per-token log-prob of each problem's expert completion under the model (teacher forcing);
+    `tick()` (the agent's heartbeat and commands) before each batch."""
     import torch
 
     from soar_agent.rl.train import sequence_logprobs
@@ -43,6 +44,8 @@ def expert_logprobs(model, tokenizer, domain, problems, batch_size: int = 16) ->
     model.eval()
     with torch.no_grad():
         for start in range(0, len(problems), batch_size):
+            if tick is not None:
+                tick()
             chunk = problems[start:start + batch_size]
             # prompt tokenized as the rollouts and the engine do; the completion as pretraining saw it
             prompts = [tokenizer(domain.student_prompt(p.question), add_special_tokens=True)["input_ids"]
@@ -56,14 +59,15 @@ def expert_logprobs(model, tokenizer, domain, problems, batch_size: int = 16) ->
 
 
 def question_scores(model, tokenizer, domain, problems, metric: str, *, samples: int = 8, seed: int = 0,
-                    temperature: float = 1.0, max_new_tokens: int = 384) -> list[float]:
-    """One score per reward question under `metric` (see the module docstring)."""
+                    temperature: float = 1.0, max_new_tokens: int = 384, tick=None) -> list[float]:
+    """One score per reward question under `metric` (see the module docstring). `tick()` is called as the
+    scoring goes (HFEngine.tick: the agent's heartbeat and commands inside the unit)."""
     from soar_agent.engine import HFEngine
     from soar_agent.evaluation import evaluate_problems
 
     if metric == "expert-logprob":
-        return expert_logprobs(model, tokenizer, domain, problems)
-    engine = HFEngine(model, tokenizer)
+        return expert_logprobs(model, tokenizer, domain, problems, tick=tick)
+    engine = HFEngine(model, tokenizer, tick=tick)
     if metric == "greedy":
         results = evaluate_problems(engine, domain, problems, samples=0, greedy=True, max_new_tokens=max_new_tokens)
         return [float(bool(r.greedy_correct)) for r in results]

@@ -119,6 +119,7 @@ def run_status(run_dir: Path) -> dict:
 # The last event's kind, in words a person reads without knowing the agent's internals.
 _PHASE_WORDS = {"start": "created",
                 "teacher-sampled": "training students on the teacher's problems", "stopped": "stopped",
+                "teacher-update": "updating the teacher on its datasets' rewards",
                 "chain-step": "training the baseline (no teacher in this mode)",
                 "export": "exported", "teacher-garbage": "teacher wrote no usable problems; retrying",
                 "student-collapse": "training students", "hard-set-repeats": "starting",

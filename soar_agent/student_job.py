@@ -82,17 +82,20 @@ def student_engine(config):
     return _ENGINES[key]
 
 
-def reward_scores(model, tokenizer, domain, config, questions: list[Problem], seed: int) -> list[float]:
+def reward_scores(model, tokenizer, domain, config, questions: list[Problem], seed: int, tick=None) -> list[float]:
     """Per-question scores under reward.metric. The baseline and its students are scored by this one
-    function with the step's seed, so their samples are paired."""
+    function with the step's seed, so their samples are paired. `tick()`: the agent's heartbeat (question_scores)."""
     from soar_agent.reward import question_scores
 
     return question_scores(model, tokenizer, domain, questions, config.reward.metric, samples=config.reward.samples,
-                           seed=seed, temperature=config.student.temperature, max_new_tokens=config.eval.max_new_tokens)
+                           seed=seed, temperature=config.student.temperature, max_new_tokens=config.eval.max_new_tokens,
+                           tick=tick)
 
 
-def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_step: Callable[[int], None] | None = None):
-    """Train a student from `baseline` (a model in memory) and score it: (student, StudentResult)."""
+def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_step: Callable[[int], None] | None = None,
+                    tick: Callable[[], None] | None = None):
+    """Train a student from `baseline` (a model in memory) and score it: (student, StudentResult). `on_step(n)`
+    after each training step, `tick()` while the student is scored (the agent's progress and heartbeat)."""
     from soar_agent.models import save_checkpoint
     from soar_agent.rl import trainer
     from soar_agent.rl.train import NonFiniteLoss
@@ -111,7 +114,7 @@ def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_ste
     except NonFiniteLoss as error:
         return None, StudentResult(job.key, None, None, {"error": str(error), "non_finite": True}, rollouts)
     train_seconds = time.time() - started
-    after = reward_scores(student, tokenizer, domain, config, job.reward_questions, job.reward_seed)
+    after = reward_scores(student, tokenizer, domain, config, job.reward_questions, job.reward_seed, tick)
     directory = save_checkpoint(student, tokenizer, job.out_dir)
     # the training alone (not its scoring), and its supervised and RL steps apart: what the end of a run's
     # time budget is estimated from (pq.measured_costs; an RL step samples, so it costs several supervised ones)

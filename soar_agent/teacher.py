@@ -236,7 +236,7 @@ def reinforce_loss(new_logprobs, old_logprobs, advantages, mask, eps_low, eps_hi
 
 def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[TeacherItem]],
                    rewards: list[float], grad_clip: float = 1.0, micro_batch: int = TEACHER_MICRO_BATCH,
-                   rejected: list[list[int]] = (), reject_penalty: float = 0.0) -> dict:
+                   rejected: list[list[int]] = (), reject_penalty: float = 0.0, progress=None) -> dict:
     """One policy-gradient step of the teacher on its datasets' RLOO advantages: loss = -mean over items of
     A_k * (sum of the item's sampled-token log-probs), through the student core's `policy_step` (`micro_batch`
     items per pass, rows of similar length together; sequence aggregation makes the passes' sum that mean).
@@ -244,7 +244,8 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
     is a row of its own with the item's advantage: the teacher wrote it, and students trained on it.
     `rejected` (sampled tokens of completions that did not parse or were out of the domain's range) join
     the step with advantage -reject_penalty x mean |A_k| (teacher.reject_penalty; 0 leaves them out).
-    Raises FloatingPointError, without stepping, when the loss or the gradient norm is not finite."""
+    Raises FloatingPointError, without stepping, when the loss or the gradient norm is not finite.
+    `progress(done, rows)` after each micro-batch (policy_step's on_rows): the step takes minutes."""
     from soar_agent.config import StudentSection
     from soar_agent.rl.train import NonFiniteLoss, Rollout, pad_token_id, policy_step
 
@@ -284,7 +285,7 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
                          grad_clip=grad_clip)
     try:
         step = policy_step(teacher, optimizer, batch, torch.tensor(item_advantages, dtype=torch.float32), cfg,
-                           pad_token_id(tokenizer), surrogate=lambda rows: reinforce_loss)
+                           pad_token_id(tokenizer), surrogate=lambda rows: reinforce_loss, on_rows=progress)
     except NonFiniteLoss as error:
         raise FloatingPointError(f"teacher: {error}") from None
     stats.update(updated=step["updated"], loss=step["loss"], grad_norm=step["grad_norm"])

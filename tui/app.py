@@ -49,7 +49,7 @@ KEYS = [  # (keys, where, what): the help screen
     ("f", "problem", "rollout phase filter: all, student, eval, teacher"),
     ("e", "checkpoints", "export the highlighted checkpoint (soar export, a subprocess)"),
     ("l", "events", "cycle the minimum level"),
-    ("p u s", "control", "pause, resume, stop after the current unit"),
+    ("p u s", "control", "pause, resume, stop at the next step"),
     ("m x", "control", "promote now, export the best checkpoint (by the agent)"),
     ("escape", "details", "back"),
     ("t", "anywhere", "light / dark theme"),
@@ -57,8 +57,9 @@ KEYS = [  # (keys, where, what): the help screen
     ("q", "anywhere", "quit"),
 ]
 HELP_NOTES = ("Reads the run's store live (read-only). Commands go through the store's commands table; the "
-              "agent acknowledges them between units of work. With no agent attached (no heartbeat for 30 s) "
-              "they stay queued until `soar run` resumes the run. Tables load a page at a time as you scroll.")
+              "agent acknowledges them within seconds, between the steps of its work. With no agent attached (no "
+              "heartbeat for 30 s) they are queued, and the next `soar run` session drops them (acked 'dropped'): "
+              "send them again once it runs. Tables load a page at a time as you scroll.")
 
 
 def resolve_db(path: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """The Control tab: pause, resume, stop, promote now, export, sent to the agent through the commands table,
-and their acknowledgements as the agent polls (between units of work)."""
+and their acknowledgements as the agent polls (every few seconds while it works; a command sent while no
+agent was attached is dropped by the next session, and shown as dropped)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def agent_line(o: Overview | None) -> str:
     if o.attached:
         return f"[green]agent attached[/] (heartbeat {fmt.duration(o.heartbeat_age_s)} ago) · {run}"
     seen = "never seen" if o.heartbeat_age_s is None else f"last heartbeat {fmt.duration(o.heartbeat_age_s)} ago"
-    return (f"[yellow]no agent attached[/] ({seen}; live means < {ATTACHED_WITHIN_S:.0f}s): commands stay queued"
-            f" until an agent resumes this run · {run}")
+    return (f"[yellow]no agent attached[/] ({seen}; live means < {ATTACHED_WITHIN_S:.0f}s): a command sent now is"
+            f" dropped by the next session (send it again once an agent runs) · {run}")
 
 
 class ControlTab(TabBody):
@@ -106,8 +107,8 @@ class ControlTab(TabBody):
             text = f"{message.command} sent (#{message.command_id}): waiting for the agent to pick it up…"
             self.notify(text, title="Command")
         else:
-            text = (f"no agent attached: command queued ({message.command} #{message.command_id}); it runs when an"
-                    " agent resumes this run")
+            text = (f"no agent attached: command queued ({message.command} #{message.command_id}); the next session"
+                    " drops it as sent before it started: send it again once an agent runs")
             self.notify(text, title="Command", severity="warning")
         self.query_one("#notice", Static).update(text)
         self.post_message(self.RefreshRequested())
@@ -140,5 +141,6 @@ class ControlTab(TabBody):
         table.clear()
         for c in reversed(commands):
             table.add_row(c["id"], c["command"], fmt.clock_time(c["created_at"]),
-                          fmt.clock_time(c["acked_at"]) if c["acked_at"] else "pending",
+                          ("dropped" if (c["ack_message"] or "").startswith("dropped:") else
+                           fmt.clock_time(c["acked_at"])) if c["acked_at"] else "pending",
                           fmt.cell(c["ack_message"] or ""), key=str(c["id"]))

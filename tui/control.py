@@ -14,9 +14,9 @@ from soar_agent.store import COMMANDS, Store
 
 # What each command does once the agent picks it up (shown on buttons and in the help screen).
 COMMAND_HELP = {
-    "pause": "pause after the current unit",
+    "pause": "pause at the next training step or evaluation batch (seconds)",
     "resume": "resume a paused run",
-    "stop": "stop after the current unit",
+    "stop": "stop within seconds, after the current step (the unit it cuts short is redone on resume)",
     "promote": "promote the best student of the next completed step",
     "export": "export the best checkpoint (done by the agent)",
 }

@@ -199,7 +199,7 @@ def _padded(values: list[list[float]], T: int, device) -> torch.Tensor:
 
 
 def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cfg, pad_id: int,
-                reference=None, surrogate=None) -> dict:
+                reference=None, surrogate=None, on_rows=None) -> dict:
     """The loss and one optimizer step: clipped surrogate (+ kl_coef * k3 KL to `reference`) with grad-norm
     clipping. `advantages` is (B,). No step (and no graph) when every advantage is zero. Raises
     NonFiniteLoss, without stepping, when the loss or the gradient norm is not finite. `surrogate(rows)` (the
@@ -210,7 +210,9 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     each micro-batch's loss is scaled by its share of the batch's tokens (token aggregation) or rows
     (sequence aggregation), so the summed loss and gradient equal one pass over the whole batch, while the
     logits (B x T x vocabulary) are never all in memory at once. Rows are grouped by length, so a
-    micro-batch pads only to its own longest row (less padding: faster even where memory is no concern)."""
+    micro-batch pads only to its own longest row (less padding: faster even where memory is no concern).
+    `on_rows(done, rows)`, when given, is told the rows done after each micro-batch (the teacher update's
+    progress: minutes in one step)."""
     has_signal = bool((advantages != 0).any())
     rows = len(batch.completion_ids)
     size = cfg.micro_batch or rows
@@ -240,6 +242,8 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
         totals["kl"] += kl.item() * share
         for key, value in (("entropy", entropy), *stats.items()):
             totals[key] += value * tokens
+        if on_rows is not None:
+            on_rows(min(rows, begin + size), rows)
     stats = dict(totals, grad_norm=0.0, updated=False)
     if has_signal:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
