@@ -279,6 +279,7 @@ class Agent:
     paused: bool = False
     force_promotion: bool = False
     final_summary: dict | None = None  # the PQ student's hard-test summary when this session's run ended with it
+    _baseline_scoring_seconds: float = 0.0  # this session's scoring of the step's baseline (0 for a resumed step)
     progress: callable = None  # (label, done, total) for long phases: the CLI draws bars from it
     write_error: OSError | None = None  # the failed write (e.g. a full disk) that stopped this session
     _models: dict = field(default_factory=dict)
@@ -711,7 +712,9 @@ class Agent:
         datasets = self._curriculum(step)
         reward_questions = self._reward_questions(step)
         baseline = self.model("baseline")
+        scoring_started = time.time()
         before = self._reward_scores(baseline, reward_questions, step)
+        self._baseline_scoring_seconds = time.time() - scoring_started  # the step's metrics (soar status --profile)
         cfg = self.config
         units = [(index, d, j) for index, d in enumerate(datasets) for j in range(cfg.student.students_per_dataset)]
         done = {(t["dataset_id"], t["student_index"]) for t in self.store.trainings(self.run_id, step)}
@@ -744,6 +747,7 @@ class Agent:
         t = self.config.teacher
         teacher = self.model("teacher")
         count = t.datasets_per_step * t.items_per_dataset
+        sampling_started = time.time()
         try:
             items, stats = sample_items(HFEngine(teacher, self.tokenizer, tick=self.beat), self.domain, count, t,
                                         seed=_seed(self.config.run.seed, step, *([self._garbage_attempt]
@@ -754,6 +758,7 @@ class Agent:
                                         **({"fits": fits} if (fits := self._fits_students()) else {}))
         except TeacherGarbage as error:
             raise _StepSkipped(str(error)) from None
+        stats["seconds"] = time.time() - sampling_started  # soar status --profile
         rejected = stats.pop("rejected_token_ids", [])  # kept with the first dataset: a resumed step's update
         datasets = []
         for k, chunk in enumerate(split_items(items, t.datasets_per_step, t.split)):
@@ -1026,7 +1031,8 @@ class Agent:
                      "reward_metric": cfg.reward.metric, "reward_stderr": step_stderr,
                      "dataset_reward_stderr": {str(k): v for k, v in dataset_stderr.items()},
                      "seconds": time.time() - started, "mode": cfg.run.mode,
-                     "students_updated": updated, "students": len(trainings)})
+                     "students_updated": updated, "students": len(trainings),
+                     "baseline_scoring_seconds": self._baseline_scoring_seconds})
         self.force_promotion = False
         if promoted is not None:
             self._models.pop("baseline", None)  # reload the promoted student on next use

@@ -115,12 +115,15 @@ def train_and_score(baseline, tokenizer, domain, config, job: StudentJob, on_ste
         return None, StudentResult(job.key, None, None, {"error": str(error), "non_finite": True}, rollouts)
     train_seconds = time.time() - started
     after = reward_scores(student, tokenizer, domain, config, job.reward_questions, job.reward_seed, tick)
+    score_seconds = time.time() - started - train_seconds
     directory = save_checkpoint(student, tokenizer, job.out_dir)
+    save_seconds = time.time() - started - train_seconds - score_seconds  # the three apart: soar status --profile
     # the training alone (not its scoring), and its supervised and RL steps apart: what the end of a run's
     # time budget is estimated from (pq.measured_costs; an RL step samples, so it costs several supervised ones)
     sft = [r.get("seconds", 0.0) for r in metrics.per_step if r.get("phase") == "sft"]
     summary = {k: v for k, v in vars(metrics).items() if k != "per_step"} | {
-        "train_seconds": train_seconds, "sft_steps": len(sft), "sft_seconds": sum(sft),
+        "train_seconds": train_seconds, "score_seconds": score_seconds, "save_seconds": save_seconds,
+        "sft_steps": len(sft), "sft_seconds": sum(sft),
         "rl_seconds": sum(r.get("seconds", 0.0) for r in metrics.per_step if r.get("phase") != "sft")}
     return student, StudentResult(job.key, str(directory), after, summary, rollouts)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 
 import torch
@@ -249,6 +250,7 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
     from soar_agent.config import StudentSection
     from soar_agent.rl.train import NonFiniteLoss, Rollout, pad_token_id, policy_step
 
+    started = time.time()
     advantages = rloo_dataset_advantages(rewards)
     prompt_ids = tokenizer(teacher_prompt(domain))["input_ids"]
     completion_ids, item_advantages, row_prompts = [], [], []
@@ -276,7 +278,7 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
              "tokens": sum(len(ids) for ids in completion_ids), "solution_rows": solution_rows,
              "rejected_items": len(completion_ids) - sum(len(items) for items in datasets) - solution_rows}
     if not any(item_advantages):
-        return stats
+        return stats | {"seconds": time.time() - started}
     teacher.eval()  # dropout off, as the students
     batch = Rollout([None] * len(completion_ids), row_prompts, completion_ids,
                     [[math.nan] * len(ids) for ids in completion_ids], [""] * len(completion_ids), 1, 0, 0.0)
@@ -288,7 +290,8 @@ def teacher_update(teacher, optimizer, tokenizer, domain, datasets: list[list[Te
                            pad_token_id(tokenizer), surrogate=lambda rows: reinforce_loss, on_rows=progress)
     except NonFiniteLoss as error:
         raise FloatingPointError(f"teacher: {error}") from None
-    stats.update(updated=step["updated"], loss=step["loss"], grad_norm=step["grad_norm"])
+    stats.update(updated=step["updated"], loss=step["loss"], grad_norm=step["grad_norm"],
+                 seconds=time.time() - started)  # soar status --profile
     return stats
 
 

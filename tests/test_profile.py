@@ -37,3 +37,28 @@ def test_the_profile_puts_each_recorded_timing_in_its_phase_and_the_rest_in_othe
     text = subprocess.run([sys.executable, "-m", "soar_agent.cli", "status", str(tmp_path / "run"), "--profile"],
                           capture_output=True, text=True).stdout
     assert "student RL steps" in text and "8.3%" in text and "total (sessions)" in text and "20m 00s" in text
+
+
+def test_a_real_step_records_every_phase_the_profile_reads(tmp_path, random_tiny_dir, monkeypatch):
+    import random
+
+    import soar_agent.teacher as teacher
+    from soar_agent.agent import Agent, Budget
+    from soar_agent.config import load_config
+    from soar_agent.mining import write_jsonl
+    from soar_agent.tasks import arith, generate_problems
+    from tests.test_outer_loop import TINY, fixed_items
+
+    rng = random.Random(5)
+    write_jsonl(generate_problems(arith, [6] * 8, rng), tmp_path / "train.jsonl")
+    write_jsonl(generate_problems(arith, [6] * 4, rng), tmp_path / "test.jsonl")
+    monkeypatch.setattr(teacher, "sample_items", fixed_items)
+    config = load_config(None, TINY + [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
+                                       f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}",
+                                       f"model.path={json.dumps(str(random_tiny_dir))}"])
+    agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
+    agent.run(Budget(max_teacher_steps=1))
+    phases = run_profile(agent.store, agent.run_id)["phases"]
+    for phase in ("base evaluation", "teacher sampling", "baseline scoring", "student scoring", "student checkpoints",
+                  "teacher update"):
+        assert phases[phase] > 0, phase
