@@ -34,6 +34,7 @@ state surviving an answer. The helper starts once per process: 0.5 s (math) to 1
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -44,16 +45,16 @@ import os
 import pickle
 import select
 import shutil
-import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 from soar_agent import isolation
-from soar_agent.sandbox import install_guard
+from soar_agent.sandbox import _BLOCK_MARK, end_run, enter_pid_namespace, install_guard
 
 log = logging.getLogger("soar_agent.sandbox")
 
@@ -215,6 +216,8 @@ def _zygote_main():
     import time
 
     sys.dont_write_bytecode = True
+    if _PID_NAMESPACE:  # from here on this process is PID 1 of the helper's own namespace
+        enter_pid_namespace(True, False)
     extra_paths, preload = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     sys.path.extend(path for path in extra_paths if path not in sys.path)
     # results travel on a private duplicate of fd 1; fd 1 goes to /dev/null so a library printing
@@ -296,7 +299,28 @@ def _zygote_main():
                     pass
                 os.waitpid(pid, 0)
                 emit(_zygote_outcome(index, data, timed_out))
+        _zygote_sweep()
         emit({"done": True})
+
+
+def _zygote_sweep():
+    """Between batches, as PID 1 of the helper's namespace: kill and reap every process left in it (what an
+    answer's child started and left behind; orphans come to PID 1). Nothing else runs in the namespace
+    then, and outside it this does nothing (kill(-1) there would reach every process of our uid)."""
+    import os
+    import signal
+
+    if os.getpid() != 1:
+        return
+    try:
+        os.kill(-1, signal.SIGKILL)  # from a namespace's init: all of the namespace but init itself
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _zygote_outcome(index, data, timed_out):
@@ -356,8 +380,17 @@ def _verify_math(gold, prediction, inner_timeout_s):
         return text if "\\boxed{" in text else "\\boxed{" + text + "}"
 
     try:
+        from sympy.core.relational import Equality, Relational
+
         gold_parsed = parse(boxed(gold), parsing_timeout=inner_timeout_s)
         predicted = parse(boxed(prediction), parsing_timeout=inner_timeout_s)
+        claim = predicted[0] if predicted else None
+        # math-verify reads an equation as its right side (x = 5 answers 5), so 6 = 5 scored as 5 too: an equation
+        # whose left side holds no variable is a claim, and answers only when its left side does as well
+        if (isinstance(claim, Equality) and not claim.lhs.free_symbols
+                and not any(isinstance(item, Relational) for item in gold_parsed)
+                and not verify(gold_parsed, [claim.lhs], timeout_seconds=inner_timeout_s)):
+            return 0.0
         return 1.0 if verify(gold_parsed, predicted, timeout_seconds=inner_timeout_s) else 0.0
     except Exception:  # noqa: BLE001: any failure to parse or compare is "not shown equal"
         return 0.0
@@ -373,10 +406,11 @@ JOBS = {"gym": (("reasoning_gym",), "_score_gym", "_warm_gym"),
 
 
 @functools.lru_cache(maxsize=None)
-def _zygote_source() -> str:
-    parts = [inspect.getsource(install_guard)]
-    for func in (install_compile_gate, _score_in_child, _zygote_main, _zygote_outcome, _zygote_warm_up, _warm_gym,
-                 _score_gym, _verify_math, _no_warm_up):
+def _zygote_source(pid_namespace: bool) -> str:
+    parts = [f"_BLOCK_MARK = {_BLOCK_MARK!r}\n_PID_NAMESPACE = {pid_namespace!r}\n",
+             inspect.getsource(enter_pid_namespace), inspect.getsource(install_guard)]
+    for func in (install_compile_gate, _score_in_child, _zygote_main, _zygote_sweep, _zygote_outcome, _zygote_warm_up,
+                 _warm_gym, _score_gym, _verify_math, _no_warm_up):
         parts.append(inspect.getsource(func))
     jobs = ", ".join(f"{job!r}: ({score}, {warm})" for job, (_, score, warm) in JOBS.items())
     parts += ["_GYM_SCORERS = {}\n", f"_JOBS = {{{jobs}}}\n", "_zygote_main()\n"]
@@ -402,6 +436,7 @@ class ScoringSandbox:
         self._process: subprocess.Popen | None = None
         self._workdir: str | None = None
         self._uid_drop_failed = False
+        self._pid_namespace = False
         self._partial = b""  # the zygote's output after the last complete line
 
     # -- public
@@ -455,19 +490,19 @@ class ScoringSandbox:
                 log.warning("SCORING SANDBOX IS WEAKER THAN DESIGNED: as uid %d it cannot import %s (%s); "
                             "answers are scored under our own uid, with the other sandbox layers", plan.uid,
                             ", ".join(self.preload), failure)
-        return self._start(isolation.Plan(sys.executable if plan.uid is not None else plan.python, None,
-                                          plan.landlock, plan.seccomp, plan.netns))
+        return self._start(dataclasses.replace(plan, python=sys.executable if plan.uid is not None else plan.python,
+                                               uid=None))
 
     def _start(self, plan: isolation.Plan) -> subprocess.Popen:
         workdir = isolation.make_workdir(plan)
-        confinement = isolation.confinement_for(workdir, plan)
+        confinement = isolation.confinement_for(workdir, plan, _library_reads(self.preload))
         paths = [path for path in sys.path if path and os.path.isabs(path)]
         environment = isolation.environment(workdir)
         # one thread per library pool: a thread pool in the zygote would be forked mid-state
         environment.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
             process = subprocess.Popen(
-                [plan.python, "-I", "-S", "-B", "-X", "utf8", "-c", _zygote_source(), json.dumps(paths),
+                [plan.python, "-I", "-S", "-B", "-X", "utf8", "-c", _zygote_source(plan.pidns), json.dumps(paths),
                  json.dumps(list(self.preload))],
                 cwd=workdir, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
@@ -477,7 +512,7 @@ class ScoringSandbox:
             raise
         finally:
             confinement.close()
-        self._process, self._workdir = process, workdir
+        self._process, self._workdir, self._pid_namespace = process, workdir, plan.pidns
         line = self._read_line(time.monotonic() + _START_TIMEOUT_S)
         ready = _parse_json(line)
         if not (isinstance(ready, dict) and ready.get("ready") is True):
@@ -491,10 +526,10 @@ class ScoringSandbox:
         process, workdir = self._process, self._workdir
         self._process, self._workdir, self._partial = None, None, b""
         if process is not None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)  # its session: the zygote and any child in flight
-            except (ProcessLookupError, PermissionError):
-                pass
+            if process.poll() is None:
+                # its namespace (or else its session): the zygote and any child in flight, and whatever those
+                # left behind
+                end_run(process.pid, self._pid_namespace)
             process.wait()
             for stream in (process.stdin, process.stdout):
                 try:
@@ -559,6 +594,26 @@ class ScoringSandbox:
                 buffer += chunk
         line, _, self._partial = buffer.partition(b"\n")
         return line
+
+
+def _library_reads(preload: tuple[str, ...]) -> tuple[str, ...]:
+    """What the helper may read besides its interpreter's own files (when reads are confined): the
+    installed packages (site-packages and dist-packages on our path) and wherever the preloaded
+    libraries themselves come from (an editable install). Not the rest of our path (the working
+    directory, a checkout with its data)."""
+    temp = os.path.realpath(tempfile.gettempdir())
+    reads = {os.path.realpath(path) for path in sys.path
+             if path and os.path.isabs(path) and os.path.basename(path.rstrip("/")) in ("site-packages", "dist-packages")}
+    for name in preload:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None:
+            reads |= {os.path.realpath(place) for place in spec.submodule_search_locations or ()}
+            if spec.origin and os.path.isabs(spec.origin):
+                reads.add(os.path.realpath(spec.origin))
+    return tuple(sorted(path for path in reads if path != "/" and not (temp + "/").startswith(path.rstrip("/") + "/")))
 
 
 def _parse_json(line: bytes | None):

@@ -279,3 +279,68 @@ def test_escape_routes_from_a_solution_change_nothing_outside(route, sentinel):
     before = snapshot(sentinel)
     assert code_domain.verify(ADD, GOOD + attack(ESCAPES[route], sentinel) + "\n") is False
     assert snapshot(sentinel) == before
+
+
+# ----------------------------------------------------------------------- second round (issue)
+
+
+def test_a_solution_that_leaves_a_process_behind_does_not_pass(monkeypatch):
+    """A correct solution that disarms the hook and leaves sleeping grandchildren in a session of their own:
+    verify must not pass it, and nothing of it may be alive afterwards."""
+    from soar_agent import isolation
+    from tests.test_sandbox import DISARM, LEAVE_BEHIND, kill_leftovers, needs_root_kernel_layers, sandboxed_processes
+
+    needs_root_kernel_layers()
+    quiet = {"print(os.getcwd(), flush=True)\n": "", "    print('left', count, flush=True)\n": ""}  # stdout is the protocol
+    solution = DISARM + LEAVE_BEHIND + "_soar_leave(4, 30)\n" + GOOD
+    for loud, silent in quiet.items():
+        assert loud in solution
+        solution = solution.replace(loud, silent)
+    workdirs = []  # the run's temp dir: its processes have it as HOME
+    real_make_workdir = isolation.make_workdir
+    monkeypatch.setattr(isolation, "make_workdir", lambda plan: workdirs.append(real_make_workdir(plan)) or workdirs[-1])
+    try:
+        assert code_domain.verify(ADD, solution) is False
+        assert len(workdirs) == 1 and sandboxed_processes(workdirs[0]) == []
+    finally:
+        for workdir in workdirs:
+            kill_leftovers(workdir)
+
+
+def test_a_solution_cannot_read_the_tests_file():
+    """The tests file is an ordinary 0644 file the sandbox's uid may read; a solution that finds it (from
+    the parent's command line, say) and returns the asserted constant must not pass, and must read nothing."""
+    from tests.test_sandbox import needs_layer
+
+    needs_layer("landlock", "landlock reads")
+    folder = tempfile.mkdtemp(prefix="soar-code-tests-")
+    try:
+        os.chmod(folder, 0o755)
+        path = Path(folder) / "problems.jsonl"
+        write_jsonl(path, [{"question": "Return the secret.", "tests": ["assert secret() == 73125"]}])
+        os.chmod(path, 0o644)
+        [problem] = code_domain.load_problems(path)
+        cheat = (
+            "import re\n"
+            "def secret():\n"
+            "    try:\n"
+            f"        text = open({str(path)!r}).read()\n"
+            "    except OSError:\n"
+            "        return None\n"
+            "    return int(re.search(r'== (\\d+)', text).group(1))\n"
+        )
+        assert code_domain.verify(problem, cheat) is False
+        assert code_domain.verify(problem, "def secret():\n    return 73125\n") is True
+        parent = (
+            "import os\n"
+            "def secret():\n"
+            "    try:\n"
+            "        return len(open('/proc/%d/cmdline' % os.getppid(), 'rb').read())\n"
+            "    except OSError:\n"
+            "        return 0\n"
+        )
+        assert code_domain.verify(Problem("q", "", "code", meta={"tests": ["assert secret() == 0"]}), parent) is True
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -97,9 +98,9 @@ def test_network_is_blocked_even_when_the_program_catches_the_error():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace needs root (or user namespaces)")
 def test_network_namespace_has_only_loopback():
-    result = run_python("print(open('/proc/net/dev').read())")
-    interfaces = {line.split(":")[0].strip() for line in result.stdout.splitlines()[2:] if ":" in line}
-    assert interfaces == {"lo"}
+    # (/proc/net/dev is out of reach now that reads are confined too)
+    result = run_python("import socket\nprint(sorted(name for _, name in socket.if_nameindex()))")
+    assert result.stdout == "['lo']\n", result
 
 
 @pytest.mark.parametrize(
@@ -229,9 +230,32 @@ def test_a_missing_layer_is_reported_once_loudly(monkeypatch, caplog, fresh_prob
     assert run_python("print('still runs')").stdout == "still runs\n"
 
 
+def test_missing_namespaces_and_unconfined_reads_are_reported(monkeypatch, caplog, fresh_probe):
+    """A machine without PID or mount namespaces (no quota) and an interpreter whose files cannot be told:
+    the probe says so (and the CLI gate names them), and the rest still works."""
+    real_unshare = isolation._unshare
+
+    def unshare_without_pid_or_mount_namespaces():
+        unshare = real_unshare()
+        return lambda flags: -1 if flags & (isolation._CLONE_NEWPID | isolation._CLONE_NEWNS) else unshare(flags)
+
+    monkeypatch.setattr(isolation, "_unshare", unshare_without_pid_or_mount_namespaces)
+    monkeypatch.setattr(isolation, "read_roots", lambda python, uid: None)
+    with caplog.at_level(logging.WARNING, logger="soar_agent.sandbox"):
+        found = sandbox.layers()
+    named = [item.split(" (")[0] for item in found.missing]
+    assert not (found.plan.pidns or found.plan.quota or found.plan.reads), found
+    assert "pid namespace" in named and "disk quota" in named, found.missing
+    if found.plan.landlock:
+        assert "landlock reads" in named, found.missing
+    assert "MISSING: " in found.describe() and "SANDBOX IS WEAKER THAN DESIGNED" in caplog.text
+    result = run_python("import os\nprint('still runs', os.getpid() != 2)")
+    assert result.stdout == "still runs True\n", result
+
+
 def test_report_accounts_for_every_layer():
     text = sandbox.layers().describe()
-    for layer in ("landlock", "seccomp", "network namespace", "rlimits", "audit hook"):
+    for layer in ("landlock", "seccomp", "network namespace", "pid namespace", "disk quota", "rlimits", "audit hook"):
         assert layer in text, text
     if os.geteuid() == 0:
         assert "uid 65534" in text or "uid drop" in text
@@ -371,7 +395,8 @@ def test_the_routes_are_real_escapes_without_any_protection(route, sentinel):
     does change the sentinel, so the tests above cannot pass by testing nothing."""
     if os.geteuid() != 0:
         pytest.skip("device nodes need root")
-    plan = dataclasses.replace(kernel_plan(), uid=None, landlock=False, seccomp=False)
+    # (and no tmpfs of its own: a rename or link out of it fails as crossing file systems)
+    plan = dataclasses.replace(kernel_plan(), uid=None, landlock=False, seccomp=False, quota=False)
     before = snapshot(sentinel)
     done = run_without_the_hook(attack({**ESCAPES, **HOOKED}[route], sentinel), plan)
     assert snapshot(sentinel) != before, done.stderr
@@ -462,3 +487,312 @@ def test_cli_refuses_code_and_program_domains_while_a_layer_is_missing(monkeypat
     if not complete.missing:  # on a machine with every layer the flag is not needed
         monkeypatch.setattr(isolation, "_found", complete)
         assert cli.main(refused[1]) == 2 and "no such data file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- second round: the hook disarmed
+# Sandboxed code can reach the audit hook's frame through the traceback of a PermissionError it caused,
+# and swap its classifier's code for one that allows everything: fork, signals, sockets, ctypes, writes.
+# (The mark the hook writes on stderr goes to /dev/null meanwhile, so the run does not even show as
+# blocked.) The tests below do that first; only the kernel layers are left to contain the code.
+
+DISARM = r"""
+import os
+def _soar_disarm():
+    saved, null = os.dup(2), os.open('/dev/null', os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        if os.fork() == 0:  # only where there is no hook
+            os._exit(0)
+    except PermissionError as error:
+        tb = error.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        classify = tb.tb_frame.f_locals['classify']
+        names = classify.__code__.co_freevars  # a stand-in with the same free variables allows everything
+        source = 'def outer():\n' + ''.join('    %s = None\n' % name for name in names)
+        source += '    def classify(event, args):\n        ' + ', '.join(names) + '\n        return None\n'
+        space = {}
+        exec(source + '    return classify\n', space)
+        classify.__code__ = space['outer']().__code__
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+_soar_disarm()
+print(os.getcwd(), flush=True)
+"""
+
+# After DISARM: a session of its own (out of the run's process group), stdio on /dev/null and no other
+# descriptor (so the run's pipes close and the run returns), then `count` grandchildren that sleep; the
+# middle child exits.
+LEAVE_BEHIND = """
+import time
+def _soar_leave(count, seconds):
+    middle = os.fork()
+    if middle == 0:
+        os.setsid()
+        null = os.open('/dev/null', os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 1024)  # a private duplicate of stdout too (the code domain's records)
+        for _ in range(count):
+            if os.fork() == 0:
+                time.sleep(seconds)
+                os._exit(0)
+        os._exit(0)
+    os.waitpid(middle, 0)
+    print('left', count, flush=True)
+"""
+
+
+def sandboxed_processes(workdir: str) -> list[int]:
+    """Live (not zombie) processes started by the sandbox run whose temp dir was ``workdir`` (every one of
+    them has it as HOME in its environment)."""
+    found = []
+    needle = b"\0HOME=" + workdir.encode() + b"\0"
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                environment = b"\0" + handle.read()
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in environment and state not in (b"Z", b"X"):
+            found.append(int(name))
+    return found
+
+
+def kill_leftovers(workdir: str) -> list[int]:
+    """Kill what a run left behind (bounded: a fork chain keeps making new ones for a while); the pids seen."""
+    seen = []
+    for _ in range(100):
+        alive = sandboxed_processes(workdir)
+        if not alive:
+            break
+        seen += alive
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        time.sleep(0.05)
+    return seen
+
+
+def workdir_of(result) -> str:
+    return result.stdout.splitlines()[0]
+
+
+def needs_root_kernel_layers():
+    if os.geteuid() != 0 or not os.path.exists("/proc/self/environ"):
+        pytest.skip("the escapes need root to be found (/proc/*/environ of nobody's processes)")
+    needs_layer("pid namespace")
+
+
+def needs_layer(*names: str) -> None:
+    """Skip where the probe reports one of these layers missing (the weak-sandbox path says so itself)."""
+    missing = {item.split(" (")[0] for item in sandbox.layers().missing}
+    if missing & set(names):
+        pytest.skip("this machine's sandbox lacks " + ", ".join(sorted(missing & set(names))))
+
+
+def test_the_hook_can_be_disarmed_from_inside():
+    """The premise of the tests below: after DISARM the hook lets a fork through."""
+    result = run_python(DISARM + "pid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('forked')")
+    assert result.stdout.splitlines()[1:] == ["forked"], result
+
+
+def test_a_disarmed_hook_cannot_leave_setsid_grandchildren_behind():
+    needs_root_kernel_layers()
+    result = run_python(DISARM + LEAVE_BEHIND + "_soar_leave(8, 30)\n", limits=Limits(wall_s=10))
+    workdir = workdir_of(result)
+    try:
+        assert "left 8" in result.stdout, result  # the escape ran
+        assert sandboxed_processes(workdir) == []
+        assert not result.ok and result.reason == "blocked: process left behind", result
+    finally:
+        kill_leftovers(workdir)
+
+
+def test_a_fork_chain_stops_when_the_run_returns():
+    """Each link spins a little, forks the next and exits: RLIMIT_CPU is per process and the group kill
+    misses a new session, so before the PID namespace the chain ran on for seconds after the run."""
+    needs_root_kernel_layers()
+    chain = """
+import time
+first = os.fork()
+if first == 0:
+    os.setsid()
+    null = os.open('/dev/null', os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    for link in range(24):  # bounded: at most ~6 s of CPU in all
+        end = time.monotonic() + 0.25
+        while time.monotonic() < end:
+            pass
+        if os.fork() != 0:
+            os._exit(0)
+    os._exit(0)
+print('chained', flush=True)
+"""
+    result = run_python(DISARM + chain, limits=Limits(wall_s=10))
+    workdir = workdir_of(result)
+    try:
+        assert "chained" in result.stdout, result
+        assert sandboxed_processes(workdir) == []
+        time.sleep(0.3)
+        assert sandboxed_processes(workdir) == []
+    finally:
+        kill_leftovers(workdir)
+
+
+def test_a_timed_out_run_leaves_nothing_behind_either():
+    needs_root_kernel_layers()
+    result = run_python(DISARM + LEAVE_BEHIND + "_soar_leave(3, 30)\nimport time\ntime.sleep(30)\n",
+                        limits=Limits(wall_s=1.5))
+    workdir = workdir_of(result)
+    try:
+        assert result.reason == "timeout" and "left 3" in result.stdout, result
+        assert sandboxed_processes(workdir) == []
+    finally:
+        kill_leftovers(workdir)
+
+
+def test_the_processes_that_contain_a_run_are_out_of_its_reach():
+    """The keeper (outside the PID namespace) and init hold the pipes that end the run; a run's processes
+    share their uid and Landlock domain, and /proc is the host's (readlink /proc/self gives the host pid),
+    so only their being not dumpable keeps the code from opening /proc/<pid>/fd/* of either."""
+    needs_root_kernel_layers()
+    probe = """
+me = int(os.readlink('/proc/self'))
+opened = []
+for pid in range(me - 8, me):  # the keeper and init were forked just before this process
+    for fd in range(12):
+        try:
+            os.close(os.open('/proc/%d/fd/%d' % (pid, fd), os.O_WRONLY))
+            opened.append((me - pid, fd))
+        except OSError:
+            pass
+print('opened', opened)
+"""
+    result = run_python(DISARM + probe)
+    assert result.stdout.splitlines()[1:] == ["opened []"], result
+
+
+UNIX_ROUTES = {
+    "stream connect": "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(2); s.connect({stream!r})",
+    "datagram sendto": "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'evil', {dgram!r})",
+    "socketpair, then sendto": "s, t = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'evil', {dgram!r})",
+}
+
+
+@pytest.fixture
+def host_sockets():
+    """A stream and a datagram Unix socket anyone may connect to (mode 0777, in a 0755 directory)."""
+    import socket
+
+    folder = tempfile.mkdtemp(prefix="soar-sockets-")
+    os.chmod(folder, 0o755)
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    paths = {"stream": os.path.join(folder, "stream"), "dgram": os.path.join(folder, "dgram")}
+    stream.bind(paths["stream"])
+    stream.listen(8)
+    dgram.bind(paths["dgram"])
+    for path in paths.values():
+        os.chmod(path, 0o777)
+    stream.setblocking(False)
+    dgram.setblocking(False)
+    yield paths, stream, dgram
+    stream.close()
+    dgram.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("route", sorted(UNIX_ROUTES))
+def test_host_unix_sockets_are_out_of_reach(route, host_sockets):
+    needs_layer("seccomp")
+    paths, stream, dgram = host_sockets
+    attempt = "import socket\ntry:\n    " + UNIX_ROUTES[route].format(**paths) + \
+        "\n    print('reached')\nexcept OSError as error:\n    print('refused', type(error).__name__)\n"
+    result = run_python(DISARM + attempt)
+    assert "reached" not in result.stdout and "refused" in result.stdout, result
+    with pytest.raises(BlockingIOError):
+        stream.accept()
+    with pytest.raises(BlockingIOError):
+        dgram.recv(16)
+
+
+def test_the_temp_dir_has_a_total_quota():
+    """Each file is capped by RLIMIT_FSIZE (32 MiB); the temp dir as a whole by a size-limited tmpfs."""
+    needs_layer("disk quota")
+    code = """
+import os
+written, files, errors = 0, 0, [None, None]
+try:
+    for index in range(12):  # bounded: at most 192 MiB where nothing stops it
+        with open('big%d' % index, 'wb') as handle:
+            files += 1
+            for _ in range(16):
+                handle.write(b'x' * (1 << 20))
+                written += 1 << 20
+except OSError as exc:
+    errors[0] = exc.errno
+try:
+    for index in range(20000):  # and a count of files
+        open('f%d' % index, 'w').close()
+        files += 1
+except OSError as exc:
+    errors[1] = exc.errno
+print(written, files, *errors)
+"""
+    result = run_python(code, limits=Limits(wall_s=30, cpu_s=20))
+    written, files, *errors = result.stdout.split()
+    assert int(written) <= isolation.DISK_BYTES and int(files) <= isolation.DISK_FILES, result
+    assert errors == [str(errno.ENOSPC)] * 2, result
+
+
+@pytest.fixture
+def outside_file():
+    """A file anyone may read (0644, in a 0755 directory), outside every sandbox dir."""
+    folder = tempfile.mkdtemp(prefix="soar-outside-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "secret.txt")
+    with open(path, "w") as handle:
+        handle.write("the expected values")
+    os.chmod(path, 0o644)
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+READS = """
+import os
+for path in ({secret!r}, '/proc/%d/cmdline' % {host}, '/proc/%d/cmdline' % os.getppid(), '/proc/%d/environ' % {host}):
+    try:
+        with open(path, 'rb') as handle:
+            print(path, 'read', len(handle.read()))
+    except OSError as error:
+        print(path, 'refused', type(error).__name__)
+try:
+    print('listed', os.listdir(os.path.dirname({secret!r})))
+except OSError as error:
+    print('listing refused', type(error).__name__)
+"""
+
+
+def test_reads_outside_the_interpreter_and_the_temp_dir_are_refused(outside_file):
+    needs_layer("landlock", "landlock reads")
+    result = run_python(READS.format(secret=outside_file, host=os.getpid()))
+    assert result.ok, result
+    assert "listed" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert not any(" read " in line and not line.endswith(" read 0") for line in lines), result.stdout
+    assert all("refused" in line for line in lines), result.stdout
+
+
+def test_reads_are_refused_by_the_kernel_without_the_hook(outside_file):
+    needs_layer("landlock", "landlock reads")
+    done = run_without_the_hook(READS.format(secret=outside_file, host=os.getpid()), kernel_plan())
+    assert "listed" not in done.stdout
+    assert all("refused" in line for line in done.stdout.splitlines()), done.stdout + done.stderr

@@ -115,3 +115,114 @@ def test_a_helper_nobody_cannot_import_for_runs_under_our_uid_and_says_so(monkey
             assert os.readlink(f"/proc/{sandbox.pid}/ns/net") != os.readlink("/proc/self/ns/net")
     finally:
         sandbox.stop()
+
+
+# ----------------------------------------------------------------------- second round (issue)
+# An answer that got to run code despite the guard and the compile gate (both in-process, neither a
+# boundary on its own): a job shipped into the helper for these tests only plays that answer.
+
+_LEAK = '''
+def _leak(count, seconds):
+    import os, time
+    try:  # disarm the guard as in tests/test_sandbox.py (DISARM), without compiling anything at run time
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+    except PermissionError as error:
+        tb = error.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        tb.tb_frame.f_locals['classify'].__code__ = _allow_all().__code__
+    middle = os.fork()
+    if middle == 0:
+        os.setsid()
+        for _ in range(count):
+            if os.fork() == 0:
+                os.closerange(0, 1024)
+                time.sleep(seconds)
+                os._exit(0)
+        os._exit(0)
+    os.waitpid(middle, 0)
+    return 1.0
+'''
+
+
+def _allow_all_source() -> str:
+    """A stand-in for the guard's classifier with its free variables, allowing everything."""
+    import inspect
+
+    from soar_agent.sandbox import install_guard
+
+    def find(code, name):
+        for constant in code.co_consts:
+            if hasattr(constant, "co_name"):
+                if constant.co_name == name:
+                    return constant
+                found = find(constant, name)
+                if found is not None:
+                    return found
+        return None
+
+    names = find(compile(inspect.getsource(install_guard), "guard", "exec"), "classify").co_freevars
+    return ("def _allow_all():\n" + "".join(f"    {name} = None\n" for name in names)
+            + "    def classify(event, args):\n        " + ", ".join(names) + "\n        return None\n"
+            + "    return classify\n")
+
+
+@pytest.fixture
+def leaking_job(monkeypatch):
+    real_source = scoring_sandbox._zygote_source
+
+    def source(*args):
+        text = real_source(*args)
+        leaking = text.replace("_zygote_main()\n", _allow_all_source() + _LEAK
+                               + "_JOBS['leak'] = (_leak, _no_warm_up)\n_zygote_main()\n")
+        assert leaking != text
+        return leaking
+
+    monkeypatch.setattr(scoring_sandbox, "_zygote_source", source)
+    monkeypatch.setitem(scoring_sandbox.JOBS, "leak", ((), "_leak", "_no_warm_up"))
+    sandbox = scoring_sandbox.ScoringSandbox("leak")
+    yield sandbox
+    sandbox.stop()
+
+
+def _helper_processes(workdir: str) -> list[int]:
+    from tests.test_sandbox import sandboxed_processes
+
+    return sandboxed_processes(workdir)
+
+
+def test_what_an_answer_leaves_behind_dies_with_its_batch(leaking_job):
+    """Grandchildren of an answer's child in a session of their own: dead once the batch is answered, and
+    nothing of the helper is left after stop()."""
+    from tests.test_sandbox import kill_leftovers, needs_root_kernel_layers
+
+    needs_root_kernel_layers()
+    sandbox = leaking_job
+    workdir = None
+    try:
+        outcomes = sandbox.score([(3, 30), (2, 30)], workers=2)
+        workdir = sandbox._workdir
+        helper = set(_helper_processes(workdir))
+        assert outcomes == [Outcome(None, "blocked")] * 2 or outcomes == [Outcome(1.0)] * 2, outcomes
+        leftovers = helper - _helper_side(sandbox.pid)
+        assert leftovers == set(), leftovers
+        sandbox.stop()
+        assert _helper_processes(workdir) == []
+    finally:
+        if workdir is not None:
+            kill_leftovers(workdir)
+
+
+def _helper_side(pid: int | None) -> set[int]:
+    """The helper's own processes: the one we started and, in a PID namespace, the helper inside it."""
+    if pid is None:
+        return set()
+    own = {pid}
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            own |= {int(child) for child in handle.read().split()}
+    except OSError:
+        pass
+    return own
