@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
 
+from soar_agent import evalcache
 from soar_agent.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from soar_agent.store import Store, StoreError, content_hash
 from soar_agent.student_job import release_freed_memory
@@ -36,6 +37,7 @@ from soar_agent.tasks.base import Problem
 EASY_LEVELS = (1, 2, 3)
 EASY_PER_LEVEL = 20
 MAX_GARBAGE_STEPS = 3
+EVAL_PROBE_SHARE = 0.05  # of a first hard-test evaluation's completions: what its time is projected from
 HEARTBEAT_S = 10.0  # inside a unit; status.STALE_S and the TUI's ATTACHED_WITHIN_S allow for gaps
 
 
@@ -480,8 +482,9 @@ class Agent:
             raise
 
     def _run(self, budget: Budget) -> str:
-        if (missing := self._missing_evaluation()) is not None:
-            self.report_evaluation(step=missing)
+        self.check_budget(budget)
+        if (missing := self._missing_evaluation()) is not None:  # (given up early when it would end too late)
+            self.report_evaluation(step=missing, **({"deadline": budget.deadline} if budget.deadline else {}))
         garbage_in_a_row = self._garbage_attempt = 0
         while True:
             release_freed_memory()  # the last step's models and buffers: RSS stays at what is live
@@ -491,9 +494,14 @@ class Agent:
             if reason:
                 break
             step = (done[-1]["step"] if done else 0) + 1
+            fresh = not any(s["step"] == step for s in self.store.teacher_steps(self.run_id)) and \
+                not self.store.trainings(self.run_id, step)  # a resumed step's time is a remainder
             try:
                 self.teacher_step(step)
                 garbage_in_a_row = self._garbage_attempt = 0
+                finished = self.completed_steps()
+                if fresh and finished and finished[-1]["step"] == step:
+                    self._remember_timing(step=finished[-1]["metrics"].get("seconds"))
             except OSError as error:  # e.g. a full disk while saving a checkpoint: stored data stays intact
                 self.write_error = error
                 self.stop_reason = f"cannot write to {self.paths.root}: {error}; stopping (resume when fixed)"
@@ -536,13 +544,71 @@ class Agent:
     def _ends_with_final_training(self) -> bool:
         return self.config.run.mode in ("soar", "intrinsic") and self.config.budget.pq_steps > 0
 
+    def check_budget(self, budget: Budget) -> None:
+        """A session with a deadline and no teacher step yet: BudgetTooSmall, before any work, when what
+        earlier runs of this configuration measured on this machine (evalcache timings) says one teacher step
+        does not fit: the step-0 hard-test evaluation still to do (none when stored or cached), a teacher step,
+        and the time _no_time_for_a_step keeps for the final training; the error names the --hours that fits.
+        Without such measurements it says so, and the units are sized as they are measured."""
+        if budget.deadline is None or self.completed_steps():
+            return
+        timings, now = self._remembered_timings(), time.time()
+        evaluation = 0.0 if self._missing_evaluation() is None or self._base_evaluation_cached() \
+            else timings.get("evaluation")
+        final, share = 0.0, 0.0
+        if self._ends_with_final_training():
+            share = self.config.budget.pq_share
+            final = (timings["evaluation"] + timings["pq_step"] * self.config.budget.pq_steps
+                     if {"evaluation", "pq_step"} <= timings.keys() else None)
+        if evaluation is None or final is None or "step" not in timings:
+            note = ("no earlier run of this configuration measured its units on this machine: the budget is"
+                    " checked as they are measured (a first teacher step starts without an estimate)")
+            self.store.log_event(run_id=self.run_id, level="info", kind="budget-unmeasured", message=note)
+            self.log(f"note: {note}")
+            return
+        work = evaluation + timings["step"]
+        if now + work + max(share * (budget.deadline - budget.started), final) <= budget.deadline:
+            return
+        fits = max(work / (1 - share) if share < 1 else float("inf"), work + final) * 1.1  # 10% to spare
+        hours = max(0.05, -(-fits // 180) * 0.05)  # rounded up to 3 minutes
+        given = budget.deadline - budget.started
+        message = (f"a time budget of {given / 3600:.2f} h is too small for one teacher step of this run on this"
+                   f" machine (measured by earlier runs of its configuration: "
+                   + (f"the base model's hard-test evaluation ~{evaluation / 60:.0f} min, " if evaluation else "")
+                   + f"a teacher step ~{timings['step'] / 60:.0f} min"
+                   + (f", the final training kept {max(share * given, final) / 60:.0f} min (budget.pq_share"
+                      f" {share:g} or budget.pq_steps' time)" if final else "")
+                   + f"): --hours {hours:.2f} fits one; curricula/trial.toml is a short trial")
+        self.store.log_event(run_id=self.run_id, level="error", kind="budget-too-small", message=message,
+                             data={"hours": hours, "evaluation": evaluation, "step": timings["step"], "final": final})
+        self.store.set_run_status(self.run_id, "stopped")
+        raise BudgetTooSmall(message)
+
+    def _base_evaluation_cached(self) -> bool:
+        """Whether the step-0 hard-test evaluation of the base model is in the evaluation cache."""
+        from soar_agent.evaluation import unique_problems
+
+        if self.latest_checkpoint("baseline") is not None:
+            return False
+        problems = unique_problems(self.hard_set("test"))[0]
+        key = self._base_evaluation_key(problems, self.config.eval.samples, _seed(self.config.run.seed, 0, 7))
+        return key is not None and evalcache.load_evaluation(key) is not None
+
+    def _evaluation_seconds(self) -> float:
+        """What a hard-test evaluation costs: the run's latest (measured, or cached with its measured time),
+        else earlier runs' on this machine, else 0 (unknown)."""
+        measured = [e["summary"]["seconds"] for e in self.store.evaluations(self.run_id, set_name="hard-test")
+                    if e["summary"].get("seconds")]
+        return measured[-1] if measured else self._remembered_timings().get("evaluation", 0.0)
+
     def _no_time_for_a_step(self, budget: Budget, done: list[dict]) -> str | None:
         """With a deadline: the reason not to start the next teacher step when it would end (taking as long
         as the longest of the last three, plus an evaluation when one is due) inside the time kept for the final
         training: budget.pq_share of the run's budget (a resumed budget's whole, not what is left), or
         budget.pq_steps' time (pq.measured_costs) when that is longer, so that the run ends with its model at
         the deadline rather than one step late. None
-        while it fits, and before the first step (nothing is measured yet).
+        while it fits, and before the first step when no earlier run of this configuration on this machine
+        measured one (evalcache timings; this run's own measurements come first).
         The last three, not the median of all: steps grow longer as the teacher learns to write longer
         questions (5.8 -> 9.2 minutes over 7 steps of a default run on one thread), and a resumed step's
         time counts only its remainder."""
@@ -551,11 +617,12 @@ class Agent:
         if budget.deadline is None:
             return None
         durations = [s["metrics"]["seconds"] for s in done[-3:] if s["metrics"].get("seconds")]
-        if not durations:
+        remembered = {} if durations else self._remembered_timings()
+        if not durations and "step" not in remembered:
             return None
         costs = measured_costs(self.store, self.run_id, self.config.promotion.tau)
-        step_seconds = max(durations)
-        if costs and (done[-1]["step"] + 1) % self.config.eval.every_teacher_steps == 0:
+        step_seconds = max(durations) if durations else remembered["step"]
+        if costs and ((done[-1]["step"] if done else 0) + 1) % self.config.eval.every_teacher_steps == 0:
             step_seconds += costs.evaluation
         reserved = 0.0
         if self._ends_with_final_training():
@@ -563,6 +630,8 @@ class Agent:
             if costs:
                 reserved = max(reserved, costs.evaluation + chain_seconds(
                     costs, self.config.student, self.config.budget.pq_steps, expert_solutions(self)))
+            elif {"evaluation", "pq_step"} <= remembered.keys():
+                reserved = max(reserved, remembered["evaluation"] + remembered["pq_step"] * self.config.budget.pq_steps)
         if time.time() + step_seconds + reserved <= budget.deadline:
             return None
         return (f"time budget reached: a teacher step (~{step_seconds / 60:.0f} min) would not end before "
@@ -579,10 +648,15 @@ class Agent:
 
         wanted = steps = self.config.budget.pq_steps
         costs = measured_costs(self.store, self.run_id, self.config.promotion.tau)
+        evaluation, pace = (costs.evaluation if costs else self._evaluation_seconds()), None
         if budget.deadline is not None and costs is not None:
             training = chain_seconds(costs, self.config.student, PQ_TRAINING_STEPS, expert_solutions(self))
-            per_step = training / PQ_TRAINING_STEPS
+            per_step = pace = training / PQ_TRAINING_STEPS
             steps = max(0, int((budget.deadline - time.time() - costs.evaluation) / per_step))
+        elif budget.deadline is not None:  # no student measured here: earlier runs' pace, else the chain's own
+            pace = self._remembered_timings().get("pq_step")  # first few steps size it (pq.evaluate_pq)
+            left = budget.deadline - time.time() - evaluation
+            steps = max(0, int(left / pace)) if pace else (steps if left > 0 else 0)
         if steps < min(wanted, PQ_TRAINING_STEPS) and not interrupted_chain(self, self.config.run.seed):
             # (an interrupted chain is continued as far as the time allows, and evaluated)
             message = (f"no time left for the final training ({steps} of {wanted} steps fit):"
@@ -599,12 +673,13 @@ class Agent:
         self.log(message)
         started = time.time()
         summary = evaluate_pq(self, steps, seed=self.config.run.seed, stop=lambda: self.stop_reason,
-                              deadline=budget.deadline, evaluation_seconds=costs.evaluation if costs else 0.0,
+                              deadline=budget.deadline, evaluation_seconds=evaluation, pace=pace,
                               fill=True)  # the estimate of steps may be short or long: the deadline ends it
         if summary is None:
             self.log(f"final training stopped: {self.stop_reason}")
             return None
         steps = summary["steps"]  # fewer when the chain met the deadline
+        self._remember_timing(pq_step=summary.get("seconds_per_step"))
         message = ("PQ student: hard-test " + " ".join(f"{k} {v:.3f}" for k, v in summary.items()
                                                        if k.startswith("pass@")) + f" ({time.time() - started:.0f}s)")
         self.store.log_event(run_id=self.run_id, level="info", kind="pq-done", message=message,
@@ -1198,8 +1273,11 @@ class Agent:
 
     # ------------------------------------------------------------------ evaluation and export
 
-    def report_evaluation(self, step: int) -> dict:
-        """pass@1..pass@k on hard-test (never used for reward) and greedy accuracy on easy levels."""
+    def report_evaluation(self, step: int, deadline: float | None = None) -> dict:
+        """pass@1..pass@k on hard-test (never used for reward) and greedy accuracy on easy levels. With a
+        `deadline` and no measurement of a hard-test evaluation's time (this run's or an earlier run's here),
+        its pace over its first EVAL_PROBE_SHARE of completions says when it would end: past the deadline it
+        is given up at once (BudgetTooSmall, nothing stored), rather than found out an evaluation later."""
         from soar_agent.engine import HFEngine
         from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
 
@@ -1218,13 +1296,27 @@ class Agent:
         for name, problems in sets.items():
             set_started = time.time()
             samples = cfg.eval.samples if name == "hard-test" else 0
-            engine.on_rows = self._counter(f"step {step}: {name} evaluation ({len(problems)} problems)",
-                                           len(problems) * (1 + samples))
-            results = evaluate_problems(engine, self.domain, problems, samples=samples, greedy=True,
-                                        max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7),
-                                        keep_completions=True)
-            summary = summarize(results, default_ks(samples) if samples else [])
-            summary.update(tokens_per_second=engine.stats.tokens_per_second, seconds=time.time() - set_started)
+            # the base model's evaluation is the same in every run on this model and set: kept across runs
+            key = self._base_evaluation_key(problems, samples, _seed(cfg.run.seed, step, 7)) if checkpoint is None \
+                else None
+            cached = evalcache.load_evaluation(key) if key else None
+            results = evalcache.cached_results(cached, problems) if cached else None
+            if results is not None:  # stored like a measured one, its measured seconds kept (an evaluation's cost)
+                summary = {**cached["summary"], "cached": True}
+            else:
+                engine.on_rows = self._counter(f"step {step}: {name} evaluation ({len(problems)} problems)",
+                                               len(problems) * (1 + samples))
+                if deadline is not None and name == "hard-test" and not self._evaluation_seconds():
+                    engine.on_rows = self._watch_evaluation(engine.on_rows, len(problems) * (1 + samples), deadline)
+                results = evaluate_problems(engine, self.domain, problems, samples=samples, greedy=True,
+                                            max_new_tokens=cfg.eval.max_new_tokens, seed=_seed(cfg.run.seed, step, 7),
+                                            keep_completions=True)
+                summary = summarize(results, default_ks(samples) if samples else [])
+                summary.update(tokens_per_second=engine.stats.tokens_per_second, seconds=time.time() - set_started)
+                if key:
+                    evalcache.save_evaluation(key, summary, results, summary["seconds"])
+            if name == "hard-test":  # what the final training's evaluation will cost (check_budget)
+                self._remember_timing(evaluation=summary.get("seconds"))
             # already stored problems map to their existing ids (content hash), new ones are added once
             ids = self.store.add_problems(run_id=self.run_id, problems=problems,
                                           source="seed" if name == "easy" else "hard")
@@ -1242,8 +1334,78 @@ class Agent:
         self.log(f"[eval step {step}] hard-test " + " ".join(f"{k} {v:.3f}" for k, v in hard.items()
                                                             if k.startswith("pass@")) +
                  (f"; easy greedy {summaries['easy']['greedy_acc']:.3f}" if "easy" in summaries else "") +
-                 f" ({time.time() - started:.0f}s)")
+                 (f" (cached: the base model's evaluation from an earlier run, {hard['seconds']:.0f}s then;"
+                  f" SOAR_CACHE_DIR=\"\" measures it again)" if hard.get("cached") else
+                  f" ({time.time() - started:.0f}s)"))
         return summaries
+
+    def _watch_evaluation(self, on_rows, total: int, deadline: float):
+        """on_rows, and once EVAL_PROBE_SHARE of the `total` completions are done, BudgetTooSmall when their
+        pace says the evaluation ends after `deadline`."""
+        began, seen = time.time(), [0]
+
+        def watched(count: int) -> None:
+            on_rows(count)
+            seen[0] += count
+            if total * EVAL_PROBE_SHARE <= seen[0] < total:
+                projected = (time.time() - began) / seen[0] * total
+                if began + projected > deadline:
+                    message = (f"a time budget of {max(0.0, deadline - began) / 3600:.2f} h is too small: the base"
+                               f" model's hard-test evaluation alone would take ~{projected / 60:.0f} min here (its first"
+                               f" {seen[0]} of {total} completions took {time.time() - began:.0f} s), and a teacher"
+                               f" step and the final training come after it; curricula/trial.toml is a short trial,"
+                               f" and a run of a configuration records its units' times so that later runs of it"
+                               f" are sized (or refused) at their start")
+                    self.store.log_event(run_id=self.run_id, level="error", kind="budget-too-small",
+                                         message=message, data={"evaluation": projected})
+                    self.store.set_run_status(self.run_id, "stopped")
+                    raise BudgetTooSmall(message)
+
+        return watched
+
+    def _base_evaluation_key(self, problems: list[Problem], samples: int, seed: int) -> dict | None:
+        """The evalcache key of the base model's evaluation on `problems` with this run's settings; None
+        when the cache is off."""
+        from soar_agent.evalcache import cache_dir, evaluation_key, model_hash, problems_hash
+
+        if cache_dir() is None:
+            return None
+        cfg, parameter = self.config, next(self.model("baseline").parameters())
+        return evaluation_key(model_hash(cfg.model.path), problems_hash(problems), samples=samples, seed=seed,
+                              greedy=True, temperature=1.0, max_new_tokens=cfg.eval.max_new_tokens,
+                              domain=self.domain.NAME, chat_template=cfg.model.chat_template, lora=cfg.model.lora,
+                              device=parameter.device.type, dtype=str(parameter.dtype))
+
+    def _cost_signature(self) -> str:
+        """What a teacher step's, an evaluation's and a final-training step's time follow besides the machine:
+        the model's files, the hard sets and the settings of the work (evalcache's timings are kept under it)."""
+        import hashlib
+        import json
+
+        import torch
+
+        from soar_agent.evalcache import model_hash, problems_hash
+
+        if "cost_signature" not in self._models:
+            cfg = config_to_dict(self.config)
+            payload = [model_hash(self.config.model.path), self.config.domain.name, torch.get_num_threads(),
+                       *(problems_hash(self.hard_set(split)) for split in ("train", "test")),
+                       {name: cfg[name] for name in ("model", "teacher", "student", "reward", "eval")},
+                       cfg["run"]["mode"], cfg["run"]["workers"]]
+            self._models["cost_signature"] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str)
+                                                            .encode()).hexdigest()
+        return self._models["cost_signature"]
+
+    def _remember_timing(self, **seconds: float) -> None:
+        from soar_agent.evalcache import cache_dir, remember_timing
+
+        if cache_dir() is not None:
+            remember_timing(self._cost_signature(), **seconds)
+
+    def _remembered_timings(self) -> dict:
+        from soar_agent.evalcache import cache_dir, remembered_timings
+
+        return remembered_timings(self._cost_signature()) if cache_dir() is not None else {}
 
     def best_checkpoint(self) -> dict | None:
         """The baseline checkpoint with the highest estimated improvement on hard-train (best_by_reward)."""
@@ -1261,6 +1423,41 @@ class Agent:
         if out is None:  # one per session otherwise, kept forever
             prune_exports(self.paths.exports, self.config.budget.keep_checkpoints)
         return target
+
+    def before_and_after(self, exported: Path) -> str | None:
+        """One line `hard-test pass@K: base X -> exported Y`: the base model's step-0 hard-test evaluation, and
+        the evaluation of the exported checkpoint itself, found by its content: the run's evaluation (the PQ
+        student's, a baseline's or the base model's) of the checkpoint whose weights and config hash as the
+        exported directory's (evalcache.model_hash): the same model, not another's figure (its tokenizer is the
+        run's, as evaluated). When the run evaluated none such, the line says how to measure it. None without
+        a step-0 evaluation."""
+        from soar_agent.evalcache import model_hash
+        from soar_agent.models import ModelLoadError
+
+        evaluations = [e for e in self.store.evaluations(self.run_id) if e["set_name"] in ("hard-test", "hard-test-pq")]
+        base = next((e for e in evaluations if e["set_name"] == "hard-test" and e["teacher_step"] == 0
+                     and e["checkpoint_id"] is None), None)
+        ks = sorted((int(name[5:]) for name in (base or {"summary": {}})["summary"] if name.startswith("pass@")))
+        if not ks:
+            return None
+        k = f"pass@{ks[-1]}"
+        line = f"hard-test {k}: base {base['summary'][k]:.3f} -> exported"
+        checkpoints = {c["id"]: c for c in self.store.checkpoints(self.run_id)}
+        target = model_hash(exported, weights_only=True)
+        for evaluation in reversed(evaluations):  # the newest first: the PQ student's when the run ended with it
+            checkpoint = checkpoints.get(evaluation["checkpoint_id"])
+            path = (checkpoint["path"] if checkpoint else
+                    self.config.model.path if evaluation["set_name"] == "hard-test" else None)
+            try:
+                same = path is not None and k in evaluation["summary"] and model_hash(path, True) == target
+            except (OSError, ModelLoadError):  # a pruned checkpoint
+                same = False
+            if same:
+                return f"{line} {evaluation['summary'][k]:.3f}"
+        hard_test = self.config.domain.hard_test or shipped_hard_set(self.domain.NAME, "test")
+        return (f"{line} not evaluated (the run evaluated no checkpoint with its weights): soar eval --model"
+                f" {exported} --domain {self.config.domain.name} --data {hard_test}"
+                f" --samples {self.config.eval.samples} --max-new-tokens {self.config.eval.max_new_tokens} measures it")
 
 
 class UnitStopped(Exception):
@@ -1284,6 +1481,10 @@ def _local_time(stored: str) -> str:
     except ValueError:
         return stored
 
+
+class BudgetTooSmall(ValueError):
+    """A time budget that this machine's measurements say holds no teacher step (Agent.check_budget): one line
+    naming the --hours that fits; `soar run` exits with status 2 before any work."""
 
 
 class _StepSkipped(RuntimeError):

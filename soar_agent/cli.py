@@ -607,6 +607,8 @@ def _run_session(args, config, run_dir: Path) -> int:
     if not args.no_export:
         out = agent.export(which, None)
         console.log(f"exported the {'PQ student' if which == 'pq' else 'best checkpoint'} to {out}")
+        if (line := agent.before_and_after(out)) is not None:  # whether the model got better, in one line
+            console.print(line, soft_wrap=True)
     if which == "best" and agent._promotions():
         console.log(f"for a student trained long on the rewarded questions: soar eval-pq {run_dir}, then"
                     f" soar export {run_dir} --out DIR --checkpoint pq")

@@ -13,6 +13,7 @@ before hard-val existed; `bench/teacher_data.py --eval-set val` re-measures them
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -134,6 +135,7 @@ def interrupted_chain(agent, seed: int, training_steps: int = PQ_TRAINING_STEPS)
     return _part(agent.store, agent.run_id, key)
 
 
+PROBE_SHARE = 0.1  # of a training: what the final training measures its pace on when nothing else has
 KEEP_PART_S = 600  # at most every ten minutes: a real model's checkpoint is gigabytes, a training minutes
 
 
@@ -188,7 +190,7 @@ def expert_solutions(agent) -> int:
 
 def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: int = PQ_TRAINING_STEPS,
                 stop=lambda: None, deadline: float | None = None, evaluation_seconds: float = 0.0,
-                fill: bool = False) -> dict | None:
+                fill: bool = False, pace: float | None = None) -> dict | None:
     """Train the PQ student (`steps` RL steps, default budget.pq_steps), keep it as the run's `pq` checkpoint
     and evaluate it on hard-test: the evaluation's summary, or None when `stop()` returned a reason between
     two trainings of the chain (nothing is stored then; a stop command inside a training, agent.UnitStopped,
@@ -197,7 +199,10 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     the steps that fit, and not started when fewer than a tenth of a training's fit: the student trained so
     far is kept and evaluated, and its steps are what the summary reports; with `fill` as well, the chain
     goes on past `steps` (then only an estimate) while trainings fit, so that it ends at the deadline. The pace
-    of the chain's own trainings is the one exact measure of its cost (the run's students only estimate it)."""
+    of the chain's own trainings is the one exact measure of its cost (the run's students only estimate it):
+    before it has one, the first training is sized by `pace` (estimated seconds per step), and without that
+    it is split, its first PROBE_SHARE of steps trained alone to measure the pace the rest is sized by, so
+    that no training runs past the deadline unmeasured."""
     from soar_agent.agent import UnitStopped
     from soar_agent.engine import HFEngine
     from soar_agent.models import load_model, save_checkpoint
@@ -229,25 +234,41 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     step_done(done)
     started, planned, done_here = time.time(), max(steps, done), 0
     kept_at = started
-    lengths = chain_lengths(planned, training_steps)[first:]
-    if fill and deadline is not None:  # past the estimate while trainings fit: the deadline ends the chain
-        lengths = itertools.chain(lengths, itertools.repeat(training_steps))
+    queue = collections.deque(chain_lengths(planned - done, training_steps))  # the trainings left
+    probe = max(1, int(training_steps * PROBE_SHARE))
+
+    def trainings():
+        for index in itertools.count(first):
+            if queue:
+                yield index, queue.popleft()
+            elif fill and deadline is not None:  # past the estimate while trainings fit: the deadline ends it
+                yield index, training_steps
+            else:
+                return
 
     def seconds_per_step() -> float:  # the chain's own pace: this session's trainings, else the stored part's
-        return (time.time() - started) / done_here if done_here else part["metrics"]["seconds_per_step"]
+        if done_here:  # (or, before either, the caller's estimate)
+            return (time.time() - started) / done_here
+        return part["metrics"]["seconds_per_step"] if part else pace
 
     def steps_that_fit() -> int:  # before the deadline, at the pace of the chain's trainings so far
         return int((deadline - time.time() - evaluation_seconds) / seconds_per_step())
 
     unkept = None  # (steps, trainings) trained since the last kept part
 
-    for index, length in enumerate(lengths, start=first):
+    for index, length in trainings():
         if stop():
             if unkept:  # a stop is graceful: what was trained is kept for the resume
                 _keep_part(agent, student, key, *unkept, seconds_per_step())
             return None
         last = False
-        if done and deadline is not None:
+        if deadline is not None and not (done or pace) and length > probe:  # no pace to size it by: measure it
+            queue.appendleft(length - probe)
+            length = probe
+            message = f"PQ student: measuring the chain's pace on {probe} steps before sizing it to the deadline"
+            store.log_event(run_id=run_id, level="info", kind="pq-training", message=message)
+            agent.log(message)
+        elif deadline is not None and (done or pace):
             fits = steps_that_fit()
             if fits < length:  # the last training: shortened to end before the deadline, or none when fewer
                 last = True  # than a tenth of a training's steps fit (its own overhead is worth that much)
@@ -289,6 +310,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
         if last:
             break
     steps = done  # what was trained: the plan, or fewer or more when the deadline ended the chain
+    train_seconds = time.time() - started
     if unkept:  # the whole chain, kept until its evaluation is stored: a kill in the evaluation retrains nothing
         _keep_part(agent, student, key, *unkept, seconds_per_step())
     directory = agent.paths.checkpoints / "pq"
@@ -308,7 +330,8 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                 samples=cfg.eval.samples, greedy=True, max_new_tokens=cfg.eval.max_new_tokens,
                                 seed=seed + 1)
     summary = summarize(results, default_ks(cfg.eval.samples))
-    summary.update(questions=len(questions), promotion_questions=promotion_questions, steps=steps)
+    summary.update(questions=len(questions), promotion_questions=promotion_questions, steps=steps,
+                   **({"seconds_per_step": round(train_seconds / done_here, 4)} if done_here else {}))
     ids = store.add_problems(run_id=run_id, problems=[r.problem for r in results], source="hard")
     rows = [{"problem_id": pid, "samples": r.samples, "correct": r.correct, "greedy_correct": r.greedy_correct,
              "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for pid, r in zip(ids, results)]

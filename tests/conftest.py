@@ -3,6 +3,14 @@
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def no_evaluation_cache(monkeypatch):
+    """The cross-run cache of base-model evaluations and timings (soar_agent/evalcache.py) is off in tests, so
+    that no test reads another's (or the user's ~/.cache); the cache's own tests point SOAR_CACHE_DIR at a
+    temporary directory."""
+    monkeypatch.setenv("SOAR_CACHE_DIR", "")
+
+
 @pytest.fixture(scope="session")
 def char_tokenizer():
     from soar_agent.models import build_char_tokenizer

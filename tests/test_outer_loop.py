@@ -554,6 +554,7 @@ def test_a_stop_inside_the_final_training_leaves_the_budget_to_a_resume(tmp_path
         agent.stop_reason = "SIGTERM received: stopping after the current unit"
 
     agent._final_training = stopped_inside
+    agent.report_evaluation(0)  # (a first evaluation would not start past the deadline: BudgetTooSmall)
     reason = agent.run(Budget(deadline=time.time() - 1))  # the budget is over: straight to the final training
     assert reason.startswith("SIGTERM") and agent.store.events(agent.run_id, limit=1)[0]["message"] == reason
     assert not time_budget(agent.store, agent.run_id).ended
@@ -708,7 +709,9 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
     assert agent.store.checkpoints(agent.run_id, role="pq", status="complete")[-1]["metrics"]["steps"] == 1
     assert evaluate_pq(agent, steps=3, training_steps=1, deadline=time.time() + 600)["steps"] == 3
     # the training that would end after the deadline is shortened to the steps that fit at the chain's pace
-    # (a clock that moves 10 s per step), and none starts once fewer than a tenth of a training's fit
+    # (a clock that moves 10 s per step), and none starts once fewer than a tenth of a training's fit; the
+    # first is sized by the caller's estimate of the pace (`pace`; without one it measures a few steps first:
+    # tests/test_budget_trial.py)
     clock = [time.time()]
     monkeypatch.setattr(pq, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
     lengths = []
@@ -721,26 +724,30 @@ def test_eval_pq_trains_a_chain_and_keeps_the_student_as_an_exportable_checkpoin
         return train
 
     monkeypatch.setattr(rl, "trainer", ten_seconds_a_step)
-    summary = evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20)
+    summary = evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20,
+                          pace=10.0)
     assert lengths == [20, 20, 5] and summary["steps"] == 45
     assert "PQ student: 45 steps fit before the deadline (60 planned) (the last training shortened to 5);" \
         " evaluating it after them" in [e["message"] for e in agent.store.events(agent.run_id, limit=3)]
     assert agent.store.checkpoints(agent.run_id, role="pq", status="complete")[-1]["metrics"]["steps"] == 45
     lengths.clear()
-    assert evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 235, evaluation_seconds=20)["steps"] == 20
+    assert evaluate_pq(agent, steps=60, training_steps=20, deadline=clock[0] + 235, evaluation_seconds=20,
+                       pace=10.0)["steps"] == 20
     assert lengths == [20]  # room for one step after the first training: less than a tenth of one
     assert "PQ student: 20 steps fit before the deadline (60 planned); evaluating it now" in [
         e["message"] for e in agent.store.events(agent.run_id, limit=3)]
     # the final training's chain (fill) goes on past its estimate while trainings fit, to the deadline
     lengths.clear()
-    summary = evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20, fill=True)
+    summary = evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20,
+                          fill=True, pace=10.0)
     assert lengths == [20, 20, 5] and summary["steps"] == 45
     # its progress counts towards the steps the deadline leaves, not the plan it has passed
     progress = [e["message"] for e in agent.store.events(agent.run_id, limit=20) if "steps trained" in e["message"]]
     assert progress[-3:] == [f"PQ student: {done} of 45 steps trained, ETA {eta} min (then its hard-test"
                              f" evaluation)" for done, eta in ((20, 4), (40, 1), (45, 0))]
     lengths.clear()
-    assert evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20)["steps"] == 20
+    assert evaluate_pq(agent, steps=20, training_steps=20, deadline=clock[0] + 470, evaluation_seconds=20,
+                          pace=10.0)["steps"] == 20
     assert lengths == [20]
     evaluate_pq(agent, steps=1)  # a second PQ replaces the first: `pq` names the newest
     (newest,) = agent.store.checkpoints(agent.run_id, role="pq", status="complete")
