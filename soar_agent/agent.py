@@ -29,6 +29,7 @@ from statistics import fmean
 
 from soar_agent import evalcache
 from soar_agent.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from soar_agent.preflight import check_machine, check_session, check_teacher_items
 from soar_agent.store import Store, StoreError, content_hash
 from soar_agent.student_job import release_freed_memory
 from soar_agent.tasks import generate_problems, get_domain
@@ -104,6 +105,7 @@ def check_run_config(config: RunConfig) -> tuple[RunConfig, str | None]:
     from soar_agent.reward import expert_logprob_unusable
     from soar_agent.tasks.base import RejectedItem
 
+    check_machine(config)  # the engine, device and Ray cluster (preflight), before the data files
     domain, cfg = get_domain(config.domain.name), config.domain
     if cfg.curated and not Path(cfg.curated).is_file():
         raise ConfigError(f"domain.curated: {cfg.curated}: no such file")
@@ -127,6 +129,7 @@ def check_run_config(config: RunConfig) -> tuple[RunConfig, str | None]:
         except RejectedItem as error:
             raise RejectedItem(f"{error} (domain.{name})") from None
     _check_prompt_room(config, domain, {name: (files[name][0], files[name][1], loaded[name]) for name in loaded})
+    check_teacher_items(config.run.mode, config.domain.name)  # after the files: a bad one is named first
     if config.reward.metric == "expert-logprob" and (reason := expert_logprob_unusable(domain, loaded["hard_train"])):
         return replace(config, reward=replace(config.reward, metric="sampled")), (
             f"reward.metric expert-logprob: {reason}, so students are scored with sampled"
@@ -325,9 +328,9 @@ class Agent:
         paths = RunPaths(Path(run_dir))
         metric_note = None
         if not existing_only:
-            paths.root.mkdir(parents=True, exist_ok=True)
             if not paths.db.exists():  # a new run: a config or data file it cannot use leaves no store behind
                 config, metric_note = check_run_config(config or RunConfig())
+            paths.root.mkdir(parents=True, exist_ok=True)
         try:
             # A store file without a run lost it (e.g. its WAL): a new run there would write over the old
             # run's checkpoints, so it must be moved away by hand.
@@ -342,6 +345,8 @@ class Agent:
                 stored, notes = resume_config(stored, config, given)
                 for note in notes:
                     log(note)
+            if not existing_only:  # this machine and the settings the session goes on with, before any work
+                check_session(stored)
             agent = cls(stored, paths, log, store, existing["id"])
             if not existing_only:  # export and eval-pq read the run, they do not resume it
                 store.log_event(run_id=agent.run_id, level="info", kind="resume", message="run resumed")

@@ -546,6 +546,8 @@ def cmd_run(args) -> int:
     from soar_agent.config import load_config
     from soar_agent.runlock import hold_run_dir
 
+    if args.run_dir is not None and not args.run_dir.strip():  # not silently runs/default
+        raise UserError(f"--run-dir: expected a directory, got {args.run_dir!r} (leave it out for runs/<run.name>)")
     overrides = (args.set or []) + ([f"run.mode={args.mode}"] if args.mode else [])  # --mode = --set run.mode
     config = load_config(args.config, overrides) if (args.config or overrides) else None
     run_dir = Path(args.run_dir or Path("runs") / (config.run.name if config else "default"))

@@ -243,7 +243,9 @@ class StudentSection:
     grad_clip: float = _opt(1.0, "gradient norm clip", gt=0.0, le=1e6)
     micro_batch: int = _opt(8, "rows (completions) per forward/backward pass of the student loss, gradients"
                                " accumulated to the same update, rows of similar length together; 0 = the whole"
-                               " batch at once. 8 measured on the shipped model (8 x 8 completions, 1 thread): policy"
+                               " batch at once. Either way never more rows than keep a pass (logits and activations) within a"
+                               " quarter of the device's memory (rl.train.rows_per_pass), so no batch size exhausts"
+                               " it. 8 measured on the shipped model (8 x 8 completions, 1 thread): policy"
                                " step 2.9 s against 3.6-4.9 s for the whole batch (less padding); big-vocabulary"
                                " models on a GPU need a few rows (the logits are rows x tokens x vocabulary)",
                             ge=0, le=4096)
@@ -459,6 +461,11 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# The longest text setting (a path, a name, an address): Linux's PATH_MAX. Longer text is refused before it is
+# used, so that no error message repeats megabytes of it.
+MAX_TEXT_CHARS = 4096
+
+
 def _scalar_ok(base: type, value: Any, meta: dict) -> tuple[bool, Any]:
     """(accepted, converted value) for one scalar against its base type and constraints."""
     if base is bool:
@@ -489,6 +496,8 @@ def _scalar_ok(base: type, value: Any, meta: dict) -> tuple[bool, Any]:
 
 def _check(where: str, tp: Any, meta: dict, value: Any) -> Any:
     """Validate and convert one value; ``where`` is the error prefix ('<source>: <section.key>')."""
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:  # a 5 MB path: the error names it, short
+        raise ConfigError(f"{where}: expected at most {MAX_TEXT_CHARS} characters, got {len(value)}: {_show(value)}")
     if typing.get_origin(tp) is list:
         base = typing.get_args(tp)[0]
         ok = isinstance(value, list)

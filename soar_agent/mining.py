@@ -91,8 +91,9 @@ def merge_into_jsonl(problems: list[Problem], path: Path) -> int:
     return len(merged)
 
 
-def read_jsonl(path: Path, domain_name: str) -> list[Problem]:
-    """Problems of a built-in domain from JSONL; one-line errors name the file, line and field."""
+def read_jsonl(path: Path, domain_name: str, check=None) -> list[Problem]:
+    """Problems of a built-in domain from JSONL; one-line errors name the file, line and field. `check(question,
+    answer)` (the domain's check_row), when given, raises RejectedItem for a row the domain cannot score."""
     from soar_agent.tasks.base import RejectedItem, check_level, jsonl_rows
 
     problems = []
@@ -110,6 +111,11 @@ def read_jsonl(path: Path, domain_name: str) -> list[Problem]:
         domain = row.get("domain", domain_name)
         if domain_name and domain != domain_name:
             raise RejectedItem(f"{where}: field 'domain': expected {domain_name!r}, got {str(domain)[:40]!r}")
+        if check is not None:
+            try:
+                check(row["question"], row["answer"])
+            except RejectedItem as error:
+                raise RejectedItem(f"{where}: {error}") from None
         problems.append(Problem(row["question"], row["answer"], domain_name or str(domain), level, tuple(steps or ())))
     return problems
 

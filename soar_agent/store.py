@@ -347,7 +347,43 @@ def _migration_4(db: sqlite_utils.Database) -> None:
         conn.execute("PRAGMA writable_schema = OFF")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+def run_relative(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """A checkpoint path as the store keeps it: relative to `root` (the run directory, the store file's) when it
+    lies inside it, so that a run moved with `mv` still finds its checkpoints; else absolute."""
+    absolute = os.path.abspath(path)
+    real, base = os.path.realpath(absolute), os.path.realpath(root)
+    if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+        return os.path.relpath(real, base)
+    return absolute
+
+
+CHECKPOINT_PATH_COLUMNS = (("checkpoints", "path"), ("trainings", "checkpoint_path"))
+
+
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """Checkpoint paths relative to the run directory (checkpoints.path, trainings.checkpoint_path). Stored
+    before as the agent was given them: absolute, or relative to the working directory of the process that
+    wrote them, so a moved run could not resume. A path inside the store's directory becomes relative to it;
+    an absolute one that no longer exists but whose checkpoints/... part does under the store's directory (a
+    run moved before this migration) too; any other becomes absolute (a relative path means the run's now)."""
+    main = next((row[2] for row in db.conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not main:  # an in-memory store: no run directory
+        return
+    root = os.path.dirname(main)
+    for table, column in CHECKPOINT_PATH_COLUMNS:
+        for row_id, value in db.conn.execute(f"SELECT id, {column} FROM {table} WHERE {column} IS NOT NULL").fetchall():
+            stored = run_relative(value, root)
+            parts = Path(value).parts
+            if os.path.isabs(stored) and not os.path.exists(stored) and "checkpoints" in parts:
+                rest = parts[len(parts) - 1 - parts[::-1].index("checkpoints"):]
+                if os.path.exists(os.path.join(root, *rest)):
+                    stored = os.path.join(*rest)
+            if stored != value:
+                db.conn.execute(f"UPDATE {table} SET {column} = ? WHERE id = ?", (stored, row_id))
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
+                                                             _migration_5]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -786,7 +822,7 @@ class Store:
                 "INSERT INTO trainings (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before,"
                 " accuracy_after, checkpoint_path, metrics_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, teacher_step, dataset_id, student_index, reward, accuracy_before, accuracy_after,
-                 checkpoint_path, metrics_json, _now())).lastrowid
+                 self._stored_path(checkpoint_path), metrics_json, _now())).lastrowid
 
         return self._write(insert)
 
@@ -794,7 +830,7 @@ class Store:
         sql, params = "SELECT * FROM trainings WHERE run_id = ?", [run_id]
         if teacher_step is not None:
             sql, params = sql + " AND teacher_step = ?", params + [teacher_step]
-        return [_decode(r) for r in self._rows(sql + " ORDER BY id", params)]
+        return [self._local_paths(_decode(r)) for r in self._rows(sql + " ORDER BY id", params)]
 
     def complete_teacher_step(self, *, run_id: int, step: int, dataset_rewards: dict[int, float | None],
                               mean_reward: float | None, moving_average: float | None,
@@ -817,7 +853,7 @@ class Store:
                 conn.execute(
                     "INSERT INTO checkpoints (run_id, path, role, teacher_step, status, metrics_json, created_at)"
                     " VALUES (?, ?, ?, ?, 'complete', ?, ?)",
-                    (run_id, str(checkpoint["path"]), checkpoint["role"], step,
+                    (run_id, self._stored_path(checkpoint["path"]), checkpoint["role"], step,
                      _dumps(checkpoint.get("metrics") or {}, "metrics"), _now()))
             conn.execute(
                 "INSERT INTO teacher_steps (run_id, step, status, started_at) VALUES (?, ?, 'complete', ?)"
@@ -932,7 +968,7 @@ class Store:
         return self._write(lambda c: c.execute(
             "INSERT INTO checkpoints (run_id, path, role, teacher_step, status, metrics_json, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (run_id, str(path), role, teacher_step, status, metrics_json, _now()),
+            (run_id, self._stored_path(path), role, teacher_step, status, metrics_json, _now()),
         ).lastrowid)
 
     def mark_checkpoint(self, checkpoint_id: int, status: str, metrics: dict | None = None) -> None:
@@ -951,7 +987,22 @@ class Store:
         self._write(update)
 
     def checkpoints(self, run_id: int, role: str | None = None, status: str | None = None) -> list[dict]:
-        return self._select("checkpoints", run_id, role=role, status=status)
+        return [self._local_paths(r) for r in self._select("checkpoints", run_id, role=role, status=status)]
+
+    def _stored_path(self, path: str | os.PathLike | None) -> str | None:
+        """A checkpoint path as stored: relative to the run directory (run_relative)."""
+        if path is None or self.path == ":memory:":
+            return None if path is None else str(path)
+        return run_relative(path, os.path.dirname(os.path.abspath(self.path)))
+
+    def _local_paths(self, row: dict | None) -> dict | None:
+        """A checkpoints or trainings row with its checkpoint path usable from here: a relative one (the run
+        directory's) joined to the store's directory as this process names it; an absolute one as it is."""
+        for column in ("path", "checkpoint_path"):
+            value = (row or {}).get(column)
+            if value and not os.path.isabs(value) and self.path != ":memory:":
+                row[column] = os.path.join(os.path.dirname(self.path), value)
+        return row
 
     def _select(self, table: str, run_id: int, **filters) -> list[dict]:
         """A run's rows of a table in id order, filtered on the given columns (None = no filter)."""

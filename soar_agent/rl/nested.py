@@ -73,7 +73,7 @@ from soar_agent.engine import HFEngine
 from soar_agent.rl.advantages import rloo_advantages
 from soar_agent.rl.loss import aggregate
 from soar_agent.rl.train import (NonFiniteLoss, Rollout, _padded, _reward_stats, new_student, pad_token_id,
-                                 policy_step, problem_stream, reward_correct, rollout, score_rollout,
+                                 policy_step, problem_stream, reward_correct, rollout, rows_per_pass, score_rollout,
                                  sequence_logprobs, summarize_steps)
 
 CORRECTIONS = ("truncated", "retrace", "masked")
@@ -135,9 +135,16 @@ def skipping(model, skipped: tuple[int, ...] | list[int]) -> Iterator:
 
 def behaviour_logprobs(model, skipped, batch: Rollout, pad_id: int, temperature: float) -> torch.Tensor:
     """Log-probs (B, T) of the batch's completion tokens (EOS included) under `model` with `skipped`
-    layers skipped, at the sampling temperature; no graph. 0 off the completion mask."""
+    layers skipped, at the sampling temperature; no graph. 0 off the completion mask. In passes of as many
+    rows as fit in memory (rows_per_pass: a batch of every size the config allows)."""
+    size, T = rows_per_pass(model, batch), max(1, max(len(c) for c in batch.completion_ids))
+    parts = []
     with skipping(model, skipped), torch.no_grad():
-        return sequence_logprobs(model, batch.prompt_ids, batch.completion_ids, pad_id, temperature)[0]
+        for begin in range(0, len(batch.completion_ids), size):
+            part = sequence_logprobs(model, batch.prompt_ids[begin:begin + size],
+                                     batch.completion_ids[begin:begin + size], pad_id, temperature)[0]
+            parts.append(torch.nn.functional.pad(part, (0, T - part.shape[1])))
+    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------- the corrections

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -198,6 +199,73 @@ def _padded(values: list[list[float]], T: int, device) -> torch.Tensor:
     return torch.tensor([v + [0.0] * (T - len(v)) for v in values], dtype=torch.float32, device=device)  # (B, T)
 
 
+# Bytes per logit element of one pass of the loss at its peak: the logits in the model's dtype, the gathered
+# completion positions, their float32 copy divided by the temperature, the log-softmax, the entropy's
+# temporaries and, in the backward, their gradients (sequence_logprobs).
+LOGIT_BYTES = 24
+# Bytes per token, layer and unit of (4 x hidden size + MLP size) that a decoder layer keeps for the backward:
+# its norms, projections and MLP activations in float32. With LOGIT_BYTES an upper bound of the peak memory per
+# token of a policy step measured (RSS) on the random tiny Llama of tests/conftest.py (6.6 KB; estimated 8.7 KB)
+# and on the shipped model (50 KB; estimated 60 KB).
+ACTIVATION_BYTES = 16
+MEMORY_SHARE = 4  # a pass takes at most 1 / MEMORY_SHARE of the device's memory
+
+
+def device_memory(device) -> int:
+    """Bytes of memory of `device`: a GPU's total, else the machine's RAM or a cgroup or ulimit -v limit below it. Its
+    total, not what is free at the moment: the micro-batch it sets is the same on every step and retry of a
+    job on the machine (the same rows, the same sums, the same result)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            sizes.append(int(text))
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]  # ulimit -v
+        if soft != resource.RLIM_INFINITY:
+            sizes.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(sizes) if sizes else 8 * 2**30
+
+
+def rows_per_pass(model, batch: Rollout, requested: int = 0) -> int:
+    """Rows of `batch` per forward/backward pass of the loss: student.micro_batch (0 = the whole batch), at
+    most as many as keep one pass's memory (rows x longest row x token_bytes) within
+    1 / MEMORY_SHARE of the device's memory, and at least one. Every size the config allows (up to 1,024
+    prompts x 256 completions, 0 = all of them at once) then fits: 262,144 rows of the shipped model's
+    vocabulary were one 6.7 GB tensor, and a big vocabulary needs few rows per pass. Micro-batches give the
+    loss and gradient of one pass over the batch (policy_step), so only the time changes."""
+    rows = len(batch.completion_ids)
+    width = max((len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)), default=1)
+    fitting = device_memory(next(model.parameters()).device) // MEMORY_SHARE // (max(1, width) * token_bytes(model))
+    return max(1, min(requested or rows, rows, fitting))
+
+
+def token_bytes(model) -> int:
+    """Peak bytes one token of a row takes in a pass of the loss: its logits (LOGIT_BYTES per vocabulary entry)
+    and the activations its decoder layers keep for the backward (ACTIVATION_BYTES)."""
+    config = model.config
+    head = model.get_output_embeddings()
+    vocabulary = head.weight.shape[0] if head is not None else config.vocab_size
+    hidden = getattr(config, "hidden_size", 0) or 0
+    inner = getattr(config, "intermediate_size", 0) or 4 * hidden
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    return LOGIT_BYTES * vocabulary + ACTIVATION_BYTES * layers * (4 * hidden + inner)
+
+
 def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cfg, pad_id: int,
                 reference=None, surrogate=None, on_rows=None) -> dict:
     """The loss and one optimizer step: clipped surrogate (+ kl_coef * k3 KL to `reference`) with grad-norm
@@ -206,7 +274,8 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     loss seam for off-policy backends; default: clipped_surrogate for every row) returns the loss function
     for the batch rows `rows` (a list of row indices), with clipped_surrogate's signature and stats.
 
-    With cfg.micro_batch = m > 0 the rows go through the model m at a time and their gradients accumulate:
+    With cfg.micro_batch = m > 0 the rows go through the model m at a time (fewer when m rows would not fit
+    in memory, and so with 0, the whole batch: rows_per_pass) and their gradients accumulate:
     each micro-batch's loss is scaled by its share of the batch's tokens (token aggregation) or rows
     (sequence aggregation), so the summed loss and gradient equal one pass over the whole batch, while the
     logits (B x T x vocabulary) are never all in memory at once. Rows are grouped by length, so a
@@ -215,7 +284,7 @@ def policy_step(student, optimizer, batch: Rollout, advantages: torch.Tensor, cf
     progress: minutes in one step)."""
     has_signal = bool((advantages != 0).any())
     rows = len(batch.completion_ids)
-    size = cfg.micro_batch or rows
+    size = rows_per_pass(student, batch, cfg.micro_batch)  # never more rows than fit in memory
     total_tokens = max(1, sum(len(c) for c in batch.completion_ids))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if has_signal:

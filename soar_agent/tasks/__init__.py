@@ -43,7 +43,8 @@ def generate_problems(domain, levels: list[int], rng: random.Random) -> list[Pro
 def load_problem_file(path: str | os.PathLike, domain) -> list[Problem]:
     """The problems of a user's data file (JSONL, or Parquet for `math`), through the domain's own loader.
     RejectedItem naming the file when it does not exist, is not a regular file (a directory, a FIFO that
-    would block), or holds no problems; the loaders name the line of a bad row (tasks.base limits)."""
+    would block), or holds no problems; the loaders name the line of a bad row (tasks.base limits, and for a
+    built-in domain its check_row: a question it parses, an answer as its students write one)."""
     from soar_agent.mining import read_jsonl
 
     path = Path(path)
@@ -51,7 +52,8 @@ def load_problem_file(path: str | os.PathLike, domain) -> list[Problem]:
         raise RejectedItem(f"{path}: no such data file")
     if not path.is_file():
         raise RejectedItem(f"{path}: not a regular file")
-    problems = domain.load_problems(path) if hasattr(domain, "load_problems") else read_jsonl(path, domain.NAME)
+    problems = (domain.load_problems(path) if hasattr(domain, "load_problems")
+                else read_jsonl(path, domain.NAME, getattr(domain, "check_row", None)))
     if not problems:
         raise RejectedItem(f"{path}: holds no problems" + ("" if path.stat().st_size else " (the file is empty)"))
     return problems

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from soar_agent.tasks.base import (Problem, RejectedItem, builtin_expert_completion, builtin_student_prompt,
-                                   extract_integer_answer, verify_exact)
+                                   check_integer_answer, extract_integer_answer, verify_exact)
 
 NAME = "arith"
 LEVELS = tuple(range(1, 9))
@@ -52,11 +52,12 @@ Node = Num | BinOp
 # ---------------------------------------------------------------- parsing (untrusted text)
 
 
-def parse(text: str) -> Node:
-    """Parse an expression or raise RejectedItem with a one-line reason. Bounded in length, depth and
-    magnitude so hostile input (`__import__(...)`, `9**9**9`, 10k nested parentheses) is rejected cheaply."""
-    if len(text) > MAX_QUESTION_CHARS:
-        raise RejectedItem(f"expression longer than {MAX_QUESTION_CHARS} characters")
+def parse(text: str, max_chars: int | None = MAX_QUESTION_CHARS) -> Node:
+    """Parse an expression or raise RejectedItem with a one-line reason. Bounded in length (`max_chars`; None:
+    a data file's row, bounded by its line), depth and magnitude so hostile input (`__import__(...)`,
+    `9**9**9`, 10k nested parentheses) is rejected cheaply."""
+    if max_chars is not None and len(text) > max_chars:
+        raise RejectedItem(f"expression longer than {max_chars} characters")
     tokens: list[str] = []
     pos = 0
     stripped = text.rstrip()
@@ -244,6 +245,18 @@ def make_problem(question: str, level: int | None = None) -> Problem:
 def solve(question: str) -> str:
     """The exact answer of a model-written question (RejectedItem if it does not parse)."""
     return str(evaluate(parse(question)))
+
+
+def check_row(question: str, answer: str) -> None:
+    """A data file's row (a hard set, --data): RejectedItem unless the question is an expression of the arith
+    grammar (of any length: a prompt too long for the model is refused or skipped later, naming the model's
+    context) and the answer an integer as a student's answer line gives it ("7": never "7.0", "07" or "two",
+    which no completion can match, so the row would silently score 0)."""
+    try:
+        parse(question, max_chars=None)
+    except RejectedItem as error:
+        raise RejectedItem(f"field 'question': not an arith expression ({error})") from None
+    check_integer_answer(answer)
 
 
 def difficulty(question: str) -> int:

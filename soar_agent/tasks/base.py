@@ -73,6 +73,16 @@ def extract_integer_answer(completion: str) -> str | None:
     return str(int(match.group(1))) if match else None
 
 
+def check_integer_answer(answer: str) -> None:
+    """RejectedItem unless `answer` is an integer exactly as extract_integer_answer returns one (at most 12
+    ASCII digits, no sign but a minus, no leading zero, no "-0"): the only answers a built-in domain's
+    completion can match."""
+    match = ANSWER_LINE.match(f"Answer: {answer}")
+    if match is None or str(int(match.group(1))) != answer:
+        raise RejectedItem(f"field 'answer': expected an integer as an answer line gives it (e.g. 7, -12; at most"
+                           f" 12 digits, no leading zero), got {answer[:40]!r}")
+
+
 def builtin_student_prompt(question: str) -> str:
     """The built-in domains' student prompt (the completion is numbered steps, then `Answer: N`)."""
     return f"Problem: {question}\nSolution:\n"

@@ -33,6 +33,10 @@ _PROMPT_SUFFIX = (
 _FENCE_OPEN = "```python"
 _FENCE_CLOSE = "```"
 _WORKERS = 2
+# preflight.check_teacher_items: the modes where students train on the teacher's problems (soar, intrinsic) are
+# refused on this domain, whose verify needs each problem's tests
+TEACHER_ITEMS_UNSCORABLE = ("the teacher's items carry no tests, and a code solution is scored by its problem's"
+                            " tests only")
 
 
 # ---------------------------------------------------------------------------------------- loading

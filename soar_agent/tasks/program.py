@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from soar_agent import sandbox
 from soar_agent.tasks.base import (Problem, RejectedItem, builtin_expert_completion, builtin_student_prompt,
-                                   extract_integer_answer, verify_exact)
+                                   check_integer_answer, extract_integer_answer, verify_exact)
 
 NAME = "program"
 LEVELS = tuple(range(1, 9))
@@ -247,6 +247,17 @@ def make_problem(question: str, level: int | None = None) -> Problem:
 
 def solve(question: str) -> str:
     return make_problem(question).answer
+
+
+def check_row(question: str, answer: str) -> None:
+    """A data file's row (a hard set, --data): RejectedItem unless the question is a program of the domain's
+    grammar and the answer an integer as a student's answer line gives it ("7": never "7.0", "07" or "two",
+    which no completion can match, so the row would silently score 0)."""
+    try:
+        parse(question)
+    except RejectedItem as error:
+        raise RejectedItem(f"field 'question': not a program of the {NAME} domain ({error})") from None
+    check_integer_answer(answer)
 
 
 def difficulty(question: str) -> int:
