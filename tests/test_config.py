@@ -58,7 +58,7 @@ def test_defaults_match_the_documented_values():
     assert (cfg.eval.every_teacher_steps, cfg.eval.samples, cfg.eval.max_new_tokens) == (5, 32, 384)
     assert (cfg.budget.hours, cfg.budget.max_teacher_steps, cfg.budget.keep_checkpoints) == (0.0, 0, 3)
     m = cfg.mining
-    assert (m.k, m.pool_per_level, m.levels, m.test_fraction) == (128, 150, [], 0.5)
+    assert (m.k, m.pool_per_level, m.levels, m.test_fraction, m.val_fraction) == (128, 150, [], 0.33, 0.33)
     assert (m.temperature, m.max_new_tokens, m.seed) == (1.0, 384, 1234)
 
 
@@ -255,10 +255,9 @@ BAD_VALUES = [
     ("teacher", "max_new_tokens", "0", "integer in [1, 32768]"),
     ("teacher", "max_sampling_rounds", "0", "integer in [1, 100]"),
     ("teacher", "reward_target", '"oracle"', "one of 'teacher', 'verified', 'drop-unverified'"),
-    ("teacher", "lr", "0", "number in (0, 1]"),
-    ("teacher", "lr", "-1e-5", "number in (0, 1]"),
-    ("teacher", "lr", "true", "number in (0, 1]"),
-    ("teacher", "lr", '"1e-5"', "number in (0, 1]"),
+    ("teacher", "lr", "-1e-5", "number in [0, 1]"),  # 0 is a frozen teacher (the ablation)
+    ("teacher", "lr", "true", "number in [0, 1]"),
+    ("teacher", "lr", '"1e-5"', "number in [0, 1]"),
     ("student", "backend", '"ppo"', "one of 'rloo', 'grpo'"),
     ("student", "students_per_dataset", "0", "integer in [1, 64]"),
     ("student", "steps", "0", "integer in [1, 100000]"),

@@ -6,7 +6,7 @@ from math import comb
 import pytest
 
 from soar_agent.evaluation import ProblemResult, default_ks, pass_at_k, summarize
-from soar_agent.mining import read_jsonl, sampling_rounds, split_train_test, write_jsonl
+from soar_agent.mining import read_jsonl, sampling_rounds, split_hard, write_jsonl
 from soar_agent.tasks import arith, generate_problems
 from soar_agent.tasks.base import Problem, RejectedItem
 
@@ -36,11 +36,13 @@ def test_sampling_rounds_sum_to_k():
 
 
 def test_split_is_stratified_and_seeded():
-    problems = generate_problems(arith, [5] * 10 + [6] * 10, random.Random(0))
-    train, test = split_train_test(problems, 0.5, seed=3)
-    assert len(train) == len(test) == 10
-    assert sorted(p.level for p in test) == [5] * 5 + [6] * 5
-    assert split_train_test(problems, 0.5, seed=3) == (train, test)
+    problems = generate_problems(arith, [5] * 12 + [6] * 12, random.Random(0))
+    train, val, test = split_hard(problems, 0.25, 0.25, seed=3)
+    assert (len(train), len(val), len(test)) == (12, 6, 6)
+    assert sorted(p.level for p in test) == sorted(p.level for p in val) == [5] * 3 + [6] * 3
+    assert not {p.question for p in train} & ({p.question for p in val} | {p.question for p in test})
+    assert split_hard(problems, 0.25, 0.25, seed=3) == (train, val, test)
+    assert split_hard(problems, 0.5, 0.0, seed=3)[1] == []  # no hard-val asked for: the old train/test split
 
 
 def test_jsonl_round_trip_and_errors(tmp_path):
