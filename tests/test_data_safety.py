@@ -3,8 +3,6 @@ replaces other non-empty directories only with --force; a store that holds no ru
 not a new run; `soar run` refuses a store that fails PRAGMA quick_check. The CLI runs as a subprocess."""
 
 import hashlib
-import json
-import random
 import shutil
 import sqlite3
 from pathlib import Path
@@ -12,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from soar_agent.agent import Agent
-from soar_agent.config import load_config
-from soar_agent.mining import write_jsonl
 from soar_agent.store import Store
-from soar_agent.tasks import arith, generate_problems
 from tests.test_cli import assert_one_line_error, soar
+from tests.test_export import make_run
 
 
 def tree_digest(root: Path) -> dict:
@@ -27,14 +23,7 @@ def tree_digest(root: Path) -> dict:
 @pytest.fixture
 def run_dir(tmp_path, random_tiny_dir) -> Path:
     """A run created by the agent (its store, hard sets and a checkpoint file), no training."""
-    rng = random.Random(3)
-    write_jsonl(generate_problems(arith, [5] * 3, rng), tmp_path / "train.jsonl")
-    write_jsonl(generate_problems(arith, [5] * 2, rng), tmp_path / "test.jsonl")
-    config = load_config(None, [f"model.path={json.dumps(str(random_tiny_dir))}",
-                                f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
-                                f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"])
-    run = tmp_path / "run"
-    Agent.open(config, run, log=lambda m: None).store.close()
+    run = make_run(tmp_path, str(random_tiny_dir))
     (run / "checkpoints" / "step-1").mkdir(parents=True)
     (run / "checkpoints" / "step-1" / "weights.bin").write_bytes(b"trained for hours")
     return run
