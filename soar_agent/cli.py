@@ -386,12 +386,16 @@ def cmd_mine_hard(args) -> int:
                            mining.temperature, mining.max_new_tokens,
                            log=lambda message: print(message, file=sys.stderr, flush=True), only=args.split,
                            exclude=existing if (args.append or args.split) else set())
+    written = [split for split in SPLITS if not args.split or split == args.split]
+    # the sets first: they are what hours of sampling made, and a store that refuses a row must not lose them
+    for split in written:
+        path = out_dir / f"{domain.NAME}-hard-{split}.jsonl"
+        merge_into_jsonl(getattr(report, split), path) if args.append else write_jsonl(getattr(report, split), path)
     store = Store(db_path)
     run_id = store.create_run(name=f"mine-{domain.NAME}", mode="mine-hard",
                               config={"mining": vars(mining), "model": config.model.path, "domain": domain.NAME},
                               model_path=str(config.model.path))
     provenance = {"k": mining.k, "temperature": mining.temperature, "seed": mining.seed, "model": config.model.path}
-    written = [split for split in SPLITS if not args.split or split == args.split]
     for split in written:
         problems = getattr(report, split)
         ids = store.add_problems(run_id=run_id, problems=problems, source="hard", split=split, provenance=provenance)
@@ -401,9 +405,6 @@ def cmd_mine_hard(args) -> int:
                     + f" fail@{mining.k} problems",
                     data={"pool": report.pool, "kept": report.kept})
     store.set_run_status(run_id, "complete")
-    for split in written:
-        path = out_dir / f"{domain.NAME}-hard-{split}.jsonl"
-        merge_into_jsonl(getattr(report, split), path) if args.append else write_jsonl(getattr(report, split), path)
     summary = {"domain": domain.NAME, "k": mining.k, "pool": report.pool, "kept": report.kept,
                **{split: len(getattr(report, split)) for split in written}, "db": str(db_path),
                "out_dir": str(out_dir)}

@@ -173,3 +173,24 @@ def test_status_text_is_a_short_report_a_person_reads(tmp_path):
     assert sum("promoted" in line for line in lines[6:]) == 2
     assert "{" not in result.stdout and "session" not in result.stdout  # no raw dicts, no jargon
     assert json.loads(soar("status", tmp_path / "demo", "--json").stdout)["teacher_step"] == 4
+
+
+def test_mined_sets_are_written_before_the_store_so_a_refused_row_loses_no_sampling(random_tiny_dir, tmp_path,
+                                                                                    monkeypatch):
+    """Mining is hours of sampling: the JSONL sets are written first, so a store that refuses a row (as one whose
+    code predates a new split did, after 1h50m of fail@128 sampling) leaves the mined problems on disk."""
+    import sqlite3
+
+    from soar_agent import cli
+    from soar_agent.store import Store
+
+    def refuse(self, **kwargs):
+        raise sqlite3.IntegrityError("CHECK constraint failed: split IN ('train', 'test')")
+
+    monkeypatch.setattr(Store, "add_problems", refuse)
+    out = tmp_path / "hard"
+    with pytest.raises(sqlite3.IntegrityError):
+        cli.main(["mine-hard", "--model", str(random_tiny_dir), "--domain", "arith", "--levels", "1", "--k", "2",
+                  "--pool-per-level", "3", "--max-new-tokens", "8", "--db", str(tmp_path / "mine.db"),
+                  "--out-dir", str(out), "--split", "val"])
+    assert len((out / "arith-hard-val.jsonl").read_text().splitlines()) == 3  # a random model fails all three

@@ -139,10 +139,11 @@ def test_cli_eval_and_mine_hard_on_a_gym_dataset(random_tiny_dir, tmp_path):
     assert set(summary["levels"]) == {"1", "2"} and summary["problems"] == 6
     out = tmp_path / "hard"
     result = soar("mine-hard", "--model", random_tiny_dir, "--domain", "gym:basic_arithmetic", "--levels", "2,3",
-                  "--k", "2", "--pool-per-level", "4", "--test-fraction", "0.5", "--max-new-tokens", "12",
-                  "--db", tmp_path / "mine.db", "--out-dir", out, "--json")
+                  "--k", "2", "--pool-per-level", "4", "--test-fraction", "0.5", "--val-fraction", "0",
+                  "--max-new-tokens", "12", "--db", tmp_path / "mine.db", "--out-dir", out, "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["train"] == 4  # a random model fails everything
+    report = json.loads(result.stdout)
+    assert report["train"] == 4 and report["val"] == 0  # a random model fails everything; no hard-val asked for
     rows = [json.loads(line) for line in (out / "gym:basic_arithmetic-hard-train.jsonl").read_text().splitlines()]
     assert all(row["domain"] == "gym:basic_arithmetic" and row["meta"]["gym"][0] in (2, 3) for row in rows)
     assert_one_line_error(soar("eval", "--model", random_tiny_dir, "--domain", "gym:nope"), "reasoning-gym dataset")
