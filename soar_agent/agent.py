@@ -861,11 +861,10 @@ class Agent:
         self.store.log_event(run_id=self.run_id, level="info", kind="teacher-sampled",
                              message=f"step {step}: {count} items ({verified} verified)",
                              data={"step": step, **stats, "teacher_right": verified, "teacher_checked": len(checked)})
-        solved = items and items[0].solution is not None
+        # without solutions the run is in the solver's setting (teacher.writes_solutions)
+        solved = items[0].solution is not None
         answers = (f"the teacher's {'worked solution' if solved else 'answer'} was right for {verified},"
-                   f" wrong for {len(checked) - verified}"
-                   + (" (students train on the solver's)" if not solved and self.config.teacher.reward_target != "teacher"
-                      else " (students train on the teacher's)" if solved else "")
+                   f" wrong for {len(checked) - verified} (students train on the {'teacher' if solved else 'solver'}'s)"
                    if checked else "answers unchecked (no solver for this domain)")
         self.log(f"[step {step}] teacher: {count} items, {answers}; "
                  f"{sum(stats['rejected'].values())} samples rejected")

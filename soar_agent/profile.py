@@ -8,8 +8,7 @@ in "other / waiting": the table never invents a figure.
 
 from __future__ import annotations
 
-from datetime import datetime
-
+from soar_agent.status import _epoch
 from soar_agent.store import Store
 
 PHASES = ("base evaluation", "teacher sampling", "baseline scoring", "student supervised steps",
@@ -18,15 +17,10 @@ PHASES = ("base evaluation", "teacher sampling", "baseline scoring", "student su
 OTHER = "other / waiting"
 
 
-def _epoch(timestamp: str) -> float:
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
-
-
-def session_seconds(store: Store, run_id: int) -> float:
-    """The wall clock of the run's sessions: each from its `session` event to the last row it stored (the
-    last session's to the run's latest write, heartbeats included), so the time the run was down is not
-    counted."""
-    events = store.events(run_id, limit=1_000_000)
+def session_seconds(store: Store, run_id: int, events: list[dict]) -> float:
+    """The wall clock of the run's sessions (`events`: the run's, oldest first): each from its `session`
+    event to the last row it stored (the last session's to the run's latest write, heartbeats included), so
+    the time the run was down is not counted."""
     starts = [i for i, event in enumerate(events) if event["kind"] == "session"]
     total = 0.0
     for n, index in enumerate(starts):
@@ -58,7 +52,8 @@ def run_profile(store: Store, run_id: int) -> dict:
         metrics = step.get("metrics") or {}
         seconds["baseline scoring"] += float(metrics.get("baseline_scoring_seconds") or 0.0)
         seconds["teacher update"] += float((metrics.get("teacher_update") or {}).get("seconds") or 0.0)
-    for event in store.events(run_id, limit=1_000_000):
+    events = store.events(run_id, limit=1_000_000)
+    for event in events:
         data = event.get("data") or {}
         if event["kind"] == "teacher-sampled":
             seconds["teacher sampling"] += float(data.get("seconds") or 0.0)
@@ -66,7 +61,7 @@ def run_profile(store: Store, run_id: int) -> dict:
             seconds["final training"] += float(data.get("seconds") or 0.0)
     # pq-done counts the final training's evaluation too: it has its own row
     seconds["final training"] = max(0.0, seconds["final training"] - seconds["final evaluation"])
-    total = session_seconds(store, run_id)
+    total = session_seconds(store, run_id, events)
     seconds[OTHER] = max(0.0, total - sum(seconds.values()))
     return {"phases": seconds, "total": max(total, sum(seconds.values()))}
 

@@ -69,13 +69,11 @@ def run_status(run_dir: Path) -> dict:
         complete = [s for s in steps if s["status"] == "complete"]
         # the share of the teacher's samples that made items, per step: a teacher drifting into text that
         # does not parse shows here first (teacher.reject_penalty)
-        kept = {e["data"]["step"]: e["data"]["accepted"] / e["data"]["sampled"]
-                for e in store.events(run["id"], limit=10_000) if e["kind"] == "teacher-sampled"
-                and e["data"].get("sampled") and "step" in e["data"]}
+        sampled = [e["data"] for e in store.events(run["id"], limit=10_000)
+                   if e["kind"] == "teacher-sampled" and "step" in e["data"]]
+        kept = {d["step"]: d["accepted"] / d["sampled"] for d in sampled if d.get("sampled")}
         # the share of the teacher's answers (its worked solutions' under teacher labels) the solver confirmed
-        right = {e["data"]["step"]: e["data"]["teacher_right"] / e["data"]["teacher_checked"]
-                 for e in store.events(run["id"], limit=10_000) if e["kind"] == "teacher-sampled"
-                 and e["data"].get("teacher_checked") and "step" in e["data"]}
+        right = {d["step"]: d["teacher_right"] / d["teacher_checked"] for d in sampled if d.get("teacher_checked")}
         last_event = store.events(run["id"], limit=1)
         evaluations = store.evaluations(run["id"], set_name="hard-test")
         pq = store.evaluations(run["id"], set_name="hard-test-pq")

@@ -121,7 +121,7 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
         (row,) = engine.generate([prompt], n=round_size(need, count, len(items), sampled),
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=["</answer>"],
                                  seed=seed * 7919 + round_index)
-        candidates = []  # (text, token_ids) of the round's well-formed items
+        candidates = []  # (text, token_ids, question) of the round's well-formed items
         for completion in row:
             sampled += 1
             eos = completion.finish_reason == "stop" and completion.stop_text is None
