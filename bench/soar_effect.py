@@ -77,7 +77,7 @@ def run_name(arm: str, seed_index: int) -> str:
 
 def arm_of(name: str) -> str:
     """The arm of a run name (ARM or ARM-seedI), without a figure's -ps / -pq suffix."""
-    name = name.split(SEED_SUFFIX)[0]
+    name = figure_group(name)
     for suffix in ("-ps", "-pq"):
         if name.endswith(suffix) and name[:-len(suffix)] in ARMS:
             return name[:-len(suffix)]
