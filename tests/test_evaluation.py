@@ -63,3 +63,16 @@ def test_merge_into_jsonl_skips_known_questions(tmp_path):
     assert merge_into_jsonl(first, path) == 2
     assert merge_into_jsonl(first[:1] + second, path) == 3
     assert read_jsonl(path, "arith") == first + second
+
+
+@pytest.mark.parametrize("domain", ["arith", "program"])
+def test_the_shipped_hard_sets_are_three_disjoint_splits(domain):
+    """hard-val chooses settings and hard-test reports them: no question may sit in two of the splits."""
+    from pathlib import Path
+
+    hard = Path(__file__).resolve().parent.parent / "curricula" / "hard"
+    splits = {split: {p.question for p in read_jsonl(hard / f"{domain}-hard-{split}.jsonl", domain)}
+              for split in ("train", "val", "test")}
+    assert all(len(questions) >= 100 for questions in splits.values())
+    assert not splits["train"] & splits["val"] and not splits["train"] & splits["test"]
+    assert not splits["val"] & splits["test"]
