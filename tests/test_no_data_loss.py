@@ -121,7 +121,7 @@ def test_a_second_agent_on_a_run_dir_is_refused_naming_the_live_pid(tmp_path, ra
     with Store(run / "soar.db", readonly=True) as store:
         latest = store.latest_run()["id"]
         names = [d["name"] for d in store.datasets(latest)]
-        assert sorted(names) == ["hard-test", "hard-train"]  # the refused ones stored nothing
+        assert sorted(names) == ["hard-test", "hard-train", "hard-val"]  # the refused ones stored nothing
         kinds = [e["kind"] for e in store.events(latest, limit=1000)]
         assert kinds.count("session") == 1 and "resume" not in kinds
 
@@ -234,7 +234,7 @@ def test_a_full_store_stops_in_one_line_and_the_run_resumes(tmp_path, random_tin
         # the first evaluation's sets are one transaction each: what did not fit left no row behind
         assert {(e["set_name"], e["teacher_step"]) for e in store.evaluations(latest)} <= {("hard-test", 0)}
         assert store.teacher_steps(latest) == [] and store.datasets(latest, kind="curriculum") == []
-        assert sorted(d["name"] for d in store.datasets(latest)) == ["hard-test", "hard-train"]
+        assert sorted(d["name"] for d in store.datasets(latest)) == ["hard-test", "hard-train", "hard-val"]
 
     monkeypatch.setattr(Agent, "open", classmethod(opened))  # space freed
     assert_resume_finishes_the_step(run, capsys)
