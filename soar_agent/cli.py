@@ -255,19 +255,12 @@ def cmd_eval(args) -> int:
     """
     from soar_agent.evaluation import default_ks, evaluate_problems, summarize
     from soar_agent.models import load_tokenizer
-    from soar_agent.tasks import generate_problems, get_domain
+    from soar_agent.tasks import get_domain
     from soar_agent.tasks.chat import for_model
 
     domain = get_domain(args.domain)
     _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
-    if args.data:
-        problems = _problems_from_file(args.data, domain)
-    elif hasattr(domain, "generate"):
-        levels = _parse_levels(args.levels, domain)
-        rng = random.Random(args.seed)
-        problems = generate_problems(domain, [lv for lv in levels for _ in range(args.per_level)], rng)
-    else:
-        raise UserError(f"--domain {args.domain}: a dataset domain needs --data FILE.jsonl")
+    problems = _eval_problems(args, domain)
     tokenizer = load_tokenizer(args.model)
     domain = for_model(domain, tokenizer)  # an instruct model's chat template, when it has one
     problems = _fitting(problems, domain, tokenizer, args.model, args.max_new_tokens, "--max-new-tokens", args.data)
@@ -275,12 +268,7 @@ def cmd_eval(args) -> int:
     from rich.console import Console
 
     with _progress_bars(Console(stderr=True)) as progress:  # minutes: a bar with ETA, on stderr (--json stays clean)
-        if hasattr(engine, "on_rows"):  # every completion: one greedy and --samples sampled per problem
-            total, done = len(problems) * (1 + args.samples), [0]
-            label = f"evaluating {len(problems)} problems (greedy + {args.samples} samples each)"
-            progress(label, 0, total)
-            engine.on_rows = lambda rows: done.__setitem__(0, done[0] + rows) or progress(
-                label, min(done[0], total), total)
+        _track_eval_progress(engine, progress, len(problems), args.samples)
         results = evaluate_problems(engine, domain, problems, samples=args.samples, greedy=True,
                                     temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     summary = summarize(results, default_ks(args.samples) if args.samples else [])
@@ -289,6 +277,34 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    _print_eval_table(args, summary)
+    _print_eval_notes(args, summary, engine)
+    return 0
+
+
+def _eval_problems(args, domain) -> list:
+    """The problems `soar eval` scores: those of --data, else generated per level."""
+    from soar_agent.tasks import generate_problems
+
+    if args.data:
+        return _problems_from_file(args.data, domain)
+    if hasattr(domain, "generate"):
+        levels = _parse_levels(args.levels, domain)
+        rng = random.Random(args.seed)
+        return generate_problems(domain, [lv for lv in levels for _ in range(args.per_level)], rng)
+    raise UserError(f"--domain {args.domain}: a dataset domain needs --data FILE.jsonl")
+
+
+def _track_eval_progress(engine, progress, problems: int, samples: int) -> None:
+    if hasattr(engine, "on_rows"):  # every completion: one greedy and --samples sampled per problem
+        total, done = problems * (1 + samples), [0]
+        label = f"evaluating {problems} problems (greedy + {samples} samples each)"
+        progress(label, 0, total)
+        engine.on_rows = lambda rows: done.__setitem__(0, done[0] + rows) or progress(
+            label, min(done[0], total), total)
+
+
+def _print_eval_table(args, summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -303,6 +319,10 @@ def cmd_eval(args) -> int:
     table.add_row("all", str(summary["problems"]), f"{summary.get('greedy_acc', 0):.1%}",
                   *[f"{summary.get(k, 0):.1%}" for k in ks], style="bold")
     Console().print(table)
+
+
+def _print_eval_notes(args, summary: dict, engine) -> None:
+    """What the table's columns mean, the level where greedy drops below half, and the speed."""
     levels = summary.get("levels", {})
     edge = next((level for level, figures in levels.items() if figures.get("greedy_acc", 0) < 0.5), None)
     print("greedy: share of problems solved by the model's single most likely completion"
@@ -312,7 +332,6 @@ def cmd_eval(args) -> int:
         print(f"edge: level {edge} is the first where greedy falls below 50%" if edge is not None
               else "edge: greedy is at least 50% on every level evaluated")
     print(f"{engine.stats.tokens_per_second:.0f} tokens/s")
-    return 0
 
 
 # ---------------------------------------------------------------- soar mine-hard
@@ -323,12 +342,44 @@ def cmd_mine_hard(args) -> int:
 
     Example: soar mine-hard --domain arith --levels 5,6,7 --k 128 --pool-per-level 200
     """
-    from soar_agent.config import ConfigError, apply_overrides, load_config
-    from soar_agent.mining import SPLITS, merge_into_jsonl, mine_hard, read_jsonl, write_jsonl
+    from soar_agent.mining import SPLITS
     from soar_agent.models import load_tokenizer
-    from soar_agent.store import Store
-    from soar_agent.tasks import generate_problems, get_domain
+    from soar_agent.tasks import get_domain
     from soar_agent.tasks.chat import for_model
+
+    config = _mining_config(args)
+    mining = config.mining
+    domain = get_domain(config.domain.name)
+    _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
+    # everything the user named is checked before the model is loaded and sampled for minutes
+    db_path = Path(args.db or f"runs/mine-{domain.NAME}/soar.db")
+    _check_store_target(db_path)
+    out_dir = Path(args.out_dir)
+    _writable_directory(out_dir, "--out-dir")
+    pool = _mining_pool(args, domain, mining)
+    tokenizer = load_tokenizer(config.model.path)
+    domain = for_model(domain, tokenizer, config.model.chat_template)
+    pool = _fitting(pool, domain, tokenizer, config.model.path, mining.max_new_tokens, "mining.max_new_tokens",
+                    args.data)
+    model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine,
+                                     config.model.device, tokenizer)
+    report = _mine_with_progress(args, engine, domain, pool, mining, out_dir)
+    written = [split for split in SPLITS if not args.split or split == args.split]
+    # the sets first: they are what hours of sampling made, and a store that refuses a row must not lose them
+    _write_mined_sets(report, written, out_dir, domain.NAME, args.append)
+    _store_mined_sets(report, written, db_path, domain.NAME, config)
+    summary = {"domain": domain.NAME, "k": mining.k, "pool": report.pool, "kept": report.kept,
+               **{split: len(getattr(report, split)) for split in written}, "db": str(db_path),
+               "out_dir": str(out_dir)}
+    print(json.dumps(summary, indent=2) if args.json else
+          f"kept {sum(report.kept.values())} fail@{mining.k} problems per level {report.kept} "
+          f"of {report.pool}; wrote {out_dir}/{domain.NAME}-hard-{{{','.join(written)}}}.jsonl and {db_path}")
+    return 0
+
+
+def _mining_config(args):
+    """The run config with --set applied, then the mine-hard options over it."""
+    from soar_agent.config import ConfigError, apply_overrides, load_config
 
     flags = []  # (option, override): applied after --set, and an error names the option the user typed
     if args.domain:
@@ -348,31 +399,29 @@ def cmd_mine_hard(args) -> int:
     if not args.split and mining.test_fraction + mining.val_fraction >= 1:
         raise UserError(f"mining.test_fraction + mining.val_fraction: {mining.test_fraction} + {mining.val_fraction}"
                         " leaves no hard-train; their sum must be below 1")
-    domain = get_domain(config.domain.name)
-    _require_strong_sandbox(domain.NAME, args.allow_weak_sandbox)
-    # everything the user named is checked before the model is loaded and sampled for minutes
-    db_path = Path(args.db or f"runs/mine-{domain.NAME}/soar.db")
-    _check_store_target(db_path)
-    out_dir = Path(args.out_dir)
-    _writable_directory(out_dir, "--out-dir")
+    return config
+
+
+def _mining_pool(args, domain, mining) -> list:
+    """The problems to mine: those of --data, else generated per level."""
+    from soar_agent.tasks import generate_problems
+
     if args.data:
-        pool = _problems_from_file(args.data, domain)
-    elif hasattr(domain, "generate"):
+        return _problems_from_file(args.data, domain)
+    if hasattr(domain, "generate"):
         levels = _parse_levels(args.levels, domain) if args.levels else list(mining.levels or domain.EDGE_LEVELS)
         if [level for level in levels if level not in domain.LEVELS]:  # a generator past its levels may not end
             raise UserError(f"mining.levels: {[lv for lv in levels if lv not in domain.LEVELS]} outside the"
                             f" {domain.NAME} domain's levels {list(domain.LEVELS)}")
         rng = random.Random(mining.seed)
-        pool = generate_problems(domain, [lv for lv in levels for _ in range(mining.pool_per_level)], rng)
-    else:
-        raise UserError(f"--domain {domain.NAME}: a dataset domain needs --data FILE.jsonl")
-    tokenizer = load_tokenizer(config.model.path)
-    domain = for_model(domain, tokenizer, config.model.chat_template)
-    pool = _fitting(pool, domain, tokenizer, config.model.path, mining.max_new_tokens, "mining.max_new_tokens",
-                    args.data)
-    model, tokenizer, engine = _load(config.model.path, config.model.dtype, config.model.engine,
-                                     config.model.device, tokenizer)
+        return generate_problems(domain, [lv for lv in levels for _ in range(mining.pool_per_level)], rng)
+    raise UserError(f"--domain {domain.NAME}: a dataset domain needs --data FILE.jsonl")
+
+
+def _mine_with_progress(args, engine, domain, pool: list, mining, out_dir: Path):
     from rich.console import Console
+
+    from soar_agent.mining import SPLITS, mine_hard, read_jsonl
 
     with _progress_bars(Console(stderr=True)) as progress:
         if hasattr(engine, "on_rows"):  # an upper bound: each round drops the problems already solved
@@ -382,36 +431,39 @@ def cmd_mine_hard(args) -> int:
         # the sets already in --out-dir: a question mined again never lands in two of them
         existing = {p.question for split in SPLITS if (out_dir / f"{domain.NAME}-hard-{split}.jsonl").is_file()
                     for p in read_jsonl(out_dir / f"{domain.NAME}-hard-{split}.jsonl", domain.NAME)}
-        report = mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.val_fraction, mining.seed,
-                           mining.temperature, mining.max_new_tokens,
-                           log=lambda message: print(message, file=sys.stderr, flush=True), only=args.split,
-                           exclude=existing if (args.append or args.split) else set())
-    written = [split for split in SPLITS if not args.split or split == args.split]
-    # the sets first: they are what hours of sampling made, and a store that refuses a row must not lose them
+        return mine_hard(engine, domain, pool, mining.k, mining.test_fraction, mining.val_fraction, mining.seed,
+                         mining.temperature, mining.max_new_tokens,
+                         log=lambda message: print(message, file=sys.stderr, flush=True), only=args.split,
+                         exclude=existing if (args.append or args.split) else set())
+
+
+def _write_mined_sets(report, written: list, out_dir: Path, domain_name: str, append: bool) -> None:
+    from soar_agent.mining import merge_into_jsonl, write_jsonl
+
     for split in written:
-        path = out_dir / f"{domain.NAME}-hard-{split}.jsonl"
-        merge_into_jsonl(getattr(report, split), path) if args.append else write_jsonl(getattr(report, split), path)
+        path = out_dir / f"{domain_name}-hard-{split}.jsonl"
+        merge_into_jsonl(getattr(report, split), path) if append else write_jsonl(getattr(report, split), path)
+
+
+def _store_mined_sets(report, written: list, db_path: Path, domain_name: str, config) -> None:
+    """A complete mine-hard run in the store, one dataset per set written."""
+    from soar_agent.store import Store
+
+    mining = config.mining
     store = Store(db_path)
-    run_id = store.create_run(name=f"mine-{domain.NAME}", mode="mine-hard",
-                              config={"mining": vars(mining), "model": config.model.path, "domain": domain.NAME},
+    run_id = store.create_run(name=f"mine-{domain_name}", mode="mine-hard",
+                              config={"mining": vars(mining), "model": config.model.path, "domain": domain_name},
                               model_path=str(config.model.path))
     provenance = {"k": mining.k, "temperature": mining.temperature, "seed": mining.seed, "model": config.model.path}
     for split in written:
         problems = getattr(report, split)
         ids = store.add_problems(run_id=run_id, problems=problems, source="hard", split=split, provenance=provenance)
-        store.create_dataset(run_id=run_id, name=f"{domain.NAME}-hard-{split}", kind=f"hard-{split}", problem_ids=ids)
+        store.create_dataset(run_id=run_id, name=f"{domain_name}-hard-{split}", kind=f"hard-{split}", problem_ids=ids)
     store.log_event(run_id=run_id, level="info", kind="mine-hard",
                     message=" + ".join(f"{len(getattr(report, split))} {split}" for split in written)
                     + f" fail@{mining.k} problems",
                     data={"pool": report.pool, "kept": report.kept})
     store.set_run_status(run_id, "complete")
-    summary = {"domain": domain.NAME, "k": mining.k, "pool": report.pool, "kept": report.kept,
-               **{split: len(getattr(report, split)) for split in written}, "db": str(db_path),
-               "out_dir": str(out_dir)}
-    print(json.dumps(summary, indent=2) if args.json else
-          f"kept {sum(report.kept.values())} fail@{mining.k} problems per level {report.kept} "
-          f"of {report.pool}; wrote {out_dir}/{domain.NAME}-hard-{{{','.join(written)}}}.jsonl and {db_path}")
-    return 0
 
 
 # ---------------------------------------------------------------- soar pretrain-tiny
@@ -522,7 +574,7 @@ def _continue_budget(agent, budget, run_dir: Path, previous) -> None:
             budget.deadline = time.time() + agent.config.budget.hours * 3600
         return
     if previous.ended or previous.left() <= 0:
-        untrained = agent._ends_with_final_training() and not agent.latest_checkpoint("pq")
+        untrained = agent.ends_with_final_training() and not agent.latest_checkpoint("pq")
         spent = ("its --until time has passed" if previous.until
                  else f"{previous.used / 3600:.2f} of {previous.seconds / 3600:.2f} h used")
         raise UserError(f"{run_dir}: the run's time budget is over ({spent}): give it more with --hours H"
@@ -585,7 +637,7 @@ def _run_session(args, config, run_dir: Path) -> int:
     if args.more_steps is not None:  # argparse: at least 1
         limit = done + args.more_steps
     elif limit and done >= limit:
-        untrained = agent._ends_with_final_training() and not agent.latest_checkpoint("pq")
+        untrained = agent.ends_with_final_training() and not agent.latest_checkpoint("pq")
         raise UserError(f"{run_dir}: the run already has {done} teacher steps and --max-teacher-steps counts the"
                         f" run's total ({limit}): use --more-steps N to add N steps"
                         + (f" (or soar eval-pq {run_dir} for its final training, which did not finish)"
@@ -612,7 +664,7 @@ def _run_session(args, config, run_dir: Path) -> int:
         console.log(f"exported the {'PQ student' if which == 'pq' else 'best checkpoint'} to {out}")
         if (line := agent.before_and_after(out)) is not None:  # whether the model got better, in one line
             console.print(line, soft_wrap=True)
-    if which == "best" and agent._promotions():
+    if which == "best" and agent.promotions():
         console.log(f"for a student trained long on the rewarded questions: soar eval-pq {run_dir}, then"
                     f" soar export {run_dir} --out DIR --checkpoint pq")
     return 0
@@ -639,7 +691,7 @@ def _opening_line(agent, budget, run_dir: Path, done: int, resumed: bool) -> str
         plan = (f"each teacher step writes {t.datasets_per_step} datasets of {t.items_per_dataset} problems and trains"
                 f" {s.students_per_dataset} student(s) of {s.steps} {s.backend} steps on each")
     plan += f"; hard-test evaluation every {cfg.eval.every_teacher_steps} steps"
-    if agent._ends_with_final_training():
+    if agent.ends_with_final_training():
         plan += f"; at the budget's end a final training of {cfg.budget.pq_steps} steps"
     return (f"soar run: {run}; budget: {' and '.join(limits) or 'none (Ctrl-C stops it)'}; {plan};"
             f" watch it with `soar tui {run_dir}` (or `soar status {run_dir}`)")
@@ -741,20 +793,36 @@ def cmd_tui(args) -> int:
 # ---------------------------------------------------------------- entry point
 
 
+_WEAK_SANDBOX_HELP = "run the code/program domains even when a sandbox layer is missing on this machine"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="soar", description="Self-improvement agent for language models (SOAR).")
     parser.add_argument("--version", action="version", version=f"soar-agent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_eval_arguments(_add_command(commands, "eval", cmd_eval))
+    _add_mine_hard_arguments(_add_command(commands, "mine-hard", cmd_mine_hard))
+    _add_pretrain_tiny_arguments(_add_command(commands, "pretrain-tiny", cmd_pretrain_tiny))
+    _add_run_arguments(_add_command(commands, "run", cmd_run))
+    _add_status_arguments(_add_command(commands, "status", cmd_status))
+    _add_export_arguments(_add_command(commands, "export", cmd_export))
+    _add_eval_pq_arguments(_add_command(commands, "eval-pq", cmd_eval_pq))
+    tu = _add_command(commands, "tui", cmd_tui)
+    tu.add_argument("run_dir", nargs="?", help="the run's directory (default: choose among runs/*)")
+    return parser
 
-    def add(name, handler):
-        description = inspect.cleandoc(handler.__doc__)  # docstrings indent every line but the first
-        summary = " ".join(description.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
-        sub = commands.add_parser(name, help=summary, description=description,
-                                  formatter_class=_HelpFormatter)
-        sub.set_defaults(handler=handler)
-        return sub
 
-    ev = add("eval", cmd_eval)
+def _add_command(commands, name: str, handler) -> argparse.ArgumentParser:
+    """A subcommand whose help is its handler's docstring: the first sentence in the list, all of it in --help."""
+    description = inspect.cleandoc(handler.__doc__)  # docstrings indent every line but the first
+    summary = " ".join(description.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+    sub = commands.add_parser(name, help=summary, description=description,
+                              formatter_class=_HelpFormatter)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--model", default="default", help="'default' (embedded) or a local HF model directory")
     ev.add_argument("--domain", default="arith", help="arith | program | math | code | gym:<dataset>")
     ev.add_argument("--levels", default="all", help="'all' or comma-separated levels (built-in domains)")
@@ -771,10 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=_integer(0, MAX_SEED), default=7, help="seed of the generated problems and samples")
     ev.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="generation engine (vllm needs a GPU)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ev.add_argument("--allow-weak-sandbox", action="store_true",
-                    help="run the code/program domains even when a sandbox layer is missing on this machine")
+    ev.add_argument("--allow-weak-sandbox", action="store_true", help=_WEAK_SANDBOX_HELP)
 
-    mh = add("mine-hard", cmd_mine_hard)
+
+def _add_mine_hard_arguments(mh: argparse.ArgumentParser) -> None:
     mh.add_argument("config", nargs="?", help="run config TOML (its [mining], [model] and [domain] sections)")
     mh.add_argument("--domain", help="arith | program | math | code | gym:<dataset> (default: the config's)")
     mh.add_argument("--model", help="'default' (embedded) or a local HF model directory (default: the config's)")
@@ -799,10 +867,10 @@ def build_parser() -> argparse.ArgumentParser:
     mh.add_argument("--append", action="store_true", help="add to the JSONL sets in --out-dir instead of replacing them")
     mh.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field")
     mh.add_argument("--json", action="store_true", help="print the report as JSON")
-    mh.add_argument("--allow-weak-sandbox", action="store_true",
-                    help="run the code/program domains even when a sandbox layer is missing on this machine")
+    mh.add_argument("--allow-weak-sandbox", action="store_true", help=_WEAK_SANDBOX_HELP)
 
-    pt = add("pretrain-tiny", cmd_pretrain_tiny)
+
+def _add_pretrain_tiny_arguments(pt: argparse.ArgumentParser) -> None:
     pt.add_argument("--out", required=True, help="directory to write the HF model to")
     pt.add_argument("--seed", type=_integer(0, MAX_SEED), default=0, help="seed of the data and the weights")
     pt.add_argument("--steps", type=_integer(1, MAX_PRETRAIN_STEPS), default=2400,
@@ -815,7 +883,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--force", action="store_true",
                     help="replace a non-empty --out directory (never the current directory or the --init model)")
 
-    rn = add("run", cmd_run)
+
+def _add_run_arguments(rn: argparse.ArgumentParser) -> None:
     rn.add_argument("config", nargs="?", help="run config TOML (default: the embedded default)")
     rn.add_argument("--run-dir", help="run directory (default runs/<run.name>); an existing run resumes")
     limit = rn.add_mutually_exclusive_group()
@@ -834,16 +903,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run.mode: soar, or a baseline/ablation (same as --set run.mode=MODE; default: the config's,"
                          " soar)")
     rn.add_argument("--no-export", action="store_true", help="do not export the run's model at the end (the PQ student, else the best)")
-    rn.add_argument("--allow-weak-sandbox", action="store_true",
-                    help="run the code/program domains even when a sandbox layer is missing on this machine")
+    rn.add_argument("--allow-weak-sandbox", action="store_true", help=_WEAK_SANDBOX_HELP)
 
-    st = add("status", cmd_status)
+
+def _add_status_arguments(st: argparse.ArgumentParser) -> None:
     st.add_argument("run_dir", help="the run's directory (holding soar.db), e.g. runs/default")
     st.add_argument("--json", action="store_true", help="print every figure as JSON (for scripts)")
     st.add_argument("--profile", action="store_true",
                     help="where the run's wall clock went, phase by phase (with --json: as JSON)")
 
-    ex = add("export", cmd_export)
+
+def _add_export_arguments(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("run_dir", help="the run's directory (holding soar.db)")
     ex.add_argument("--out", required=True, help="directory to write the Hugging Face model to")
     ex.add_argument("--checkpoint", default="best",
@@ -851,18 +921,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true",
                     help="replace a non-empty --out directory (never the run itself or the model exported)")
 
-    pq = add("eval-pq", cmd_eval_pq)
+
+def _add_eval_pq_arguments(pq: argparse.ArgumentParser) -> None:
     pq.add_argument("run_dir", help="the run's directory (holding soar.db)")
     pq.add_argument("--steps", type=_integer(1, MAX_PQ_STEPS),
                     help=f"student RL steps in all, as a chain of trainings of {PQ_TRAINING_STEPS} steps each"
                          f" (default: the run's budget.pq_steps; at most {MAX_PQ_STEPS})")
     pq.add_argument("--json", action="store_true", help="print JSON instead of one line")
-    pq.add_argument("--allow-weak-sandbox", action="store_true",
-                    help="run the code/program domains even when a sandbox layer is missing on this machine")
-
-    tu = add("tui", cmd_tui)
-    tu.add_argument("run_dir", nargs="?", help="the run's directory (default: choose among runs/*)")
-    return parser
+    pq.add_argument("--allow-weak-sandbox", action="store_true", help=_WEAK_SANDBOX_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
