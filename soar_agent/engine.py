@@ -124,20 +124,8 @@ class HFEngine:
 
         device = next(self.model.parameters()).device
         eos_ids = self._eos_ids()
-        pad = self.tokenizer.pad_token_id
-        distinct, rows = prefill_rows(prompts)
-        expand = torch.tensor(rows, device=device)
-        width = max(len(p) for p in distinct)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in distinct], device=device)  # (U, T)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in distinct], device=device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        output = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
         kv = kv_cache_name()
-        cache, logits = getattr(output, kv), output.logits[:, -1, :][expand]
-        if len(distinct) < len(prompts):
-            cache.batch_select_indices(expand)
-        attention = attention[expand]
-        next_position = positions[expand, -1] + 1  # (B,)
+        cache, logits, attention, next_position = self._prefill(prompts, device)
 
         active = list(range(len(prompts)))  # batch row -> original index
         tokens: list[list[int]] = [[] for _ in prompts]
@@ -182,8 +170,30 @@ class HFEngine:
                                 position_ids=next_position[:, None], use_cache=True, **{kv: cache})
             cache, logits = getattr(output, kv), output.logits[:, -1, :]
             next_position = next_position + 1
+        return self._completions(tokens, logprobs, finish, matched, stop)
+
+    def _prefill(self, prompts: list[list[int]], device):
+        """One forward pass over the batch's distinct prompts, left-padded; each row gets its prompt's cache rows
+        and last logits. Returns (cache, logits, attention mask, next position), one row per prompt given."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        distinct, rows = prefill_rows(prompts)
+        expand = torch.tensor(rows, device=device)
+        width = max(len(p) for p in distinct)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in distinct], device=device)  # (U, T)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in distinct], device=device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        output = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        cache, logits = getattr(output, kv_cache_name()), output.logits[:, -1, :][expand]
+        if len(distinct) < len(prompts):
+            cache.batch_select_indices(expand)
+        return cache, logits, attention[expand], positions[expand, -1] + 1  # next position: (B,)
+
+    def _completions(self, tokens: list[list[int]], logprobs: list[list[float]], finish: list[str],
+                     matched: list[str | None], stop: list[str]) -> list[Completion]:
         completions = []
-        for index in range(len(prompts)):
+        for index in range(len(tokens)):
             text = self.tokenizer.decode(tokens[index], skip_special_tokens=True)
             if stop:
                 text, _ = _truncate_at_stop(text, stop)
