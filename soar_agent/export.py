@@ -230,8 +230,17 @@ def model_card(store, run_id: int, config: RunConfig, checkpoint: dict | None, t
     """The export's README.md: Hub metadata (YAML front matter), what the checkpoint is, its prompt format
     and a usage snippet, its own evaluation, the run's evaluation history and configuration. No absolute
     local path appears in it."""
-    run = store.get_run(run_id)
-    run_dir = Path(store.path).parent
+    lines = _card_heading(store.get_run(run_id), config, checkpoint, Path(store.path).parent)
+    lines += _card_prompt_and_usage(config, tokenizer, checkpoint, max_new_tokens)
+    lines += _card_own_evaluation(store, run_id, checkpoint)
+    lines += _card_history(store.evaluations(run_id))
+    lines += ["", "## Configuration", "", "The run's configuration (local paths reduced to their file names).", "",
+              "```toml", dump_toml(public_config(config)).strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _card_heading(run: dict, config: RunConfig, checkpoint: dict | None, run_dir: Path) -> list[str]:
+    """The card's Hub metadata (YAML front matter), title and what the checkpoint is."""
     name = config.domain.name
     base_id = hub_id(config.model.path)
     license_ = PROJECT_LICENSE if config.model.path == "default" else (_base_license(config.model.path) or "other")
@@ -246,6 +255,12 @@ def model_card(store, run_id: int, config: RunConfig, checkpoint: dict | None, t
               ""]
     if license_ == "other":
         lines += ["The weights are derived from the base model: its license applies.", ""]
+    return lines
+
+
+def _card_prompt_and_usage(config: RunConfig, tokenizer, checkpoint: dict | None,
+                           max_new_tokens: int | None) -> list[str]:
+    """The card's exact prompt format (with an example when there is one) and a pipeline snippet using it."""
     prompt, answer, example = prompt_format(config, tokenizer, checkpoint) if tokenizer is not None else (
         "Problem: {question}\nSolution:\n", _BUILTIN_ANSWER, None)
     fence = "````"
@@ -254,10 +269,10 @@ def model_card(store, run_id: int, config: RunConfig, checkpoint: dict | None, t
            " generation prompt; pass this text, not chat messages" if templated else "plain text, not chat messages")
     fill = ("Replace `{question}`" + (" (the prompt ends with a newline)" if prompt.endswith("\n") else "")
             if "{question}" in prompt else "Use it as it is")
-    lines += ["## Prompt format", "",
-              f"The model was trained on one exact prompt ({how}); other prompts (a bare question, another"
-              f" format) give meaningless text. {fill}:",
-              "", fence + "text", prompt.rstrip("\n"), fence, "", f"It answers with {answer}, then stops (EOS).", ""]
+    lines = ["## Prompt format", "",
+             f"The model was trained on one exact prompt ({how}); other prompts (a bare question, another"
+             f" format) give meaningless text. {fill}:",
+             "", fence + "text", prompt.rstrip("\n"), fence, "", f"It answers with {answer}, then stops (EOS).", ""]
     if example:
         lines += ["An example of the format (a prompt and the expected completion):", "", fence + "text",
                   example, fence, ""]
@@ -268,8 +283,12 @@ def model_card(store, run_id: int, config: RunConfig, checkpoint: dict | None, t
               'print(generator(prompt, return_full_text=False)[0]["generated_text"])', "```", "",
               "`generation_config.json` makes this greedy, stopping at the end-of-sequence token"
               + (f" or after {max_new_tokens} new tokens" if max_new_tokens else "") + ".", ""]
+    return lines
+
+
+def _card_own_evaluation(store, run_id: int, checkpoint: dict | None) -> list[str]:
     own = own_evaluations(store, run_id, checkpoint)
-    lines += ["## Evaluation of this checkpoint", ""]
+    lines = ["## Evaluation of this checkpoint", ""]
     if own:
         figures = _figures(own)
         lines += _header(["set", "teacher step", "problems"], figures)
@@ -282,8 +301,11 @@ def model_card(store, run_id: int, config: RunConfig, checkpoint: dict | None, t
     else:
         lines += ["None: the run's store holds no evaluation of these weights. `soar eval --model DIR` measures"
                   " them.", ""]
-    history = store.evaluations(run_id)
-    lines += ["## Evaluation history of the run", ""]
+    return lines
+
+
+def _card_history(history: list[dict]) -> list[str]:
+    lines = ["## Evaluation history of the run", ""]
     if history:
         lines += ["Every evaluation the run made, of the model it had at that time (the checkpoint column; empty ="
                   " the base model), not necessarily this one.", "",
@@ -295,9 +317,7 @@ def model_card(store, run_id: int, config: RunConfig, checkpoint: dict | None, t
         step = "" if evaluation["teacher_step"] is None else evaluation["teacher_step"]
         lines.append(f"| {step} | {evaluation['set_name']} | {evaluation['checkpoint_id'] or ''} | "
                      + " | ".join(_percent(s.get(k)) for k in _figures(history)) + " |")
-    lines += ["", "## Configuration", "", "The run's configuration (local paths reduced to their file names).", "",
-              "```toml", dump_toml(public_config(config)).strip(), "```", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _umask() -> int:
