@@ -203,124 +203,216 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     before it has one, the first training is sized by `pace` (estimated seconds per step), and without that
     it is split, its first PROBE_SHARE of steps trained alone to measure the pace the rest is sized by, so
     that no training runs past the deadline unmeasured."""
-    from soar_agent.agent import UnitStopped
-    from soar_agent.engine import HFEngine
-    from soar_agent.models import load_model, save_checkpoint
-    from soar_agent.rl import trainer
+    from soar_agent.models import load_model
 
     cfg = agent.config
-    store, run_id = agent.store, agent.run_id
     questions, promotion_questions = rewarded_problems(agent)
     problems = questions + agent.hard_train_for_students()
     steps = steps or cfg.budget.pq_steps
     if not steps:
         raise ValueError(f"{agent.paths.root}: budget.pq_steps is 0 in the run's config: give the number of"
                          f" steps (soar eval-pq --steps N)")
+    extra = _chain_experts(agent, problems)
+    key = _chain_key(problems, seed, training_steps, cfg.student)
+    part = _part(agent.store, agent.run_id, key)
+    # a chain that a crash, a reboot or a stop interrupted goes on from its last training: hours of a night's
+    # final training are not trained again (Agent._final_training resumes it with the time that is left)
+    student = load_model(part["path"] if part else cfg.model.path, cfg.model.dtype, device=cfg.model.device)
+    chain = _start_chain(agent, key, part, steps, len(problems), seed, training_steps, deadline,
+                         evaluation_seconds, fill, pace)
+    student = _train_chain(agent, chain, student, problems, stop, extra)
+    if student is None:
+        return None
+    steps = chain.done  # what was trained: the plan, or fewer or more when the deadline ended the chain
+    train_seconds = time.time() - chain.started
+    if chain.unkept:  # the whole chain, kept until its evaluation is stored: a kill in the evaluation retrains nothing
+        _keep_part(agent, student, key, *chain.unkept, _seconds_per_step(chain))
+    checkpoint_id = _store_pq_checkpoint(agent, student, steps, len(questions), promotion_questions)
+    summary_extra = dict(questions=len(questions), promotion_questions=promotion_questions, steps=steps,
+                         **({"seconds_per_step": round(train_seconds / chain.done_here, 4)} if chain.done_here else {}))
+    return _evaluate_pq_student(agent, student, seed, checkpoint_id, summary_extra)
+
+
+def _chain_experts(agent, problems: list) -> dict:
+    """The trainer's extra arguments for the whole chain: sft-rlvr's expert solutions, tokenized once."""
+    cfg = agent.config
     extra = {}
     if cfg.student.backend == "sft-rlvr":  # one tokenization of the pool's expert solutions for the whole
         # chain, not one per training (measured: 10 s for 26,000 on one busy thread; a night's pool is 200,000)
         from soar_agent.rl.sft import writable_experts
 
         extra["experts"] = writable_experts(agent.tokenizer, agent.domain, problems, cfg.student.max_new_tokens)
-    key = _chain_key(problems, seed, training_steps, cfg.student)
-    part = _part(store, run_id, key)
-    # a chain that a crash, a reboot or a stop interrupted goes on from its last training: hours of a night's
-    # final training are not trained again (Agent._final_training resumes it with the time that is left)
-    student = load_model(part["path"] if part else cfg.model.path, cfg.model.dtype, device=cfg.model.device)
+    return extra
+
+
+@dataclass
+class _Chain:
+    """The PQ chain evaluate_pq trains: its settings, and how far it is (the stored part's steps included)."""
+    key: str
+    part: dict | None  # the stored part it continues, if any
+    seed: int
+    training_steps: int
+    deadline: float | None
+    evaluation_seconds: float
+    fill: bool
+    pace: float | None  # the caller's estimate of seconds per step
+    queue: collections.deque  # the lengths of the trainings left
+    first: int  # the index of its next training
+    planned: int
+    probe: int
+    step_done: object  # agent._track's progress callback
+    started: float
+    kept_at: float
+    done: int
+    done_here: int = 0  # steps trained by this call
+    unkept: tuple[int, int] | None = None  # (steps, trainings) trained since the last kept part
+
+
+def _start_chain(agent, key: str, part: dict | None, steps: int, problems: int, seed: int, training_steps: int,
+                 deadline: float | None, evaluation_seconds: float, fill: bool, pace: float | None) -> _Chain:
     done, first = (part["metrics"]["steps"], part["metrics"]["trainings"]) if part else (0, 0)
     if part:
         agent.log(f"PQ student: continuing its chain after {done} steps ({first} trainings)")
-    step_done = agent._track(f"PQ student: {max(steps, done)} steps on {len(problems)} problems", max(steps, done))
+    step_done = agent._track(f"PQ student: {max(steps, done)} steps on {problems} problems", max(steps, done))
     step_done(done)
-    started, planned, done_here = time.time(), max(steps, done), 0
-    kept_at = started
-    queue = collections.deque(chain_lengths(planned - done, training_steps))  # the trainings left
-    probe = max(1, int(training_steps * PROBE_SHARE))
+    started, planned = time.time(), max(steps, done)
+    return _Chain(key=key, part=part, seed=seed, training_steps=training_steps, deadline=deadline,
+                  evaluation_seconds=evaluation_seconds, fill=fill, pace=pace,
+                  queue=collections.deque(chain_lengths(planned - done, training_steps)), first=first,
+                  planned=planned, probe=max(1, int(training_steps * PROBE_SHARE)), step_done=step_done,
+                  started=started, kept_at=started, done=done)
 
-    def trainings():
-        for index in itertools.count(first):
-            if queue:
-                yield index, queue.popleft()
-            elif fill and deadline is not None:  # past the estimate while trainings fit: the deadline ends it
-                yield index, training_steps
-            else:
-                return
 
-    def seconds_per_step() -> float:  # the chain's own pace: this session's trainings, else the stored part's
-        if done_here:  # (or, before either, the caller's estimate)
-            return (time.time() - started) / done_here
-        return part["metrics"]["seconds_per_step"] if part else pace
-
-    def steps_that_fit() -> int:  # before the deadline, at the pace of the chain's trainings so far
-        return int((deadline - time.time() - evaluation_seconds) / seconds_per_step())
-
-    unkept = None  # (steps, trainings) trained since the last kept part
-
-    for index, length in trainings():
-        if stop():
-            if unkept:  # a stop is graceful: what was trained is kept for the resume
-                _keep_part(agent, student, key, *unkept, seconds_per_step())
-            return None
-        last = False
-        if deadline is not None and not (done or pace) and length > probe:  # no pace to size it by: measure it
-            queue.appendleft(length - probe)
-            length = probe
-            message = f"PQ student: measuring the chain's pace on {probe} steps before sizing it to the deadline"
-            store.log_event(run_id=run_id, level="info", kind="pq-training", message=message)
-            agent.log(message)
-        elif deadline is not None and (done or pace):
-            fits = steps_that_fit()
-            if fits < length:  # the last training: shortened to end before the deadline, or none when fewer
-                last = True  # than a tenth of a training's steps fit (its own overhead is worth that much)
-                length = fits if fits >= min(length, max(1, training_steps // 10)) else 0
-                message = (f"PQ student: {done + length} steps fit before the deadline ({planned} planned)"
-                           + (f" (the last training shortened to {length})" if length else "")
-                           + f"; evaluating it {'after them' if length else 'now'}")
-                store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
-                                data={"steps_done": done, "steps": done + length})
-                agent.log(message)
-                if not length:
-                    break
-        try:
-            student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
-                                                      steps=length, seed=seed + index,
-                                                      log=lambda record, offset=done: step_done(offset + record["step"] + 1),
-                                                      **extra)
-        except UnitStopped:  # a stop command inside this training (Agent.beat): it is redone on resume, the
-            if unkept:  # trainings before it are kept as after a stop between trainings
-                _keep_part(agent, student, key, *unkept, seconds_per_step())
-            raise
-        done += length
-        done_here += length
-        unkept = (done, index + 1)
-        if time.time() - kept_at >= KEEP_PART_S:  # a kill loses at most this much of the chain
-            _keep_part(agent, student, key, *unkept, seconds_per_step())
-            kept_at, unkept = time.time(), None
-        # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
-        if last:
-            target = done
-        elif fill and deadline is not None:  # the deadline, not the plan, says how many steps the chain will have
-            target = done + max(0, steps_that_fit())
+def _chain_trainings(chain: _Chain):
+    """(index, steps) of each training left."""
+    for index in itertools.count(chain.first):
+        if chain.queue:
+            yield index, chain.queue.popleft()
+        elif chain.fill and chain.deadline is not None:  # past the estimate while trainings fit: the deadline ends it
+            yield index, chain.training_steps
         else:
-            target = planned
-        eta = seconds_per_step() * (target - done)
-        message = f"PQ student: {done} of {target} steps trained, ETA {eta / 60:.0f} min (then its hard-test evaluation)"
-        store.log_event(run_id=run_id, level="info", kind="pq-training", message=message, data={"steps_done": done})
-        agent.log(message)
+            return
+
+
+def _seconds_per_step(chain: _Chain) -> float:
+    """The chain's own pace: this call's trainings, else the stored part's (or, before either, the caller's
+    estimate)."""
+    if chain.done_here:
+        return (time.time() - chain.started) / chain.done_here
+    return chain.part["metrics"]["seconds_per_step"] if chain.part else chain.pace
+
+
+def _steps_that_fit(chain: _Chain) -> int:
+    """Steps before the deadline, at the pace of the chain's trainings so far."""
+    return int((chain.deadline - time.time() - chain.evaluation_seconds) / _seconds_per_step(chain))
+
+
+def _train_chain(agent, chain: _Chain, student, problems: list, stop, extra: dict):
+    """The chain's trainings, one after another until the plan or the deadline ends it: the student trained,
+    or None when `stop()` returned a reason between two trainings (what was trained is kept for the resume)."""
+    for index, length in _chain_trainings(chain):
+        if stop():
+            if chain.unkept:  # a stop is graceful: what was trained is kept for the resume
+                _keep_part(agent, student, chain.key, *chain.unkept, _seconds_per_step(chain))
+            return None
+        length, last = _size_training(agent, chain, length)
+        if last and not length:
+            break
+        student = _train_once(agent, chain, student, problems, index, length, extra)
+        chain.done += length
+        chain.done_here += length
+        chain.unkept = (chain.done, index + 1)
+        if time.time() - chain.kept_at >= KEEP_PART_S:  # a kill loses at most this much of the chain
+            _keep_part(agent, student, chain.key, *chain.unkept, _seconds_per_step(chain))
+            chain.kept_at, chain.unkept = time.time(), None
+        _log_chain_progress(agent, chain, last)
         if last:
             break
-    steps = done  # what was trained: the plan, or fewer or more when the deadline ended the chain
-    train_seconds = time.time() - started
-    if unkept:  # the whole chain, kept until its evaluation is stored: a kill in the evaluation retrains nothing
-        _keep_part(agent, student, key, *unkept, seconds_per_step())
+    return student
+
+
+def _size_training(agent, chain: _Chain, length: int) -> tuple[int, bool]:
+    """(steps, whether it is the last training) of the next training against the deadline: a probe of the
+    pace when there is none yet, else shortened to what fits (0 when too little does)."""
+    store, run_id = agent.store, agent.run_id
+    last = False
+    if chain.deadline is not None and not (chain.done or chain.pace) and length > chain.probe:
+        # no pace to size it by: measure it
+        chain.queue.appendleft(length - chain.probe)
+        length = chain.probe
+        message = f"PQ student: measuring the chain's pace on {chain.probe} steps before sizing it to the deadline"
+        store.log_event(run_id=run_id, level="info", kind="pq-training", message=message)
+        agent.log(message)
+    elif chain.deadline is not None and (chain.done or chain.pace):
+        fits = _steps_that_fit(chain)
+        if fits < length:  # the last training: shortened to end before the deadline, or none when fewer
+            last = True  # than a tenth of a training's steps fit (its own overhead is worth that much)
+            length = fits if fits >= min(length, max(1, chain.training_steps // 10)) else 0
+            message = (f"PQ student: {chain.done + length} steps fit before the deadline ({chain.planned} planned)"
+                       + (f" (the last training shortened to {length})" if length else "")
+                       + f"; evaluating it {'after them' if length else 'now'}")
+            store.log_event(run_id=run_id, level="warning", kind="pq-training", message=message,
+                            data={"steps_done": chain.done, "steps": chain.done + length})
+            agent.log(message)
+    return length, last
+
+
+def _train_once(agent, chain: _Chain, student, problems: list, index: int, length: int, extra: dict):
+    from soar_agent.agent import UnitStopped
+    from soar_agent.rl import trainer
+
+    cfg = agent.config
+    try:
+        student, _ = trainer(cfg.student.backend)(student, agent.tokenizer, problems, agent.domain, cfg.student,
+                                                  steps=length, seed=chain.seed + index,
+                                                  log=lambda record, offset=chain.done: chain.step_done(
+                                                      offset + record["step"] + 1),
+                                                  **extra)
+    except UnitStopped:  # a stop command inside this training (Agent.beat): it is redone on resume, the
+        if chain.unkept:  # trainings before it are kept as after a stop between trainings
+            _keep_part(agent, student, chain.key, *chain.unkept, _seconds_per_step(chain))
+        raise
+    return student
+
+
+def _log_chain_progress(agent, chain: _Chain, last: bool) -> None:
+    # half an hour in one unit: the log, `soar status` and the TUI's events say how far it is
+    if last:
+        target = chain.done
+    elif chain.fill and chain.deadline is not None:  # the deadline, not the plan, says how many steps it will have
+        target = chain.done + max(0, _steps_that_fit(chain))
+    else:
+        target = chain.planned
+    eta = _seconds_per_step(chain) * (target - chain.done)
+    message = (f"PQ student: {chain.done} of {target} steps trained, ETA {eta / 60:.0f} min (then its hard-test"
+               " evaluation)")
+    agent.store.log_event(run_id=agent.run_id, level="info", kind="pq-training", message=message,
+                          data={"steps_done": chain.done})
+    agent.log(message)
+
+
+def _store_pq_checkpoint(agent, student, steps: int, questions: int, promotion_questions: int) -> int:
+    """The trained student saved as the run's `pq` checkpoint (the older ones deleted): its id."""
+    from soar_agent.models import save_checkpoint
+
+    store, run_id = agent.store, agent.run_id
     directory = agent.paths.checkpoints / "pq"
     checkpoint_id = store.add_checkpoint(run_id=run_id, path=directory, role="pq",
-                                         metrics={"steps": steps, "questions": len(questions),
+                                         metrics={"steps": steps, "questions": questions,
                                                   "promotion_questions": promotion_questions})
     save_checkpoint(student, agent.tokenizer, directory)
     for older in store.checkpoints(run_id, role="pq", status="complete"):  # `pq` names the newest
         store.mark_checkpoint(older["id"], "deleted")
     store.mark_checkpoint(checkpoint_id, "complete")
+    return checkpoint_id
+
+
+def _evaluate_pq_student(agent, student, seed: int, checkpoint_id: int, summary_extra: dict) -> dict:
+    """The student's hard-test evaluation, stored as hard-test-pq: its summary, with `summary_extra` added."""
+    from soar_agent.engine import HFEngine
+
+    cfg = agent.config
+    store, run_id = agent.store, agent.run_id
     # a hard-test set stored before repeated lines were skipped may still repeat a question
     hard_test = unique_problems(agent.hard_set("test"))[0]
     engine = HFEngine(student, agent.tokenizer, tick=agent.beat)
@@ -330,8 +422,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
                                 samples=cfg.eval.samples, greedy=True, max_new_tokens=cfg.eval.max_new_tokens,
                                 seed=seed + 1)
     summary = summarize(results, default_ks(cfg.eval.samples))
-    summary.update(questions=len(questions), promotion_questions=promotion_questions, steps=steps,
-                   **({"seconds_per_step": round(train_seconds / done_here, 4)} if done_here else {}))
+    summary.update(**summary_extra)
     ids = store.add_problems(run_id=run_id, problems=[r.problem for r in results], source="hard")
     rows = [{"problem_id": pid, "samples": r.samples, "correct": r.correct, "greedy_correct": r.greedy_correct,
              "pass_at": r.pass_at(default_ks(cfg.eval.samples))} for pid, r in zip(ids, results)]
