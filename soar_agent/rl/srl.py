@@ -127,14 +127,7 @@ def train_srl(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
     """SRL on the step prompts of `problems` (those without expert steps are skipped). Same contract as
     `train_student`: returns (student, StudentMetrics); `on_rollout(batch, rewards)` gets every sampled
     batch, dropped groups included (batch.problems holds StepPrompts: problem, prompt, expert_step)."""
-    examples = [e for p in problems for e in step_prompts(domain, p)]
-    # a target the student cannot write within its token budget can only ever score -1: leave it out
-    fits = [e for e in examples if len(tokenizer(e.expert_step, add_special_tokens=False)["input_ids"]) < cfg.max_new_tokens]
-    too_long = len(examples) - len(fits)
-    examples = fits
-    if not examples:
-        raise ValueError("SRL needs problems with expert steps that fit student.max_new_tokens "
-                         f"(none of the given problems has any; {too_long} steps too long)")
+    examples, too_long = _examples_that_fit(tokenizer, problems, domain, cfg)
     student, optimizer = new_student(baseline, cfg)
     engine = HFEngine(student, tokenizer)
     reference = reference if reference is not None else baseline
@@ -144,34 +137,12 @@ def train_srl(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
     per_step = []
     for step in range(cfg.steps if steps is None else steps):
         started = time.perf_counter()
-        kept: list[Rollout] = []
-        kept_rewards: list[torch.Tensor] = []
-        sampled, dropped = 0, 0
-        for round_index in range(1 + MAX_REFILL_ROUNDS):
-            need = cfg.batch_prompts - sum(len(b.texts) // b.group_size for b in kept)
-            if need <= 0:
-                break
-            batch, scores = sample_steps(engine, tokenizer, list(itertools.islice(stream, need)), cfg,
-                                         seed=seed * 1_000_003 + step * 101 + round_index)
-            if on_rollout is not None:
-                on_rollout(batch, scores)
-            rewards = torch.tensor(scores, dtype=torch.float32).view(-1, cfg.group_size)  # (G, n)
-            informative = keep_informative(rewards, cfg.srl_epsilon)
-            sampled += rewards.shape[0]
-            dropped += int((~informative).sum())
-            groups = [g for g in range(rewards.shape[0]) if informative[g]]
-            if groups:
-                kept.append(_select(batch, groups))
-                kept_rewards.append(rewards[groups])
+        kept, kept_rewards, sampled, dropped = _sample_informative(engine, tokenizer, stream, cfg, seed, step,
+                                                                   on_rollout)
         record = {"step": step, "sampled_prompts": sampled, "dropped_prompts": dropped,
                   "steps_over_budget": too_long, "seconds": 0.0}
         if kept:
-            merged = Rollout([], [], [], [], [], cfg.group_size, 0, 0.0)
-            for b in kept:
-                for name in ("problems", "prompt_ids", "completion_ids", "old_logprobs", "texts"):
-                    getattr(merged, name).extend(getattr(b, name))
-                merged.sampled_tokens += b.sampled_tokens
-                merged.seconds += b.seconds
+            merged = _merged(kept, cfg.group_size)
             rewards = torch.cat(kept_rewards)  # (G', n)
             try:
                 stats = policy_step(student, optimizer, merged, grpo_advantages(rewards).flatten(), cfg, pad_id,
@@ -192,6 +163,53 @@ def train_srl(baseline, tokenizer, problems: list[Problem], domain, cfg, steps: 
     metrics = summarize_steps(valid)
     metrics.steps, metrics.per_step = len(per_step), per_step
     return student, metrics
+
+
+def _examples_that_fit(tokenizer, problems: list[Problem], domain, cfg) -> tuple[list[StepPrompt], int]:
+    """(the step prompts of `problems` whose expert step fits student.max_new_tokens, how many do not)."""
+    examples = [e for p in problems for e in step_prompts(domain, p)]
+    # a target the student cannot write within its token budget can only ever score -1: leave it out
+    fits = [e for e in examples if len(tokenizer(e.expert_step, add_special_tokens=False)["input_ids"]) < cfg.max_new_tokens]
+    too_long = len(examples) - len(fits)
+    if not fits:
+        raise ValueError("SRL needs problems with expert steps that fit student.max_new_tokens "
+                         f"(none of the given problems has any; {too_long} steps too long)")
+    return fits, too_long
+
+
+def _sample_informative(engine, tokenizer, stream, cfg, seed: int, step: int, on_rollout):
+    """Dynamic sampling for one step: batches from `stream` until cfg.batch_prompts informative groups are kept
+    or MAX_REFILL_ROUNDS refills are spent. Returns (kept batches, their rewards, prompts sampled, dropped)."""
+    kept: list[Rollout] = []
+    kept_rewards: list[torch.Tensor] = []
+    sampled, dropped = 0, 0
+    for round_index in range(1 + MAX_REFILL_ROUNDS):
+        need = cfg.batch_prompts - sum(len(b.texts) // b.group_size for b in kept)
+        if need <= 0:
+            break
+        batch, scores = sample_steps(engine, tokenizer, list(itertools.islice(stream, need)), cfg,
+                                     seed=seed * 1_000_003 + step * 101 + round_index)
+        if on_rollout is not None:
+            on_rollout(batch, scores)
+        rewards = torch.tensor(scores, dtype=torch.float32).view(-1, cfg.group_size)  # (G, n)
+        informative = keep_informative(rewards, cfg.srl_epsilon)
+        sampled += rewards.shape[0]
+        dropped += int((~informative).sum())
+        groups = [g for g in range(rewards.shape[0]) if informative[g]]
+        if groups:
+            kept.append(_select(batch, groups))
+            kept_rewards.append(rewards[groups])
+    return kept, kept_rewards, sampled, dropped
+
+
+def _merged(batches: list[Rollout], group_size: int) -> Rollout:
+    merged = Rollout([], [], [], [], [], group_size, 0, 0.0)
+    for b in batches:
+        for name in ("problems", "prompt_ids", "completion_ids", "old_logprobs", "texts"):
+            getattr(merged, name).extend(getattr(b, name))
+        merged.sampled_tokens += b.sampled_tokens
+        merged.seconds += b.seconds
+    return merged
 
 
 def train_srl_then_rlvr(baseline, tokenizer, problems, domain, cfg, steps: int | None = None, seed: int = 0,
