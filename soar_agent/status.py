@@ -153,11 +153,35 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
     from io import StringIO
 
     from rich.console import Console
-    from rich.table import Table
 
     phase = (_session_phase(status) if status["phase"] == "session"
              else _PHASE_WORDS.get(status["phase"], status["phase"].replace("-", " ")))
     running = f"step {status['in_progress_step']} in progress" if status["in_progress_step"] else "none in progress"
+    average = status.get("latest_reward_moving_average")
+    state = f"running: {phase}" if status["status"] == "running" else status["status"]
+    if _silent(status):
+        state = (f"marked running, but nothing stored for {_duration(status['last_seen_s'])}: killed or crashed?"
+                 " (`soar run --run-dir DIR` continues it)")
+    lines = [f"run {status['run']} ({status['mode']}): {state}",
+             f"time: {_duration(status['elapsed_s'])} elapsed, {_duration(status['remaining_s'])} left"
+             + ("" if (status["status"] == "running" and not _silent(status)) or status["remaining_s"] is None
+                else " for a resume"),
+             f"teacher steps: {status['teacher_step']} complete, {running}; promotions: {status['promotions']}",
+             _hard_test_line(status),
+             f"teacher reward: {status['reward_metric']}, moving average "
+             + ("-" if average is None else f"{average:+.4f}")]
+    out = StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False)
+    for line in lines:
+        console.print(line)
+    steps = status.get("steps") or []
+    if steps:
+        console.print(_steps_table(steps, last_steps))
+    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
+
+
+def _hard_test_line(status: dict) -> str:
+    """The latest hard-test figures, the PQ student's when there is one, and where a final training stands."""
     hard = status.get("hard_test") or {}
     shown = [k for k in ("pass@1", "pass@8", "pass@32") if k in hard] or list(hard)[:3]
     hard_line = (f"hard-test after step {status['hard_test_step']}: "
@@ -168,44 +192,31 @@ def format_status(status: dict, last_steps: int = 10, width: int = 100) -> str:
         trained += [f"{pq['questions']:,.0f} questions"] if "questions" in pq else []
         hard_line += ("; PQ student" + (f" ({', '.join(trained)})" if trained else "") + ": "
                       + ", ".join(f"{k} {pq[k]:.1%}" for k in ("pass@1", "pass@8", "pass@32") if k in pq))
-    average = status.get("latest_reward_moving_average")
-    state = f"running: {phase}" if status["status"] == "running" else status["status"]
-    if _silent(status):
-        state = (f"marked running, but nothing stored for {_duration(status['last_seen_s'])}: killed or crashed?"
-                 " (`soar run --run-dir DIR` continues it)")
     chain = status.get("pq_chain")
     if chain:
         hard_line += (f"; final training: {chain['steps']} steps so far" if status["status"] == "running"
                       and not _silent(status) else f"; final training interrupted after {chain['steps']} steps"
                       f" (checkpoint {chain['checkpoint']}; `soar run --run-dir DIR` goes on from there)")
-    lines = [f"run {status['run']} ({status['mode']}): {state}",
-             f"time: {_duration(status['elapsed_s'])} elapsed, {_duration(status['remaining_s'])} left"
-             + ("" if (status["status"] == "running" and not _silent(status)) or status["remaining_s"] is None
-                else " for a resume"),
-             f"teacher steps: {status['teacher_step']} complete, {running}; promotions: {status['promotions']}",
-             hard_line,
-             f"teacher reward: {status['reward_metric']}, moving average "
-             + ("-" if average is None else f"{average:+.4f}")]
-    out = StringIO()
-    console = Console(file=out, width=width, color_system=None, highlight=False)
-    for line in lines:
-        console.print(line)
-    steps = status.get("steps") or []
-    if steps:
-        shown_steps = steps[-last_steps:]
-        title = f"last {len(shown_steps)} of {len(steps)} steps" if len(steps) > len(shown_steps) else None
-        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-        for column in ("step", "reward ± stderr", "moving average", "samples kept", "teacher right", "promoted"):
-            table.add_column(column, justify="right")
-        for s in shown_steps:
-            reward = "-" if s["reward"] is None else f"{s['reward']:+.4f}"
-            stderr = "" if s["reward_stderr"] is None else f" ± {s['reward_stderr']:.4f}"
-            table.add_row(str(s["step"]), reward + stderr,
-                          "-" if s["moving_average"] is None else f"{s['moving_average']:+.4f}",
-                          "-" if s.get("kept") is None else f"{s['kept']:.0%}",
-                          "-" if s.get("teacher_right") is None else f"{s['teacher_right']:.0%}",
-                          ", ".join(note for note, shown in (
-                              ("promoted", s["promoted"]),
-                              ("no student updated", s.get("students") and s.get("students_updated") == 0)) if shown))
-        console.print(table)
-    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
+    return hard_line
+
+
+def _steps_table(steps: list[dict], last_steps: int):
+    """The rich table of the last `last_steps` teacher steps' rewards."""
+    from rich.table import Table
+
+    shown_steps = steps[-last_steps:]
+    title = f"last {len(shown_steps)} of {len(steps)} steps" if len(steps) > len(shown_steps) else None
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    for column in ("step", "reward ± stderr", "moving average", "samples kept", "teacher right", "promoted"):
+        table.add_column(column, justify="right")
+    for s in shown_steps:
+        reward = "-" if s["reward"] is None else f"{s['reward']:+.4f}"
+        stderr = "" if s["reward_stderr"] is None else f" ± {s['reward_stderr']:.4f}"
+        table.add_row(str(s["step"]), reward + stderr,
+                      "-" if s["moving_average"] is None else f"{s['moving_average']:+.4f}",
+                      "-" if s.get("kept") is None else f"{s['kept']:.0%}",
+                      "-" if s.get("teacher_right") is None else f"{s['teacher_right']:.0%}",
+                      ", ".join(note for note, shown in (
+                          ("promoted", s["promoted"]),
+                          ("no student updated", s.get("students") and s.get("students_updated") == 0)) if shown))
+    return table
