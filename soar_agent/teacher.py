@@ -121,38 +121,15 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
         (row,) = engine.generate([prompt], n=round_size(need, count, len(items), sampled),
                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=["</answer>"],
                                  seed=seed * 7919 + round_index)
-        candidates = []  # (text, token_ids, question) of the round's well-formed items
-        for completion in row:
-            sampled += 1
-            eos = completion.finish_reason == "stop" and completion.stop_text is None
-            # an item the teacher ended with EOS before closing </answer> still parses; the closing tag
-            # is added for parsing only, never trained on (token_ids)
-            text = completion.text + (completion.stop_text or "") + ("</answer>" if eos and "</answer>" not in
-                                                                     completion.text else "")
-            token_ids = sampled_ids(engine, completion)
-            try:
-                item = check_item(domain, text, "verified")  # the question alone: is it one, does it fit
-                if fits is not None and not fits(item.problem):
-                    raise RejectedItem("question too long for the students' context")
-                candidates.append((text, token_ids, item.problem.question))
-            except RejectedItem as error:
-                _reject(error, token_ids, reasons, rejected, count)
+        sampled += len(row)
+        candidates = _well_formed(engine, domain, row, fits, reasons, rejected, count)
         solutions = [None] * len(candidates)
         if solution_tokens and candidates:
             solved = engine.generate([domain.student_prompt(question) for _, _, question in candidates], n=1,
                                      temperature=cfg.temperature, max_new_tokens=solution_tokens,
                                      seed=seed * 7919 + round_index + 104729)
             solutions = [completions[0] for completions in solved]
-        for (text, token_ids, _), solution in zip(candidates, solutions):
-            try:
-                item = check_item(domain, text, cfg.reward_target, None if solution is None else solution.text)
-            except RejectedItem as error:  # the question parsed: only an item without a solution is penalized
-                _reject(error, token_ids if solution is None else None, reasons, rejected, count)
-                continue
-            item.token_ids = token_ids
-            if solution is not None:
-                item.solution_token_ids = sampled_ids(engine, solution)
-            items.append(item)
+        items += _checked_items(engine, domain, cfg, candidates, solutions, reasons, rejected, count)
         if progress is not None:
             progress(min(len(items), count))
         rounds_left = cfg.max_sampling_rounds - round_index - 1
@@ -166,6 +143,44 @@ def sample_items(engine, domain, count: int, cfg, seed: int, progress=None, fits
         raise TeacherGarbage(f"teacher wrote {len(items)} well-formed items of {count} needed in {round_index + 1}"
                              f" of {cfg.max_sampling_rounds} rounds ({sampled} samples; rejections: {reasons})")
     return items[:count], stats
+
+
+def _well_formed(engine, domain, row: list, fits, reasons: dict, rejected: list, count: int) -> list[tuple]:
+    """(text, token_ids, question) of a round's completions whose question parses (and fits, with `fits`);
+    the others are counted as rejections."""
+    candidates = []
+    for completion in row:
+        eos = completion.finish_reason == "stop" and completion.stop_text is None
+        # an item the teacher ended with EOS before closing </answer> still parses; the closing tag
+        # is added for parsing only, never trained on (token_ids)
+        text = completion.text + (completion.stop_text or "") + ("</answer>" if eos and "</answer>" not in
+                                                                 completion.text else "")
+        token_ids = sampled_ids(engine, completion)
+        try:
+            item = check_item(domain, text, "verified")  # the question alone: is it one, does it fit
+            if fits is not None and not fits(item.problem):
+                raise RejectedItem("question too long for the students' context")
+            candidates.append((text, token_ids, item.problem.question))
+        except RejectedItem as error:
+            _reject(error, token_ids, reasons, rejected, count)
+    return candidates
+
+
+def _checked_items(engine, domain, cfg, candidates: list[tuple], solutions: list, reasons: dict, rejected: list,
+                   count: int) -> list[TeacherItem]:
+    """The round's items, each checked with the teacher's solution to it (None when it wrote none)."""
+    items = []
+    for (text, token_ids, _), solution in zip(candidates, solutions):
+        try:
+            item = check_item(domain, text, cfg.reward_target, None if solution is None else solution.text)
+        except RejectedItem as error:  # the question parsed: only an item without a solution is penalized
+            _reject(error, token_ids if solution is None else None, reasons, rejected, count)
+            continue
+        item.token_ids = token_ids
+        if solution is not None:
+            item.solution_token_ids = sampled_ids(engine, solution)
+        items.append(item)
+    return items
 
 
 def _reject(error: RejectedItem, token_ids: list[int] | None, reasons: dict, rejected: list, count: int) -> None:
