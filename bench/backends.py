@@ -39,7 +39,7 @@ def train_and_evaluate(job: tuple) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from soar_agent.agent import load_problem_file, shipped_hard_set
+    from soar_agent.hard_sets import load_problem_file, shipped_hard_set
     from soar_agent.config import RunConfig, apply_overrides
     from soar_agent.engine import HFEngine
     from soar_agent.evaluation import evaluate_problems, summarize, unique_problems

@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soar_agent.agent import load_problem_file, shipped_hard_set, without_questions  # noqa: E402
+from soar_agent.hard_sets import load_problem_file, shipped_hard_set
+from soar_agent.students import without_questions  # noqa: E402
 from soar_agent.config import load_config  # noqa: E402
 from soar_agent.reward import mean_with_stderr, paired_reward, question_scores  # noqa: E402
 from soar_agent.store import content_hash  # noqa: E402

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soar_agent.agent import load_problem_file, shipped_hard_set  # noqa: E402
+from soar_agent.hard_sets import load_problem_file, shipped_hard_set  # noqa: E402
 from soar_agent.config import RunConfig  # noqa: E402
 from soar_agent.reward import METRICS, paired_reward, question_scores  # noqa: E402
 from soar_agent.tasks import generate_problems, get_domain  # noqa: E402

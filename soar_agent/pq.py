@@ -2,7 +2,7 @@
 run's grounded reward measured as helpful (rewarded_problems: every dataset whose reward beat tau, the
 promoted ones among them; the paper's PQ is the promoted ones alone) plus hard-train, evaluated on hard-test
 (reported, never used for reward) and kept as the run's `pq` checkpoint. `soar run` trains it when its budget
-ends (Agent._final_training: budget.pq_steps, or with --hours every step that fits in the time the teacher
+ends (budget.final_training: budget.pq_steps, or with --hours every step that fits in the time the teacher
 steps leave, at least budget.pq_share of the budget) and exports it; `soar eval-pq` trains it on demand.
 
 The training is long, as the curated ceiling's is: a chain of trainings of PQ_TRAINING_STEPS each, every
@@ -216,7 +216,7 @@ def evaluate_pq(agent, steps: int | None = None, seed: int = 0, training_steps: 
     key = _chain_key(problems, seed, training_steps, cfg.student)
     part = _part(agent.store, agent.run_id, key)
     # a chain that a crash, a reboot or a stop interrupted goes on from its last training: hours of a night's
-    # final training are not trained again (Agent._final_training resumes it with the time that is left)
+    # final training are not trained again (budget.final_training resumes it with the time that is left)
     student = load_model(part["path"] if part else cfg.model.path, cfg.model.dtype, device=cfg.model.device)
     chain = _start_chain(agent, key, part, steps, len(problems), seed, training_steps, deadline,
                          evaluation_seconds, fill, pace)

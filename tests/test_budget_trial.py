@@ -17,6 +17,9 @@ import soar_agent.rl as rl
 import soar_agent.teacher as teacher
 from soar_agent import evalcache
 from soar_agent.agent import Agent, Budget, BudgetTooSmall
+import soar_agent.budget as budgets
+from soar_agent.budget import final_training, no_time_for_a_step
+from soar_agent.reporting import watch_evaluation
 from soar_agent.config import load_config
 from soar_agent.mining import write_jsonl
 from soar_agent.tasks import arith, generate_problems
@@ -103,7 +106,7 @@ def test_a_final_training_without_a_measured_pace_measures_a_few_steps_before_si
     then as many steps as its pace leaves before the deadline; with the deadline passed it trains nothing."""
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "budget.pq_steps=300")
     agent.report_evaluation(0)
-    monkeypatch.setattr(agent, "_evaluation_seconds", lambda: 50.0)
+    monkeypatch.setattr(budgets, "evaluation_seconds", lambda run: 50.0)
     calls = record_trainings(monkeypatch)
     spy = rl.trainer
     clock = [time.time()]
@@ -116,12 +119,12 @@ def test_a_final_training_without_a_measured_pace_measures_a_few_steps_before_si
         return train
 
     monkeypatch.setattr(rl, "trainer", ten_seconds_a_step)
-    summary = agent._final_training(Budget(deadline=clock[0] + 50 + 250 + 2, max_teacher_steps=1))
+    summary = final_training(agent, Budget(deadline=clock[0] + 50 + 250 + 2, max_teacher_steps=1))
     assert [c["steps"] for c in calls] == [10, 15] and summary["steps"] == 25  # 300 s: 25 steps of 10 s
     messages = [e["message"] for e in agent.store.events(agent.run_id, limit=50)]
     assert "PQ student: measuring the chain's pace on 10 steps before sizing it to the deadline" in messages
     calls.clear()
-    assert agent._final_training(Budget(deadline=time.time() - 1, max_teacher_steps=1)) is None
+    assert final_training(agent, Budget(deadline=time.time() - 1, max_teacher_steps=1)) is None
     assert calls == [] and agent.store.events(agent.run_id, limit=1)[0]["kind"] == "pq-skipped"
     # without a deadline the chain is the plan: no measuring split
     calls.clear()
@@ -154,15 +157,15 @@ def test_a_budget_too_small_for_one_teacher_step_is_refused_at_the_start_naming_
     agent.check_budget(Budget(deadline=time.time() + 1.15 * 3600))
     with pytest.raises(BudgetTooSmall):
         agent.check_budget(Budget(deadline=time.time() + 1.0 * 3600))
-    monkeypatch.setattr(agent, "_base_evaluation_cached", lambda: True)
+    monkeypatch.setattr(budgets, "base_evaluation_cached", lambda run: True)
     agent.check_budget(Budget(deadline=time.time() + 1.0 * 3600))  # 900 s / 0.4 = 0.63 h
     # without a measurement of the configuration it says so and goes on
     fresh = tiny_agent(tmp_path / "fresh", hard_files, random_tiny_dir, "budget.pq_steps=100", "teacher.items_per_dataset=3")
     fresh.check_budget(Budget(deadline=time.time() + 60))
     assert fresh.store.events(fresh.run_id, limit=1)[0]["kind"] == "budget-unmeasured"
     # and the teacher steps that follow are sized by the earlier runs' step before the run has its own
-    assert "teacher step (~15 min)" in agent._no_time_for_a_step(Budget(deadline=time.time() + 2000), [])
-    assert agent._no_time_for_a_step(Budget(deadline=time.time() + 3600), []) is None
+    assert "teacher step (~15 min)" in no_time_for_a_step(agent, Budget(deadline=time.time() + 2000), [])
+    assert no_time_for_a_step(agent, Budget(deadline=time.time() + 3600), []) is None
 
 
 def test_a_first_evaluation_that_would_end_after_the_deadline_is_given_up_early(
@@ -171,9 +174,9 @@ def test_a_first_evaluation_that_would_end_after_the_deadline_is_given_up_early(
     completions and, past the deadline, stops the run at once (nothing stored) instead of an evaluation later."""
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "eval.samples=4")
     clock = [time.time()]
-    monkeypatch.setattr("soar_agent.agent.time", type("Clock", (), {"time": staticmethod(lambda: clock[0]),
+    monkeypatch.setattr("soar_agent.reporting.time", type("Clock", (), {"time": staticmethod(lambda: clock[0]),
                                                                     "monotonic": staticmethod(time.monotonic)}))
-    watched = agent._watch_evaluation(lambda count: None, total=100, deadline=clock[0] + 1000)
+    watched = watch_evaluation(agent, lambda count: None, total=100, deadline=clock[0] + 1000)
     clock[0] += 40.0
     watched(4)  # 4% done: no projection yet
     clock[0] += 10.0
@@ -181,7 +184,7 @@ def test_a_first_evaluation_that_would_end_after_the_deadline_is_given_up_early(
     clock[0] += 250.0
     with pytest.raises(BudgetTooSmall, match=r"hard-test evaluation alone would take ~25 min"):
         watched(10)  # 20% in 300 s: ends at 1,500 s, past the deadline
-    monkeypatch.setattr("soar_agent.agent.time", time)
+    monkeypatch.setattr("soar_agent.reporting.time", time)
     calls = counted_evaluations(monkeypatch)
     with pytest.raises(BudgetTooSmall):
         agent.run(Budget(deadline=time.time() + 0.01))

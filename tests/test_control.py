@@ -12,11 +12,12 @@ import time
 
 import pytest
 
-import soar_agent.agent as agent_module
+import soar_agent.control as control
 import soar_agent.teacher as teacher
 from soar_agent import cli
 from soar_agent.agent import Agent, Budget
 from soar_agent.store import Store
+from soar_agent.students import reward_questions, reward_scores
 from tests.test_outer_loop import fixed_items, hard_files, tiny_agent  # noqa: F401 (a fixture)
 
 
@@ -40,7 +41,7 @@ def test_a_stop_sent_inside_a_long_student_training_stops_it_within_a_step(tmp_p
     """A stop sent at step 3 of a 60-step training ends the training at the next step, not after the unit (a
     100-step training of the final training held a TUI stop "pending" for minutes); the run is marked stopped
     by that stop, and the resume redoes the training it cut short."""
-    monkeypatch.setattr(agent_module, "HEARTBEAT_S", 0.0)  # the agent reads commands every 10 s: here at every step
+    monkeypatch.setattr(control, "HEARTBEAT_S", 0.0)  # the agent reads commands every 10 s: here at every step
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only", "student.steps=60",
                        "teacher.datasets_per_step=1", "student.students_per_dataset=1")
     steps = []
@@ -70,7 +71,7 @@ def test_a_pause_inside_a_unit_waits_at_the_next_step_until_resumed(tmp_path, ha
                                                                     monkeypatch):
     """A pause sent at step 2 of a training is acknowledged and holds the training at the next step; the
     heartbeat goes on while it waits (the TUI sees an attached agent), and resume continues the same training."""
-    monkeypatch.setattr(agent_module, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(control, "HEARTBEAT_S", 0.0)
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only", "student.steps=30",
                        "teacher.datasets_per_step=1", "student.students_per_dataset=1")
     steps, seen = [], {}
@@ -142,7 +143,7 @@ def test_the_teacher_update_has_a_bar_a_phase_and_answers_a_stop(tmp_path, hard_
     stop sent during it ends the step there (the step is redone on resume)."""
     from soar_agent.status import format_status, run_status
 
-    monkeypatch.setattr(agent_module, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(control, "HEARTBEAT_S", 0.0)
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
     # the tiny random students' rewards tie, and an update whose advantages are all zero takes no pass
     monkeypatch.setattr(teacher, "rloo_dataset_advantages", lambda rewards: [1.0, -1.0])
@@ -184,17 +185,17 @@ def test_the_heartbeat_and_commands_come_inside_an_evaluation_batch(tmp_path, ha
                                                                     monkeypatch):
     """An evaluation batch of 256 rows takes minutes on a CPU, and the base model's reward scores had no
     progress at all: the engine ticks at every token, so the heartbeat (and a stop) come inside them."""
-    monkeypatch.setattr(agent_module, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(control, "HEARTBEAT_S", 0.0)
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only", "reward.metric=sampled")
-    agent.session_started = agent_module._store_time()  # as `run` sets it: commands are read in a session
+    agent.session_started = control.store_time()  # as `run` sets it: commands are read in a session
     beats = []
     real = agent.store.heartbeat
     monkeypatch.setattr(agent.store, "heartbeat", lambda run_id: beats.append(1) or real(run_id))
-    agent._reward_scores(agent.model("baseline"), agent._reward_questions(1), 1)  # no progress of its own
+    reward_scores(agent, agent.model("baseline"), reward_questions(agent, 1), 1)  # no progress of its own
     assert len(beats) >= agent.config.eval.max_new_tokens // 2  # one per decoded token of its one batch
     send(agent, "stop")
-    with pytest.raises(agent_module.UnitStopped):
-        agent._reward_scores(agent.model("baseline"), agent._reward_questions(1), 1)
+    with pytest.raises(control.UnitStopped):
+        reward_scores(agent, agent.model("baseline"), reward_questions(agent, 1), 1)
     assert agent.stop_reason == "stop command received"
 
 
@@ -214,7 +215,7 @@ def test_the_first_ctrl_c_says_how_to_stop_at_once_and_how_to_resume(tmp_path, h
     agent.log = logged.append
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        agent._install_signal_handlers()
+        control.install_signal_handlers(agent)
         signal.raise_signal(signal.SIGINT)
     finally:
         for sig, handler in handlers.items():

@@ -13,7 +13,12 @@ import torch
 import soar_agent.pq as pq
 import soar_agent.rl as rl
 import soar_agent.teacher as teacher
-from soar_agent.agent import Agent, Budget, best_by_reward, promoted_student, promotion_decision
+import soar_agent.baselines as baselines
+import soar_agent.budget as budgets
+from soar_agent.agent import Agent, Budget
+from soar_agent.budget import final_training, no_time_for_a_step
+from soar_agent.reporting import best_by_reward
+from soar_agent.soar_step import promoted_student, promotion_decision, success_rates, write_curriculum
 from soar_agent.config import load_config
 from soar_agent.engine import Completion
 from soar_agent.mining import write_jsonl
@@ -105,7 +110,7 @@ def test_the_steps_rejected_completions_are_stored_and_reach_its_teacher_update(
         *args, **kwargs))
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "teacher.reject_penalty=0.5")
     agent._garbage_attempt = 0
-    agent._curriculum(1)  # sampled and stored; the process "dies" before the students
+    write_curriculum(agent, 1)  # sampled and stored; the process "dies" before the students
     (event,) = [e for e in agent.store.events(agent.run_id, limit=50) if e["kind"] == "teacher-sampled"]
     assert "rejected_token_ids" not in event["data"] and event["data"]["sampled"] > 0
     agent.store.close()
@@ -378,19 +383,21 @@ def test_hard_only_trains_the_baseline_on_hard_train_every_step(tmp_path, hard_f
     assert agent.store.datasets(agent.run_id, kind="curriculum") == []
 
 
-def test_a_chain_step_stopped_after_one_training_resumes_in_a_fresh_process(tmp_path, hard_files, random_tiny_dir):
+def test_a_chain_step_stopped_after_one_training_resumes_in_a_fresh_process(tmp_path, hard_files, random_tiny_dir,
+                                                                            monkeypatch):
     """A hard-only (or curated) step stopped between its trainings resumes from its last student: in a
     fresh process that student is put in place as the baseline before anything loaded the tokenizer
     (the 8-hour night's hard-only arm raised KeyError: 'tokenizer' there)."""
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only")
-    real_train_one = agent._train_one
+    real_train_one = baselines.train_one
 
     def stop_after_one(*args, **kwargs):
         agent.stop_reason = "stopped by the test after one training"
         return real_train_one(*args, **kwargs)
 
-    agent._train_one = stop_after_one
+    monkeypatch.setattr(baselines, "train_one", stop_after_one)
     agent.run(Budget(max_teacher_steps=1))
+    monkeypatch.undo()
     assert len(agent.store.trainings(agent.run_id, 1)) == 1 and not agent.completed_steps()
     agent.store.close()
     fresh = tiny_agent(tmp_path, hard_files, random_tiny_dir, "run.mode=hard-only")
@@ -406,8 +413,8 @@ def test_intrinsic_mode_rewards_the_teacher_with_seeded_success_rates(tmp_path, 
     agent.run(Budget(max_teacher_steps=1))
     (step,) = agent.store.teacher_steps(agent.run_id)
     datasets = agent.store.datasets(agent.run_id, kind="curriculum")
-    rates = [agent._success_rates(d, 1) for d in datasets]
-    assert rates == [agent._success_rates(d, 1) for d in datasets]  # seeded: a redone step scores the same
+    rates = [success_rates(agent, d, 1) for d in datasets]
+    assert rates == [success_rates(agent, d, 1) for d in datasets]  # seeded: a redone step scores the same
     assert step["metrics"]["teacher_rewards"] == teacher.intrinsic_rewards(rates)
     assert step["metrics"]["mode"] == "intrinsic"
 
@@ -528,7 +535,7 @@ def test_an_interrupted_final_training_goes_on_from_its_last_training(tmp_path, 
     assert evaluate_pq(agent, steps=300, seed=agent.config.run.seed, stop=lambda: next(stops)) is None
     calls.clear()
     # the time left is the evaluation's (50 s, measured_costs): no step fits, by the estimate or the chain's pace
-    summary = agent._final_training(Budget(deadline=time.time() + 50, max_teacher_steps=1))
+    summary = final_training(agent, Budget(deadline=time.time() + 50, max_teacher_steps=1))
     assert calls == [] and summary is not None and summary["steps"] == 100  # the part's, evaluated
     assert agent.latest_checkpoint("pq")["metrics"]["steps"] == 100
     # another seed is another chain: a part of the first is not continued
@@ -541,7 +548,8 @@ def test_an_interrupted_final_training_goes_on_from_its_last_training(tmp_path, 
     assert all(torch.equal(calls[0]["baseline"].state_dict()[name], base[name]) for name in base)
 
 
-def test_a_stop_inside_the_final_training_leaves_the_budget_to_a_resume(tmp_path, hard_files, random_tiny_dir):
+def test_a_stop_inside_the_final_training_leaves_the_budget_to_a_resume(tmp_path, hard_files, random_tiny_dir,
+                                                                        monkeypatch):
     """A stop (Ctrl-C, SIGTERM, the TUI) that lands in the final training is recorded as that stop, not as the
     budget's end: `soar run` on the run then continues the budget and the chain (status.time_budget)."""
     import time
@@ -550,10 +558,10 @@ def test_a_stop_inside_the_final_training_leaves_the_budget_to_a_resume(tmp_path
 
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, "budget.pq_steps=3")
 
-    def stopped_inside(budget):
-        agent.stop_reason = "SIGTERM received: stopping after the current unit"
+    def stopped_inside(run, budget):
+        run.stop_reason = "SIGTERM received: stopping after the current unit"
 
-    agent._final_training = stopped_inside
+    monkeypatch.setattr(budgets, "final_training", stopped_inside)
     agent.report_evaluation(0)  # (a first evaluation would not start past the deadline: BudgetTooSmall)
     reason = agent.run(Budget(deadline=time.time() - 1))  # the budget is over: straight to the final training
     assert reason.startswith("SIGTERM") and agent.store.events(agent.run_id, limit=1)[0]["message"] == reason
@@ -878,14 +886,14 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     assert [c["steps"] for c in calls][:1] == [100] and agent.final_summary is not None
 
     in_50_minutes = Budget(deadline=time.time() + 3000)  # less than the 300 steps' 3,050 s
-    assert "final training's ~51 min" in agent._no_time_for_a_step(in_50_minutes, agent.completed_steps())
+    assert "final training's ~51 min" in no_time_for_a_step(agent, in_50_minutes, agent.completed_steps())
     agent.config.budget.pq_steps = 0  # without a final training only the step's own time counts
-    assert agent._no_time_for_a_step(in_50_minutes, agent.completed_steps()) is None
+    assert no_time_for_a_step(agent, in_50_minutes, agent.completed_steps()) is None
     # steps grow longer as the teacher writes longer questions: the next is taken to last as the longest of
     # the last three
     growing = [{"step": n, "metrics": {"seconds": seconds}} for n, seconds in enumerate([900, 10, 10, 10, 100], 1)]
-    assert agent._no_time_for_a_step(Budget(deadline=time.time() + 90), growing)
-    assert agent._no_time_for_a_step(Budget(deadline=time.time() + 90), growing[:4]) is None
+    assert no_time_for_a_step(agent, Budget(deadline=time.time() + 90), growing)
+    assert no_time_for_a_step(agent, Budget(deadline=time.time() + 90), growing[:4]) is None
     # the final training's length follows the budget: with more time left than budget.pq_steps need, it
     # takes every step that fits (here ~245 of 10 s, not the 100 asked for) ...
     agent.config.budget.pq_steps = 100
@@ -905,11 +913,11 @@ def test_with_a_deadline_the_run_keeps_the_final_trainings_time_free(tmp_path, h
     # ... and budget.pq_share of the session's budget is kept for it when that is longer than pq_steps' time
     half_of_an_hour = Budget(deadline=time.time() + 3600, started=time.time())
     agent.config.budget.pq_share = 0.5
-    assert agent._no_time_for_a_step(half_of_an_hour, growing[:4]) is None  # 15 min steps: 30 min fit
+    assert no_time_for_a_step(agent, half_of_an_hour, growing[:4]) is None  # 15 min steps: 30 min fit
     two_minutes_short = [{"step": 1, "metrics": {"seconds": 1800 + 120}}]
-    assert "final training's ~30 min" in agent._no_time_for_a_step(half_of_an_hour, two_minutes_short)
+    assert "final training's ~30 min" in no_time_for_a_step(agent, half_of_an_hour, two_minutes_short)
     agent.config.budget.pq_share = 0.0
-    assert agent._no_time_for_a_step(half_of_an_hour, two_minutes_short) is None  # pq_steps' ~18 min only
+    assert no_time_for_a_step(agent, half_of_an_hour, two_minutes_short) is None  # pq_steps' ~18 min only
     agent.config.budget.pq_steps = 300
     calls.clear()
     agent.run(Budget(deadline=time.time() + 60, max_teacher_steps=5))  # one step of the 300 would fit: none
@@ -973,10 +981,10 @@ def test_the_heartbeat_is_written_inside_units_of_work(tmp_path, hard_files, ran
     """The agent's heartbeat comes with its progress inside a unit (students' steps, evaluations, the teacher's
     sampling), not only between units, which take minutes: the TUI and `soar status` tell a run at work from
     a killed one by it."""
-    import soar_agent.agent as agent_module
+    import soar_agent.control as control
 
     monkeypatch.setattr(teacher, "sample_items", fixed_items)
-    monkeypatch.setattr(agent_module, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(control, "HEARTBEAT_S", 0.0)
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir)
     reports, beats, polls = [], [], []
     agent.progress = lambda label, done, total: reports.append(label)

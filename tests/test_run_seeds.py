@@ -7,7 +7,9 @@ import random
 import pytest
 
 import soar_agent.teacher as teacher
-from soar_agent.agent import EASY_LEVELS, EASY_PER_LEVEL, Agent, Budget, _seed
+from soar_agent.agent import Agent, Budget
+from soar_agent.reporting import EASY_LEVELS, EASY_PER_LEVEL
+from soar_agent.seeds import derive_seed as _seed
 from soar_agent.config import load_config
 from soar_agent.mining import write_jsonl
 from soar_agent.store import content_hash

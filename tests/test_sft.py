@@ -10,6 +10,7 @@ from soar_agent.config import StudentSection, apply_overrides, RunConfig
 from soar_agent.rl import sft, trainer, train as rl_train
 from soar_agent.rl.train import pad_token_id, sequence_logprobs
 from soar_agent.tasks import arith
+from soar_agent.baselines import curated_problems
 from soar_agent.tasks.base import Problem
 
 
@@ -212,7 +213,7 @@ def test_a_curriculum_is_as_long_as_what_the_training_draws(tmp_path, random_tin
                                 "student.backend=sft-rlvr", "student.steps=10", "student.batch_prompts=3",
                                 "student.group_size=4", "student.sft_share=0.7"])
     agent = Agent.open(config, tmp_path / "run", log=lambda m: None)
-    problems = agent._curated_problems(1, 0)
+    problems = curated_problems(agent, 1, 0)
     assert len(problems) == 7 * 12 + 3 * 3  # this seed's draw repeats no hard-set question
 
 

@@ -11,6 +11,7 @@ from soar_agent.config import StudentSection, load_config
 from soar_agent.engine import HFEngine
 from soar_agent.rl import srpo, trainer
 from soar_agent.rl.advantages import grpo_advantages
+from soar_agent.students import record_training, student_job
 from soar_agent.tasks import arith
 from tests.test_agent import hard_files  # noqa: F401 (fixture)
 
@@ -172,20 +173,20 @@ def test_history_survives_a_resume_through_the_store(tmp_path, random_tiny_dir, 
     problems = agent.hard_set("train")[:3]
     solved, mixed, failed = problems
     monkeypatch.setattr(srpo, "reward_correct", lambda domain: by_question({solved.question}, {failed.question}))
-    job, ids = agent._student_job(1, 0, None, 0, problems[:1], problems=problems, steps=1)
+    job, ids = student_job(agent, 1, 0, None, 0, problems[:1], problems=problems, steps=1)
     assert job.history == {}  # nothing stored yet
     _, result = train_and_score(agent.model("baseline"), agent.tokenizer, agent.domain, agent.config, job)
-    agent._record_training(1, 0, None, 0, [0.0], result, ids)
+    record_training(agent, 1, 0, None, 0, [0.0], result, ids)
     agent.store.close()
 
     resumed = Agent.open(None, tmp_path / "run", log=lambda m: None)
-    job, _ = resumed._student_job(2, 0, None, 0, problems[:1], problems=problems, steps=2)
+    job, _ = student_job(resumed, 2, 0, None, 0, problems[:1], problems=problems, steps=2)
     expected = {}
     for row in result.rollouts:
         expected.setdefault(row["question"], []).append(float(row["correct"]))
     assert job.history == expected and set(expected) == {p.question for p in problems}
     assert job.history[solved.question] == [1.0] * 4 and set(job.history[mixed.question]) == {0.0, 1.0}
-    assert resumed._student_job(1, 0, None, 0, [], problems=problems, steps=1)[0].history == {}  # earlier steps only
+    assert student_job(resumed, 1, 0, None, 0, [], problems=problems, steps=1)[0].history == {}  # earlier steps only
     _, result = train_and_score(resumed.model("baseline"), resumed.tokenizer, resumed.domain, resumed.config, job)
     assert {row["question"] for row in result.rollouts} == {mixed.question, failed.question}
 

@@ -11,7 +11,8 @@ import sys
 import torch
 
 import soar_agent.teacher as teacher
-from soar_agent.agent import Agent, Budget, curriculum_problems
+from soar_agent.agent import Agent, Budget
+from soar_agent.students import curriculum_problems
 from soar_agent.config import TeacherSection
 from soar_agent.engine import Completion
 from soar_agent.tasks import arith, teacher_prompt

@@ -59,7 +59,7 @@ from soar_agent.rl.train import (NonFiniteLoss, _reward_stats, new_student, pad_
                                  rollout, score_rollout, summarize_steps)
 from soar_agent.tasks.base import Problem
 
-_STEP_REF = re.compile(r"^step-(\d+)/")  # a student rollout's ref: step-N/student-I-J (agent._student_job)
+_STEP_REF = re.compile(r"^step-(\d+)/")  # a student rollout's ref: step-N/student-I-J (students.student_job)
 
 
 def is_correct(score: float) -> float:
