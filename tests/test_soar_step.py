@@ -16,9 +16,11 @@ from soar_agent.soar_step import (complete_step, score_baseline, soar_step, step
 from soar_agent.students import reward_questions
 from soar_agent.tasks import arith, generate_problems
 
-TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=2", "teacher.max_new_tokens=8",
-        "student.students_per_dataset=2", "student.steps=1", "student.batch_prompts=2", "student.group_size=2",
-        "student.max_new_tokens=8", "reward.questions=4", "eval.samples=1", "eval.every_teacher_steps=100",
+# 8 items per dataset: one pass over their worked solutions is 2 supervised steps (student.batch_prompts x group_size
+# rows each; 48 new tokens hold a level-1 solution), so every student updates
+TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=8", "teacher.max_new_tokens=8",
+        "student.students_per_dataset=2", "student.steps=2", "student.batch_prompts=2", "student.group_size=2",
+        "student.max_new_tokens=48", "reward.questions=4", "eval.samples=1", "eval.every_teacher_steps=100",
         "eval.max_new_tokens=8", "promotion.tau=-1.0", "budget.pq_steps=0"]
 
 
@@ -31,14 +33,15 @@ def hard_files(tmp_path):
             f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
 
 
-def open_run(run_dir, hard_files, model_dir) -> Agent:
-    config = load_config(None, TINY + hard_files + [f"model.path={json.dumps(str(model_dir))}"])
+def open_run(run_dir, hard_files, *extra) -> Agent:
+    """A run of the shipped model (a random one's students make no update, so its teacher would take none)."""
+    config = load_config(None, TINY + hard_files + list(extra))
     return Agent.open(config, run_dir, log=lambda m: None)
 
 
 def scripted_items(engine, domain, count, cfg, seed, progress=None, **kwargs):
-    """The teacher's items without sampling (the random tiny model writes no parsable question): a sum per
-    item, its answer right for even i and wrong for odd i."""
+    """The teacher's items without sampling, so that the test does not depend on what the model writes: a sum
+    per item, its answer right for even i and wrong for odd i."""
     return [teacher.check_item(domain, f"<question>{i}+{i + 1}</question><answer>{2 * i + 1 + i % 2}</answer>",
                                cfg.reward_target) for i in range(count)], {"sampled": count, "accepted": count,
                                                                            "rejected": {}}
@@ -48,14 +51,13 @@ def weights(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_one_soar_step_phase_by_phase_is_the_step_the_loop_runs(tmp_path, hard_files, random_tiny_dir,
-                                                                monkeypatch):
+def test_one_soar_step_phase_by_phase_is_the_step_the_loop_runs(tmp_path, hard_files, monkeypatch):
     monkeypatch.setattr(teacher, "sample_items", scripted_items)
-    agent = open_run(tmp_path / "phases", hard_files, random_tiny_dir)
+    agent = open_run(tmp_path / "phases", hard_files)
     step, started = 1, 0.0
 
     datasets = write_curriculum(agent, 1)  # 1. the teacher writes g datasets of n items, stored at once
-    assert [len(d["meta"]["texts"]) for d in datasets] == [2, 2]
+    assert [len(d["meta"]["texts"]) for d in datasets] == [8, 8]
     assert agent.store.datasets(agent.run_id, kind="curriculum") == datasets and not agent.store.trainings(agent.run_id, 1)
     assert write_curriculum(agent, 1) == datasets  # a resumed step reads them back instead of sampling again
 
@@ -79,7 +81,7 @@ def test_one_soar_step_phase_by_phase_is_the_step_the_loop_runs(tmp_path, hard_f
 
     teacher_before = weights(agent.model("teacher")).clone()
     update = update_teacher(agent, step, datasets, rewards)  # 5. one RLOO step of the teacher
-    assert update["updated"] is True and update["items"] == 4
+    assert update["updated"] is True and update["items"] == 16
     assert len(update["advantages"]) == 2 and sum(update["advantages"]) == pytest.approx(0.0, abs=1e-9)
     assert not torch.equal(weights(agent.model("teacher")), teacher_before)
     assert not agent.completed_steps()  # nothing of the step counts as done before its last unit
@@ -93,7 +95,7 @@ def test_one_soar_step_phase_by_phase_is_the_step_the_loop_runs(tmp_path, hard_f
     assert not (agent.paths.checkpoints / "step-1").exists()  # the students' weights are gone
 
     # the same seeds through the loop's own step give the same rewards, promotion and teacher
-    loop = open_run(tmp_path / "loop", hard_files, random_tiny_dir)
+    loop = open_run(tmp_path / "loop", hard_files)
     soar_step(loop, 1)
     (looped,) = loop.completed_steps()
     assert [d["meta"]["texts"] for d in loop.store.datasets(loop.run_id, kind="curriculum")] == \
@@ -103,11 +105,9 @@ def test_one_soar_step_phase_by_phase_is_the_step_the_loop_runs(tmp_path, hard_f
     assert torch.allclose(weights(loop.model("teacher")), weights(agent.model("teacher")), atol=1e-6)
 
 
-def test_a_frozen_teacher_takes_no_update_and_keeps_its_weights(tmp_path, hard_files, random_tiny_dir, monkeypatch):
+def test_a_frozen_teacher_takes_no_update_and_keeps_its_weights(tmp_path, hard_files, monkeypatch):
     monkeypatch.setattr(teacher, "sample_items", scripted_items)
-    config = load_config(None, TINY + hard_files + [f"model.path={json.dumps(str(random_tiny_dir))}",
-                                                    "teacher.lr=0"])
-    agent = Agent.open(config, tmp_path / "frozen", log=lambda m: None)
+    agent = open_run(tmp_path / "frozen", hard_files, "teacher.lr=0")
     datasets = write_curriculum(agent, 1)
     questions = reward_questions(agent, 1)
     before = score_baseline(agent, questions, 1)
