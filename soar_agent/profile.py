@@ -37,7 +37,9 @@ def run_profile(store: Store, run_id: int) -> dict:
     """{"phases": {phase: seconds} (PHASES, then OTHER), "total": the sessions' wall clock}."""
     seconds = dict.fromkeys(PHASES, 0.0)
     for evaluation in store.evaluations(run_id):
-        spent = float((evaluation.get("summary") or {}).get("seconds") or 0.0)
+        summary = evaluation.get("summary") or {}
+        # a cached evaluation (the base model's, from an earlier run) keeps the seconds it took then: none here
+        spent = 0.0 if summary.get("cached") else float(summary.get("seconds") or 0.0)
         if evaluation["set_name"] == "hard-test-pq":
             seconds["final evaluation"] += spent
         elif evaluation["set_name"] == "hard-test":

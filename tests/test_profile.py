@@ -39,6 +39,20 @@ def test_the_profile_puts_each_recorded_timing_in_its_phase_and_the_rest_in_othe
     assert "student RL steps" in text and "8.3%" in text and "total (sessions)" in text and "20m 00s" in text
 
 
+def test_a_cached_base_evaluation_took_no_time_in_this_run(tmp_path):
+    """The base model's evaluation taken from the cache keeps the seconds it took in the run that measured it:
+    the profile counts none of them (a measured one counts)."""
+    with Store(tmp_path / "soar.db") as store:
+        run = store.create_run(name="p", mode="soar", config={})
+        store.log_event(run_id=run, level="info", kind="session", message="session started", data={})
+        for cached, step in ((True, 0), (False, 1)):
+            store.add_evaluation(run_id=run, set_name="hard-test", results=[], samples_per_problem=1, temperature=1.0,
+                                 teacher_step=step, checkpoint_id=None,
+                                 summary={"seconds": 1000.0, **({"cached": True} if cached else {})})
+        phases = run_profile(store, run)["phases"]
+    assert (phases["base evaluation"], phases["periodic evaluations"]) == (0.0, 1000.0)
+
+
 def test_a_real_step_records_every_phase_the_profile_reads(tmp_path, random_tiny_dir, monkeypatch):
     import random
 
