@@ -35,7 +35,7 @@ class Budget:
 
 
 class BudgetTooSmall(ValueError):
-    """A time budget that this machine's measurements say holds no teacher step (Agent.check_budget): one line
+    """A time budget that this machine's measurements say holds no teacher step (check_budget): one line
     naming the --hours that fits; `soar run` exits with status 2 before any work."""
 
 

@@ -9,7 +9,7 @@ $XDG_CACHE_HOME/soar-agent, else ~/.cache/soar-agent; SOAR_CACHE_DIR="" turns it
   them again; another hard set, k or seed is another key.
 * timings: the seconds a hard-test evaluation, a teacher step and a final-training step took, per cost
   signature (the model's files, the hard sets and the config sections that set a step's work), so that a
-  run can say at its start whether its time budget holds one teacher step (Agent.check_budget).
+  run can say at its start whether its time budget holds one teacher step (budget.check_budget).
 
 The cache is an optimisation: a file that cannot be read or written is a miss, never an error.
 """
