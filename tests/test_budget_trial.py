@@ -141,7 +141,8 @@ def test_a_budget_too_small_for_one_teacher_step_is_refused_at_the_start_naming_
     args = [x for item in overrides for x in ("--set", item)]
     # an earlier run of the configuration measured on this machine: a 10-minute evaluation, a 15-minute
     # teacher step and 3 s per final-training step
-    signature = tiny_agent(tmp_path / "earlier", hard_files, random_tiny_dir, "budget.pq_steps=100")._cost_signature()
+    earlier = tiny_agent(tmp_path / "earlier", hard_files, random_tiny_dir, "budget.pq_steps=100")
+    signature = budgets.cost_signature(earlier)
     evalcache.remember_timing(signature, evaluation=600, step=900, pq_step=3)
     calls = record_trainings(monkeypatch)
     assert cli.main(["run", "--run-dir", str(tmp_path / "short"), "--hours", "0.25", *args]) == 2
@@ -154,14 +155,14 @@ def test_a_budget_too_small_for_one_teacher_step_is_refused_at_the_start_naming_
     assert agent.store.evaluations(agent.run_id) == [] and agent.store.events(agent.run_id, limit=1)[0]["kind"] == \
         "budget-too-small"
     # the suggested budget passes the check; a cached base evaluation needs no time of it
-    agent.check_budget(Budget(deadline=time.time() + 1.15 * 3600))
+    budgets.check_budget(agent, Budget(deadline=time.time() + 1.15 * 3600))
     with pytest.raises(BudgetTooSmall):
-        agent.check_budget(Budget(deadline=time.time() + 1.0 * 3600))
+        budgets.check_budget(agent, Budget(deadline=time.time() + 1.0 * 3600))
     monkeypatch.setattr(budgets, "base_evaluation_cached", lambda run: True)
-    agent.check_budget(Budget(deadline=time.time() + 1.0 * 3600))  # 900 s / 0.4 = 0.63 h
+    budgets.check_budget(agent, Budget(deadline=time.time() + 1.0 * 3600))  # 900 s / 0.4 = 0.63 h
     # without a measurement of the configuration it says so and goes on
     fresh = tiny_agent(tmp_path / "fresh", hard_files, random_tiny_dir, "budget.pq_steps=100", "teacher.items_per_dataset=3")
-    fresh.check_budget(Budget(deadline=time.time() + 60))
+    budgets.check_budget(fresh, Budget(deadline=time.time() + 60))
     assert fresh.store.events(fresh.run_id, limit=1)[0]["kind"] == "budget-unmeasured"
     # and the teacher steps that follow are sized by the earlier runs' step before the run has its own
     assert "teacher step (~15 min)" in no_time_for_a_step(agent, Budget(deadline=time.time() + 2000), [])
