@@ -78,9 +78,8 @@ def install_guard(root, report):
 
     Everything the hook uses is bound here, before untrusted code runs, so that monkeypatching
     ``os``/``builtins`` later cannot change its decisions. The hook closure itself is reachable only
-    through the interpreter's hook list and the garbage collector, whose introspection we also block."""
-    import os
-    import stat
+    through the interpreter's hook list and the garbage collector, whose introspection we also block
+    (the ``_guard_*`` helpers only build closures, once, here: patching them later changes nothing)."""
     import sys
 
     import _posixsubprocess
@@ -93,17 +92,51 @@ def install_guard(root, report):
 
     _posixsubprocess.fork_exec = _no_fork_exec
 
-    root = None if root is None else os.path.realpath(root)
-    root_slash = None if root is None else root.rstrip("/") + "/"
-    getcwd, readlink, stat_path = os.getcwd, os.readlink, os.stat
-    is_dir = stat.S_ISDIR
-    modules = sys.modules
-    _type, _str, _bytes, _int, _getattr = type, str, bytes, int, getattr
+    as_text, absolute, inside, may_write = _guard_path_checks(root)
+    open_verdict, database_verdict = _guard_file_verdicts(as_text, absolute, inside, may_write)
+    always_blocked, path_events = _guard_rules()
     _PermissionError, _Exception = PermissionError, Exception
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    harmless_targets = ("/dev/null", "/dev/stdout", "/dev/stderr")
-    no_dir_fd = (None, -1)
 
+    def classify(event, args):
+        """The kind of violation, or None when the event is allowed."""
+        kind = always_blocked.get(event)
+        if kind is not None:
+            return kind
+        if event == "open":
+            return open_verdict(args)
+        spec = path_events.get(event)
+        if spec is not None:
+            for path_index, fd_index in spec:
+                dir_fd = None if fd_index is None else args[fd_index]
+                if not may_write(args[path_index], dir_fd):
+                    return "write outside sandbox"
+            return None
+        if event == "import":
+            return "process" if args[0] == "_posixsubprocess" else None
+        if event == "sqlite3.connect":
+            return database_verdict(args[0])
+        if event.startswith("socket."):
+            return "network"
+        if event.startswith("ctypes."):
+            return "ctypes"
+        return None
+
+    def hook(event, args):
+        try:
+            kind = classify(event, args)
+        except _Exception:
+            kind = "unverifiable " + event  # fail closed
+        if kind is not None:
+            report(kind, event)
+            raise _PermissionError("blocked by sandbox: " + kind + " (" + event + ")")
+
+    sys.addaudithook(hook)
+
+
+def _guard_rules():
+    """The guard's event tables: (event -> kind always blocked, event -> where its paths are). New dicts on
+    every call, held only by the hook's closure: module-level constants would be reachable (and mutable)
+    from the sandboxed code through ``__main__``."""
     always_blocked = {
         "subprocess.Popen": "process",
         "os.system": "process",
@@ -138,6 +171,22 @@ def install_guard(root, report):
         "os.chflags": ((0, None),),
         "os.lchflags": ((0, None),),
     }
+    return always_blocked, path_events
+
+
+def _guard_path_checks(root):
+    """The guard's path closures ``(as_text, absolute, inside, may_write)`` for ``root``. Everything they
+    use is bound now, at install time, before untrusted code runs."""
+    import os
+    import sys
+
+    root = None if root is None else os.path.realpath(root)
+    root_slash = None if root is None else root.rstrip("/") + "/"
+    getcwd, readlink = os.getcwd, os.readlink
+    modules = sys.modules
+    _type, _str, _bytes, _int, _getattr, _PermissionError = type, str, bytes, int, getattr, PermissionError
+    harmless_targets = ("/dev/null", "/dev/stdout", "/dev/stderr")
+    no_dir_fd = (None, -1)
 
     def normalize(path):
         # pure string work: posixpath/os helpers are monkeypatchable module code
@@ -184,56 +233,45 @@ def install_guard(root, report):
         full = absolute(text, dir_fd)
         return inside(full) or full in harmless_targets
 
-    def classify(event, args):
-        """The kind of violation, or None when the event is allowed."""
-        kind = always_blocked.get(event)
-        if kind is not None:
-            return kind
-        if event == "open":
-            path, mode, flags = args
-            if _type(flags) is _int and flags & write_flags:
-                return None if may_write(path) else "write outside sandbox"
-            if mode is None and _type(path) is not _int:
-                # os.open of a directory outside root would give a dir_fd that later relative paths
-                # could write through (the open event does not carry dir_fd)
-                full = absolute(as_text(path))
-                if not inside(full):
-                    try:
-                        if is_dir(stat_path(full).st_mode):
-                            return "directory outside sandbox"
-                    except OSError:
-                        pass
-            return None
-        spec = path_events.get(event)
-        if spec is not None:
-            for path_index, fd_index in spec:
-                dir_fd = None if fd_index is None else args[fd_index]
-                if not may_write(args[path_index], dir_fd):
-                    return "write outside sandbox"
-            return None
-        if event == "import":
-            return "process" if args[0] == "_posixsubprocess" else None
-        if event == "sqlite3.connect":
-            database = args[0]
-            if _type(database) is _str and (database in ("", ":memory:") or database.startswith("file::memory")):
-                return None
-            return None if may_write(database) else "write outside sandbox"
-        if event.startswith("socket."):
-            return "network"
-        if event.startswith("ctypes."):
-            return "ctypes"
+    return as_text, absolute, inside, may_write
+
+
+def _guard_file_verdicts(as_text, absolute, inside, may_write):
+    """The guard's verdicts on the ``open`` event's arguments and on an ``sqlite3.connect`` database: the
+    kind of violation, or None. Bound at install time like the path closures they use."""
+    import os
+    import stat
+
+    stat_path, is_dir = os.stat, stat.S_ISDIR
+    _type, _str, _int = type, str, int
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def open_verdict(args):
+        path, mode, flags = args
+        if _type(flags) is _int and flags & write_flags:
+            return None if may_write(path) else "write outside sandbox"
+        if mode is None and _type(path) is not _int:
+            # os.open of a directory outside root would give a dir_fd that later relative paths
+            # could write through (the open event does not carry dir_fd)
+            full = absolute(as_text(path))
+            if not inside(full):
+                try:
+                    if is_dir(stat_path(full).st_mode):
+                        return "directory outside sandbox"
+                except OSError:
+                    pass
         return None
 
-    def hook(event, args):
-        try:
-            kind = classify(event, args)
-        except _Exception:
-            kind = "unverifiable " + event  # fail closed
-        if kind is not None:
-            report(kind, event)
-            raise _PermissionError("blocked by sandbox: " + kind + " (" + event + ")")
+    def database_verdict(database):
+        if _type(database) is _str and (database in ("", ":memory:") or database.startswith("file::memory")):
+            return None
+        return None if may_write(database) else "write outside sandbox"
 
-    sys.addaudithook(hook)
+    return open_verdict, database_verdict
+
+
+# The guard and the helpers it calls: every interpreter that installs it is shipped all of these as source
+_GUARD_FUNCTIONS = (install_guard, _guard_rules, _guard_path_checks, _guard_file_verdicts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,36 +315,8 @@ def enter_pid_namespace(init_does_the_work, report_leftovers):
     status_read, status_write = os.pipe()  # init -> keeper: the worker's wait status
     alive_read, alive_write = os.pipe()  # keeper -> init: EOF once the keeper is gone
     init = os.fork()
-    if init:  # the keeper
-        os.close(status_write)
-        os.close(alive_read)
-        null = os.open(os.devnull, os.O_RDWR)  # the run's pipes are not the keeper's to hold
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
-
-        def end_the_namespace(signum, frame):
-            try:
-                os.kill(init, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-        signal.signal(signal.SIGTERM, end_the_namespace)
-        data = b""
-        while True:
-            chunk = os.read(status_read, 64)
-            if not chunk:
-                break
-            data += chunk
-        _, own = os.waitpid(init, 0)
-        status = int(data) if data.isdigit() else own
-        if os.WIFEXITED(status):
-            os._exit(os.WEXITSTATUS(status))
-        number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else signal.SIGKILL
-        signal.signal(number, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [number])
-        os.kill(os.getpid(), number)
-        os._exit(128 + number)
+    if init:  # the keeper; never returns
+        _pid_namespace_keeper(init, status_read, status_write, alive_read)
     # PID 1
     os.close(status_read)
     os.close(alive_write)
@@ -324,6 +334,52 @@ def enter_pid_namespace(init_does_the_work, report_leftovers):
         os.close(status_write)
         os.close(alive_read)
         return
+    _pid_namespace_init(worker, status_write, alive_read, report_leftovers)  # never returns
+
+
+def _pid_namespace_keeper(init, status_read, status_write, alive_read):
+    """The keeper's life after forking PID 1 (see :func:`enter_pid_namespace`): wait for the work's status
+    from init, then exit exactly as the work did. Never returns."""
+    import os
+    import signal
+
+    os.close(status_write)
+    os.close(alive_read)
+    null = os.open(os.devnull, os.O_RDWR)  # the run's pipes are not the keeper's to hold
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+    def end_the_namespace(signum, frame):
+        try:
+            os.kill(init, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGTERM, end_the_namespace)
+    data = b""
+    while True:
+        chunk = os.read(status_read, 64)
+        if not chunk:
+            break
+        data += chunk
+    _, own = os.waitpid(init, 0)
+    status = int(data) if data.isdigit() else own
+    if os.WIFEXITED(status):
+        os._exit(os.WEXITSTATUS(status))
+    number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else signal.SIGKILL
+    signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [number])
+    os.kill(os.getpid(), number)
+    os._exit(128 + number)
+
+
+def _pid_namespace_init(worker, status_write, alive_read, report_leftovers):
+    """PID 1's life once it has forked the worker (see :func:`enter_pid_namespace`): wait for the worker
+    (or the keeper's end), reap, report what was left behind, pass the worker's status on. Never returns."""
+    import os
+    import select
+
     try:
         watch = [os.pidfd_open(worker), alive_read]
     except (AttributeError, OSError):  # no pidfd: wait for the worker alone
@@ -349,6 +405,10 @@ def enter_pid_namespace(init_does_the_work, report_leftovers):
         os.write(2, b"\n" + _BLOCK_MARK.encode() + b"process left behind\n")
     os.write(status_write, str(status).encode())
     os._exit(0)
+
+
+# The functions shipped as source into a sandboxed interpreter that enters a PID namespace
+_PID_NAMESPACE_FUNCTIONS = (enter_pid_namespace, _pid_namespace_keeper, _pid_namespace_init)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,14 +446,15 @@ def _runner_single():
 
 
 def _runner_batch():
-    import builtins
+    # imported here, before the guard goes in, as they always were; the helpers below import them again
+    import builtins  # noqa: F401
     import gc
-    import io
+    import io  # noqa: F401
     import json
     import os
-    import signal
+    import signal  # noqa: F401
     import sys
-    import traceback
+    import traceback  # noqa: F401
 
     sys.dont_write_bytecode = True
     output_cap, per_program_s = int(sys.argv[2]), float(sys.argv[3])
@@ -407,6 +468,21 @@ def _runner_batch():
 
     violations = []
     install_guard(os.getcwd(), lambda kind, event: violations.append(kind))
+    # built once, now: the loop below calls closures only, no module global a program could replace
+    run_one = _batch_program_runner(output_cap, per_program_s, violations)
+    for index, source in enumerate(programs):
+        record = run_one(index, source)
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+        while data:
+            data = data[os.write(results_fd, data):]
+        del record, data
+        gc.collect()
+
+
+def _batch_interrupts():
+    """The batch runner's two ways out of a program, as exceptions no program catches by accident:
+    ``(ProgramTimeout, OutputLimit, armed)``. SIGALRM raises ProgramTimeout while ``armed[0]`` is set."""
+    import signal
 
     class ProgramTimeout(BaseException):
         pass
@@ -422,6 +498,13 @@ def _runner_batch():
             raise ProgramTimeout()
 
     signal.signal(signal.SIGALRM, on_alarm)
+    return ProgramTimeout, OutputLimit, armed
+
+
+def _batch_capped_text(output_limit):
+    """The class of one program's stdout/stderr: text streams sharing one byte budget, raising
+    ``output_limit`` (the runner's OutputLimit) once it is spent."""
+    import io
 
     class CappedText(io.StringIO):
         """stdout/stderr of one program; the two share one byte budget."""
@@ -435,10 +518,41 @@ def _runner_batch():
             if size > self.budget[0]:
                 super().write(text[: max(self.budget[0], 0)])
                 self.budget[0] = 0
-                raise OutputLimit()
+                raise output_limit()
             self.budget[0] -= size
             return super().write(text)
 
+    return CappedText
+
+
+def _batch_record(violations):
+    """``record(index, returncode, reason, out, err)``: one program's result line as the parent reads it.
+    A closure, so that the runner's loop looks up no module global once programs run."""
+
+    def record(index, returncode, reason, out, err):
+        if violations:
+            reason = "blocked: " + violations[0]
+        elif reason is None and returncode != 0:
+            lines = [line for line in err.getvalue().splitlines() if line.strip()]
+            reason = "exit code %d: %s" % (returncode, lines[-1][:200]) if lines else "exit code %d" % returncode
+        return {"i": index, "ok": reason is None, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                "returncode": returncode, "reason": reason}
+
+    return record
+
+
+def _batch_program_runner(output_cap, per_program_s, violations):
+    """``run_one(index, source)``: run one program of the batch in a fresh namespace with its own captured,
+    capped output and a ``per_program_s`` alarm, and return its record. Everything it uses is bound now."""
+    import builtins
+    import io
+    import signal
+    import sys
+    import traceback
+
+    ProgramTimeout, OutputLimit, armed = _batch_interrupts()
+    CappedText = _batch_capped_text(OutputLimit)
+    record_of = _batch_record(violations)
     recursion_limit = sys.getrecursionlimit()
     real = (sys.stdin, sys.stdout, sys.stderr)
 
@@ -482,23 +596,15 @@ def _runner_batch():
         finally:
             sys.stdin, sys.stdout, sys.stderr = real
             sys.setrecursionlimit(recursion_limit)
-        if violations:
-            reason = "blocked: " + violations[0]
-        elif reason is None and returncode != 0:
-            lines = [line for line in err.getvalue().splitlines() if line.strip()]
-            reason = "exit code %d: %s" % (returncode, lines[-1][:200]) if lines else "exit code %d" % returncode
-        record = {"i": index, "ok": reason is None, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                  "returncode": returncode, "reason": reason}
+        record = record_of(index, returncode, reason, out, err)
         namespace.clear()
         return record
 
-    for index, source in enumerate(programs):
-        record = run_one(index, source)
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "replace")
-        while data:
-            data = data[os.write(results_fd, data):]
-        del record, data
-        gc.collect()
+    return run_one
+
+
+# The batch runner and the helpers it calls, shipped together
+_BATCH_FUNCTIONS = (_runner_batch, _batch_interrupts, _batch_capped_text, _batch_record, _batch_program_runner)
 
 
 def _runner_main():
@@ -537,7 +643,7 @@ def _runner_main():
 @functools.lru_cache(maxsize=None)
 def _runner_source(pid_namespace: bool) -> str:
     parts = [f"_BLOCK_MARK = {_BLOCK_MARK!r}\n_PID_NAMESPACE = {pid_namespace!r}\n"]
-    for func in (enter_pid_namespace, install_guard, _runner_single, _runner_batch, _runner_main):
+    for func in (*_PID_NAMESPACE_FUNCTIONS, *_GUARD_FUNCTIONS, _runner_single, *_BATCH_FUNCTIONS, _runner_main):
         parts.append(inspect.getsource(func))
     parts.append("_runner_main()\n")
     return "\n".join(parts)
@@ -596,58 +702,13 @@ def _execute(plan: isolation.Plan, workdir: str, runner_args: list[str], stdin: 
     """Run the runner in ``workdir`` under every layer of ``plan`` and collect at most ``max_output``
     bytes of output. With ``stall_s`` the run is also ended when stdout has not completed a line for that
     long (batch progress)."""
-    confinement = isolation.confinement_for(workdir, plan)
-    try:
-        with tempfile.TemporaryFile() as stdin_file:
-            stdin_file.write(stdin)
-            stdin_file.flush()
-            # the child gets a read-only descriptor: no writable file outside its directory is open in it
-            try:
-                stdin_fd = os.open(f"/proc/self/fd/{stdin_file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:  # no /proc (not Linux): the unlinked temp file itself, rewound
-                stdin_fd = os.dup(stdin_file.fileno())
-                os.lseek(stdin_fd, 0, os.SEEK_SET)
-            try:
-                proc = subprocess.Popen(
-                    _interpreter_args(plan, *runner_args), cwd=workdir, env=isolation.environment(workdir),
-                    stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                    close_fds=True, preexec_fn=isolation.make_preexec(limits.memory_mb, cpu_s, plan, confinement),
-                )
-            finally:
-                os.close(stdin_fd)
-    finally:
-        confinement.close()
+    proc = _spawn(plan, workdir, runner_args, stdin, limits, cpu_s)
     start = time.monotonic()
     deadline = start + wall_s
-    last_progress = start + _BATCH_STARTUP_GRACE_S
     stdout_fd, stderr_fd = proc.stdout.fileno(), proc.stderr.fileno()
     buffers = {stdout_fd: bytearray(), stderr_fd: bytearray()}
-    total, killed = 0, None
     try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(proc.stdout, selectors.EVENT_READ)
-            selector.register(proc.stderr, selectors.EVENT_READ)
-            while selector.get_map() and killed is None:
-                now = time.monotonic()
-                wait = deadline - now
-                if stall_s is not None:
-                    wait = min(wait, last_progress + stall_s - now)
-                if wait <= 0:
-                    killed = "timeout" if now >= deadline else "stall"
-                    break
-                for key, _ in selector.select(wait):
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        selector.unregister(key.fileobj)
-                        continue
-                    room = max_output - total
-                    buffers[key.fd] += chunk[:room]
-                    total += len(chunk)
-                    if total > max_output:
-                        killed = "output limit"
-                        break
-                    if key.fd == stdout_fd and b"\n" in chunk:
-                        last_progress = time.monotonic()
+        killed = _read_output(proc, buffers, max_output, deadline, start + _BATCH_STARTUP_GRACE_S, stall_s)
         if killed is None and not _exited_by(proc.pid, deadline):
             killed = "timeout"
         # kill while the leader is still unreaped, so its id cannot have been reused
@@ -665,6 +726,66 @@ def _execute(plan: isolation.Plan, workdir: str, runner_args: list[str], stdin: 
         proc.stderr.close()
     return _Raw(bytes(buffers[stdout_fd]), bytes(buffers[stderr_fd]),
                 None if killed else proc.returncode, usage.ru_utime + usage.ru_stime, killed)
+
+
+def _spawn(plan: isolation.Plan, workdir: str, runner_args: list[str], stdin: bytes, limits: Limits,
+           cpu_s: int) -> subprocess.Popen:
+    """Start the runner in ``workdir`` under every layer of ``plan``, ``stdin`` on a read-only descriptor
+    and stdout/stderr on pipes."""
+    confinement = isolation.confinement_for(workdir, plan)
+    try:
+        with tempfile.TemporaryFile() as stdin_file:
+            stdin_file.write(stdin)
+            stdin_file.flush()
+            # the child gets a read-only descriptor: no writable file outside its directory is open in it
+            try:
+                stdin_fd = os.open(f"/proc/self/fd/{stdin_file.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:  # no /proc (not Linux): the unlinked temp file itself, rewound
+                stdin_fd = os.dup(stdin_file.fileno())
+                os.lseek(stdin_fd, 0, os.SEEK_SET)
+            try:
+                return subprocess.Popen(
+                    _interpreter_args(plan, *runner_args), cwd=workdir, env=isolation.environment(workdir),
+                    stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    close_fds=True, preexec_fn=isolation.make_preexec(limits.memory_mb, cpu_s, plan, confinement),
+                )
+            finally:
+                os.close(stdin_fd)
+    finally:
+        confinement.close()
+
+
+def _read_output(proc: subprocess.Popen, buffers: dict[int, bytearray], max_output: int, deadline: float,
+                 last_progress: float, stall_s: float | None) -> str | None:
+    """Read ``proc``'s stdout and stderr into ``buffers`` (by descriptor) until both close, keeping at most
+    ``max_output`` bytes in all. Returns why the run must be ended ("timeout", "stall", "output limit"),
+    or None when both pipes closed in time. ``last_progress``: when stdout last completed a line (or the
+    end of the start-up grace)."""
+    stdout_fd = proc.stdout.fileno()
+    total = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        while selector.get_map():
+            now = time.monotonic()
+            wait = deadline - now
+            if stall_s is not None:
+                wait = min(wait, last_progress + stall_s - now)
+            if wait <= 0:
+                return "timeout" if now >= deadline else "stall"
+            for key, _ in selector.select(wait):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                room = max_output - total
+                buffers[key.fd] += chunk[:room]
+                total += len(chunk)
+                if total > max_output:
+                    return "output limit"
+                if key.fd == stdout_fd and b"\n" in chunk:
+                    last_progress = time.monotonic()
+    return None
 
 
 def _exited_by(pid: int, deadline: float) -> bool:

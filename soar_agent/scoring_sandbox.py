@@ -54,7 +54,8 @@ import time
 from dataclasses import dataclass
 
 from soar_agent import isolation
-from soar_agent.sandbox import _BLOCK_MARK, end_run, enter_pid_namespace, install_guard
+from soar_agent.sandbox import (_BLOCK_MARK, _GUARD_FUNCTIONS, _PID_NAMESPACE_FUNCTIONS, end_run,  # noqa: F401
+                                enter_pid_namespace, install_guard)
 
 log = logging.getLogger("soar_agent.sandbox")
 
@@ -98,24 +99,15 @@ def install_compile_gate(report):
       plain names, with no name starting with ``_`` and no Python builtin outside a harmless few;
     * anything else (a scorer's plain ``eval``): literals, containers and arithmetic only.
 
-    ``report(kind, event)`` is called before the refusal is raised as PermissionError."""
+    ``report(kind, event)`` is called before the refusal is raised as PermissionError. The
+    ``_compile_gate_*`` helpers only build closures, once, here: the hook holds what they return."""
     import ast
-    import builtins
     import sys
 
-    parse, walk, getframe = ast.parse, ast.walk, sys._getframe
-    _isinstance, _type, _str, _bytes, _frozenset = isinstance, type, str, bytes, frozenset
-    _PermissionError, _SyntaxError, _ValueError = PermissionError, SyntaxError, ValueError
-    tree_type = ast.AST
-    literal_nodes = (ast.Module, ast.Expression, ast.Expr, ast.Constant, ast.Load, ast.Tuple, ast.List,
-                     ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.operator, ast.unaryop)
-    expression_nodes = literal_nodes + (ast.Name, ast.Call, ast.keyword, ast.BoolOp, ast.Compare, ast.boolop,
-                                        ast.cmpop)
-    name_type, call_type, keyword_type = ast.Name, ast.Call, ast.keyword
-    harmless_builtins = _frozenset(("abs", "min", "max", "pow", "round", "int", "float", "complex", "bool",
-                                    "sum", "len", "divmod", "list", "tuple", "set", "frozenset", "dict",
-                                    "range", "sorted", "reversed", "any", "all", "str"))
-    refused_names = _frozenset(name for name in dir(builtins) if name not in harmless_builtins)
+    getframe = sys._getframe
+    _type, _str, _bytes, _PermissionError = type, str, bytes, PermissionError
+    tree_of = _compile_gate_parser()
+    literal_nodes, expression_nodes, refusal = _compile_gate_rules()
     ast_parse_code = ast.parse.__code__
     import_files = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
     # code generators whose source is built from identifiers and counts, never from an answer's text:
@@ -125,31 +117,7 @@ def install_compile_gate(report):
     sympy_parser_suffix = "/sympy/parsing/sympy_parser.py"
     # the one statement parse_expr itself executes to build its namespace
     sympy_parser_statements = (b"from sympy import *",)
-    busy = [False]  # our own ast.parse below raises a compile event too
-
-    def tree_of(source):
-        if _isinstance(source, tree_type):
-            return source
-        if _type(source) is _str:
-            source = source.encode("utf-8", "surrogatepass")
-        if _type(source) is not _bytes:
-            raise _ValueError("source of an unknown type")
-        try:  # eval() ignores leading blanks; exec-mode parsing would not
-            return parse(source.lstrip(b" \t"), mode="eval")
-        except _SyntaxError:
-            return parse(source, mode="exec")
-
-    def refusal(tree, allowed):
-        for node in walk(tree):
-            if not _isinstance(node, allowed):
-                return "compile: " + _type(node).__name__
-            if node.__class__ is name_type and (node.id.startswith("_") or node.id in refused_names):
-                return "compile: name " + node.id
-            if node.__class__ is call_type and node.func.__class__ is not name_type:
-                return "compile: call of a non-name"
-            if node.__class__ is keyword_type and (node.arg is None or node.arg.startswith("_")):
-                return "compile: keyword"
-        return None
+    busy = [False]  # our own ast.parse (in tree_of) raises a compile event too
 
     def hook(event, args):
         if event != "compile" or busy[0]:
@@ -174,6 +142,65 @@ def install_compile_gate(report):
             raise _PermissionError("blocked by scoring sandbox: " + kind)
 
     sys.addaudithook(hook)
+
+
+def _compile_gate_parser():
+    """``tree_of(source)``: the syntax tree of what is about to be compiled (a tree as it is; text as an
+    expression, else as statements). Bound now, at install time, like everything the gate uses."""
+    import ast
+
+    parse = ast.parse
+    _isinstance, _type, _str, _bytes = isinstance, type, str, bytes
+    _SyntaxError, _ValueError = SyntaxError, ValueError
+    tree_type = ast.AST
+
+    def tree_of(source):
+        if _isinstance(source, tree_type):
+            return source
+        if _type(source) is _str:
+            source = source.encode("utf-8", "surrogatepass")
+        if _type(source) is not _bytes:
+            raise _ValueError("source of an unknown type")
+        try:  # eval() ignores leading blanks; exec-mode parsing would not
+            return parse(source.lstrip(b" \t"), mode="eval")
+        except _SyntaxError:
+            return parse(source, mode="exec")
+
+    return tree_of
+
+
+def _compile_gate_rules():
+    """``(literal_nodes, expression_nodes, refusal)``: the node types a plain ``eval`` and sympy's parser
+    may compile, and ``refusal(tree, allowed)``, why a tree breaks the rule (None when it does not).
+    Bound now, at install time, like everything the gate uses."""
+    import ast
+    import builtins
+
+    walk = ast.walk
+    _isinstance, _type, _frozenset = isinstance, type, frozenset
+    literal_nodes = (ast.Module, ast.Expression, ast.Expr, ast.Constant, ast.Load, ast.Tuple, ast.List,
+                     ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.operator, ast.unaryop)
+    expression_nodes = literal_nodes + (ast.Name, ast.Call, ast.keyword, ast.BoolOp, ast.Compare, ast.boolop,
+                                        ast.cmpop)
+    name_type, call_type, keyword_type = ast.Name, ast.Call, ast.keyword
+    harmless_builtins = _frozenset(("abs", "min", "max", "pow", "round", "int", "float", "complex", "bool",
+                                    "sum", "len", "divmod", "list", "tuple", "set", "frozenset", "dict",
+                                    "range", "sorted", "reversed", "any", "all", "str"))
+    refused_names = _frozenset(name for name in dir(builtins) if name not in harmless_builtins)
+
+    def refusal(tree, allowed):
+        for node in walk(tree):
+            if not _isinstance(node, allowed):
+                return "compile: " + _type(node).__name__
+            if node.__class__ is name_type and (node.id.startswith("_") or node.id in refused_names):
+                return "compile: name " + node.id
+            if node.__class__ is call_type and node.func.__class__ is not name_type:
+                return "compile: call of a non-name"
+            if node.__class__ is keyword_type and (node.arg is None or node.arg.startswith("_")):
+                return "compile: keyword"
+        return None
+
+    return literal_nodes, expression_nodes, refusal
 
 
 def _score_in_child(job, args, result_fd, cpu_s):
@@ -206,18 +233,40 @@ def _score_in_child(job, args, result_fd, cpu_s):
 
 
 def _zygote_main():
-    import json
-    import os
+    # imported first, before the PID namespace is entered, as they always were; the helpers import them again
+    import json  # noqa: F401
+    import os  # noqa: F401
     import pickle
-    import select
-    import signal
+    import select  # noqa: F401
+    import signal  # noqa: F401
     import struct
     import sys
-    import time
+    import time  # noqa: F401
 
     sys.dont_write_bytecode = True
     if _PID_NAMESPACE:  # from here on this process is PID 1 of the helper's own namespace
         enter_pid_namespace(True, False)
+    emit = _zygote_start()
+    if emit is None:  # the libraries did not import; the parent was told why
+        return
+    while True:
+        header = _zygote_read_exactly(8)
+        if header is None:
+            return
+        request = pickle.loads(_zygote_read_exactly(struct.unpack("<Q", header)[0]))
+        _zygote_batch(request, emit)
+        _zygote_sweep()
+        emit({"done": True})
+
+
+def _zygote_start():
+    """Set the zygote up: the libraries' paths, a private results descriptor, the preloaded libraries and
+    their warm-up, no ptrace by its children; then tell the parent it is ready. Returns ``emit(record)``,
+    which writes one JSON line to the parent, or None when the set-up failed (the parent was told)."""
+    import json
+    import os
+    import sys
+
     extra_paths, preload = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     sys.path.extend(path for path in extra_paths if path not in sys.path)
     # results travel on a private duplicate of fd 1; fd 1 goes to /dev/null so a library printing
@@ -238,7 +287,7 @@ def _zygote_main():
         _zygote_warm_up(preload)
     except BaseException as exc:  # noqa: BLE001: reported to the parent, which explains it
         emit({"ready": False, "error": (type(exc).__name__ + ": " + str(exc))[:500]})
-        return
+        return None
     try:  # children may not ptrace the zygote (same uid): a non-dumpable process refuses that
         import ctypes
 
@@ -246,61 +295,68 @@ def _zygote_main():
     except (OSError, AttributeError):
         pass
     emit({"ready": True})
+    return emit
 
-    def read_exactly(count):
-        chunks = []
-        while count:
-            chunk = os.read(0, min(count, 1 << 20))
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            count -= len(chunk)
-        return b"".join(chunks)
 
-    while True:
-        header = read_exactly(8)
-        if header is None:
-            return
-        request = pickle.loads(read_exactly(struct.unpack("<Q", header)[0]))
-        job, warm_up = _JOBS[request["job"]]
-        timeout_s, workers = request["timeout_s"], request["workers"]
-        cpu_s = int(timeout_s) + 1
-        pending = list(enumerate(request["calls"]))[::-1]
-        running = {}  # result pipe fd -> [index, pid, deadline, bytes so far]
-        while pending or running:
-            while pending and len(running) < workers:
-                index, args = pending.pop()
-                warm_up(*args)
-                read_fd, write_fd = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    os.close(read_fd)
-                    _score_in_child(job, args, write_fd, cpu_s)
-                os.close(write_fd)
-                running[read_fd] = [index, pid, time.monotonic() + timeout_s, b""]
-            wait = max(0.0, min(entry[2] for entry in running.values()) - time.monotonic())
-            readable, _, _ = select.select(list(running), [], [], wait)
-            finished = []
-            for fd in readable:
-                chunk = os.read(fd, 4096)
-                entry = running[fd]
-                entry[3] += chunk
-                if not chunk or len(entry[3]) > 4096:
-                    finished.append(fd)
-            now = time.monotonic()
-            finished += [fd for fd, entry in running.items() if entry[2] <= now and fd not in finished]
-            for fd in finished:
-                index, pid, deadline, data = running.pop(fd)
-                os.close(fd)
-                timed_out = deadline <= now and not data
-                try:  # the child has written or run out of time: either way it is done
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.waitpid(pid, 0)
-                emit(_zygote_outcome(index, data, timed_out))
-        _zygote_sweep()
-        emit({"done": True})
+def _zygote_read_exactly(count):
+    """``count`` bytes of the parent's request stream (fd 0), or None at its end."""
+    import os
+
+    chunks = []
+    while count:
+        chunk = os.read(0, min(count, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def _zygote_batch(request, emit):
+    """Score one request's calls, each in a child of its own (at most ``workers`` at a time), and emit each
+    answer's outcome as its child finishes, writes too much or runs out of time (then it is killed)."""
+    import os
+    import select
+    import signal
+    import time
+
+    job, warm_up = _JOBS[request["job"]]
+    timeout_s, workers = request["timeout_s"], request["workers"]
+    cpu_s = int(timeout_s) + 1
+    pending = list(enumerate(request["calls"]))[::-1]
+    running = {}  # result pipe fd -> [index, pid, deadline, bytes so far]
+    while pending or running:
+        while pending and len(running) < workers:
+            index, args = pending.pop()
+            warm_up(*args)
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_fd)
+                _score_in_child(job, args, write_fd, cpu_s)
+            os.close(write_fd)
+            running[read_fd] = [index, pid, time.monotonic() + timeout_s, b""]
+        wait = max(0.0, min(entry[2] for entry in running.values()) - time.monotonic())
+        readable, _, _ = select.select(list(running), [], [], wait)
+        finished = []
+        for fd in readable:
+            chunk = os.read(fd, 4096)
+            entry = running[fd]
+            entry[3] += chunk
+            if not chunk or len(entry[3]) > 4096:
+                finished.append(fd)
+        now = time.monotonic()
+        finished += [fd for fd, entry in running.items() if entry[2] <= now and fd not in finished]
+        for fd in finished:
+            index, pid, deadline, data = running.pop(fd)
+            os.close(fd)
+            timed_out = deadline <= now and not data
+            try:  # the child has written or run out of time: either way it is done
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            emit(_zygote_outcome(index, data, timed_out))
 
 
 def _zygote_sweep():
@@ -407,9 +463,10 @@ JOBS = {"gym": (("reasoning_gym",), "_score_gym", "_warm_gym"),
 
 @functools.lru_cache(maxsize=None)
 def _zygote_source(pid_namespace: bool) -> str:
-    parts = [f"_BLOCK_MARK = {_BLOCK_MARK!r}\n_PID_NAMESPACE = {pid_namespace!r}\n",
-             inspect.getsource(enter_pid_namespace), inspect.getsource(install_guard)]
-    for func in (install_compile_gate, _score_in_child, _zygote_main, _zygote_sweep, _zygote_outcome, _zygote_warm_up,
+    parts = [f"_BLOCK_MARK = {_BLOCK_MARK!r}\n_PID_NAMESPACE = {pid_namespace!r}\n"]
+    parts += [inspect.getsource(func) for func in (*_PID_NAMESPACE_FUNCTIONS, *_GUARD_FUNCTIONS)]
+    for func in (install_compile_gate, _compile_gate_parser, _compile_gate_rules, _score_in_child, _zygote_main,
+                 _zygote_start, _zygote_read_exactly, _zygote_batch, _zygote_sweep, _zygote_outcome, _zygote_warm_up,
                  _warm_gym, _score_gym, _verify_math, _no_warm_up):
         parts.append(inspect.getsource(func))
     jobs = ", ".join(f"{job!r}: ({score}, {warm})" for job, (_, score, warm) in JOBS.items())
