@@ -177,16 +177,8 @@ def make_preexec(memory_mb: int, cpu_s: int, plan: Plan, confinement: confine.Co
     In a PID namespace the exec'd interpreter is still outside it; its first child is PID 1 (the runner
     forks that itself, :func:`soar_agent.sandbox.enter_pid_namespace`)."""
     unshare, mount = _unshare(), _mount()
-    is_root = os.geteuid() == 0
     uid = plan.uid
-    wanted = ((_CLONE_NEWNET if plan.netns or not strict else 0) | (_CLONE_NEWPID if plan.pidns or not strict else 0)
-              | (_CLONE_NEWNS if is_root and (plan.quota or not strict) else 0))
-    if strict and plan.quota and not is_root:
-        raise OSError("sandbox: a disk quota needs root")
-    if is_root:  # the probe settles for less, in this order
-        attempts = [wanted] if strict else [wanted, wanted & ~_CLONE_NEWNS, _CLONE_NEWNET]
-    else:  # unprivileged user namespaces (no quota: its tmpfs would hold files of an unmapped uid)
-        attempts = [_CLONE_NEWUSER | wanted] if strict else [_CLONE_NEWUSER | wanted, _CLONE_NEWUSER | _CLONE_NEWNET]
+    wanted, attempts = _namespace_attempts(plan, strict)
     workdir = confinement.writable_dir
     staged = [name for name in os.listdir(workdir) if os.path.isfile(os.path.join(workdir, name))] \
         if wanted & _CLONE_NEWNS else []
@@ -194,39 +186,8 @@ def make_preexec(memory_mb: int, cpu_s: int, plan: Plan, confinement: confine.Co
         f",uid={uid},gid={uid}".encode() if uid is not None else b"")
     workdir_bytes = os.fsencode(workdir)
     # computed here, in the parent: the child should do as little Python work as possible
-    rlimits = [
-        (resource.RLIMIT_CORE, (0, 0)),
-        # soft -> SIGXCPU, hard -> SIGKILL one second later
-        (resource.RLIMIT_CPU, (_clamp(resource.RLIMIT_CPU, cpu_s)[0], _clamp(resource.RLIMIT_CPU, cpu_s + 1)[0])),
-        (resource.RLIMIT_FSIZE, _clamp(resource.RLIMIT_FSIZE, FILE_SIZE_BYTES)),
-        (resource.RLIMIT_NOFILE, _clamp(resource.RLIMIT_NOFILE, OPEN_FILES)),
-    ]
-    if uid is not None:
-        rlimits.append((resource.RLIMIT_NPROC, (NPROC_AS_NOBODY, NPROC_AS_NOBODY)))
+    rlimits = _child_rlimits(cpu_s, uid)
     memory = _clamp(resource.RLIMIT_AS, memory_mb * 1024 * 1024)
-
-    def tmpfs_workdir() -> bool:
-        """The temp dir as a fresh tmpfs, with the staged files copied over; False when it cannot be made."""
-        sources = [os.open(name, os.O_RDONLY | os.O_CLOEXEC) for name in staged]
-        try:
-            # nothing mounted here may propagate to the host's mount namespace
-            if mount is None or mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-                return False
-            if mount(b"soar-sandbox", workdir_bytes, b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, tmpfs_options) != 0:
-                return False
-            os.chdir(workdir)  # the old cwd is the directory underneath
-            for name, source in zip(staged, sources):
-                target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    while os.sendfile(target, source, None, 1 << 20) > 0:
-                        pass
-                finally:
-                    os.close(target)
-            confinement.allow_cwd()
-            return True
-        finally:
-            for source in sources:
-                os.close(source)
 
     def preexec() -> None:
         # preexec_fn is documented as unsafe with threads (a lock held at fork time); we only call
@@ -239,7 +200,8 @@ def make_preexec(memory_mb: int, cpu_s: int, plan: Plan, confinement: confine.Co
                     break
             if strict and made & wanted != wanted:
                 raise OSError("sandbox: could not create the namespaces")
-        if made & _CLONE_NEWNS and not tmpfs_workdir() and strict:
+        if made & _CLONE_NEWNS and not _tmpfs_workdir(mount, workdir, workdir_bytes, staged, tmpfs_options,
+                                                      confinement) and strict:
             raise OSError("sandbox: could not mount the temp dir's tmpfs")
         if uid is not None:  # before Landlock/seccomp: both are inherited, and set*id are not blocked
             os.setgroups([])
@@ -252,6 +214,61 @@ def make_preexec(memory_mb: int, cpu_s: int, plan: Plan, confinement: confine.Co
         resource.setrlimit(resource.RLIMIT_AS, memory)
 
     return preexec
+
+
+def _namespace_attempts(plan: Plan, strict: bool) -> tuple[int, list[int]]:
+    """The namespaces the child should get (clone flags) and the ``unshare`` calls to try, in order, to get
+    them. Strict: exactly those, and a quota without root is an error; the probe settles for less."""
+    is_root = os.geteuid() == 0
+    wanted = ((_CLONE_NEWNET if plan.netns or not strict else 0) | (_CLONE_NEWPID if plan.pidns or not strict else 0)
+              | (_CLONE_NEWNS if is_root and (plan.quota or not strict) else 0))
+    if strict and plan.quota and not is_root:
+        raise OSError("sandbox: a disk quota needs root")
+    if is_root:  # the probe settles for less, in this order
+        attempts = [wanted] if strict else [wanted, wanted & ~_CLONE_NEWNS, _CLONE_NEWNET]
+    else:  # unprivileged user namespaces (no quota: its tmpfs would hold files of an unmapped uid)
+        attempts = [_CLONE_NEWUSER | wanted] if strict else [_CLONE_NEWUSER | wanted, _CLONE_NEWUSER | _CLONE_NEWNET]
+    return wanted, attempts
+
+
+def _child_rlimits(cpu_s: int, uid: int | None) -> list[tuple[int, tuple[int, int]]]:
+    """The rlimits the child sets (all but the address space, which comes last), clamped to ours."""
+    rlimits = [
+        (resource.RLIMIT_CORE, (0, 0)),
+        # soft -> SIGXCPU, hard -> SIGKILL one second later
+        (resource.RLIMIT_CPU, (_clamp(resource.RLIMIT_CPU, cpu_s)[0], _clamp(resource.RLIMIT_CPU, cpu_s + 1)[0])),
+        (resource.RLIMIT_FSIZE, _clamp(resource.RLIMIT_FSIZE, FILE_SIZE_BYTES)),
+        (resource.RLIMIT_NOFILE, _clamp(resource.RLIMIT_NOFILE, OPEN_FILES)),
+    ]
+    if uid is not None:
+        rlimits.append((resource.RLIMIT_NPROC, (NPROC_AS_NOBODY, NPROC_AS_NOBODY)))
+    return rlimits
+
+
+def _tmpfs_workdir(mount, workdir: str, workdir_bytes: bytes, staged: list[str], tmpfs_options: bytes,
+                   confinement: confine.Confinement) -> bool:
+    """In the child, between fork and exec (so: no imports, no logging, nothing but calls of what is already
+    loaded): the temp dir as a fresh tmpfs, with the staged files copied over; False when it cannot be made."""
+    sources = [os.open(name, os.O_RDONLY | os.O_CLOEXEC) for name in staged]
+    try:
+        # nothing mounted here may propagate to the host's mount namespace
+        if mount is None or mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+            return False
+        if mount(b"soar-sandbox", workdir_bytes, b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, tmpfs_options) != 0:
+            return False
+        os.chdir(workdir)  # the old cwd is the directory underneath
+        for name, source in zip(staged, sources):
+            target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                while os.sendfile(target, source, None, 1 << 20) > 0:
+                    pass
+            finally:
+                os.close(target)
+        confinement.allow_cwd()
+        return True
+    finally:
+        for source in sources:
+            os.close(source)
 
 
 def environment(workdir: str) -> dict[str, str]:
