@@ -196,7 +196,9 @@ def _has_probe(node: ast.AST) -> bool:
 
 
 def _child_main(spec_text):
-    """Run the solution, then the tests' steps; write one record per probe on a private descriptor."""
+    """Run the solution, then the tests' steps; write one record per probe on a private descriptor.
+    The ``_child_*`` helpers only build closures, before the solution runs: patching them later (they are
+    globals of this program, which the solution can reach) changes nothing."""
     import builtins
     import json
     import os
@@ -205,86 +207,10 @@ def _child_main(spec_text):
     del spec_text
     # everything used after the solution starts is bound now; the solution may patch modules later
     pristine = dict(builtins.__dict__)
-    _type, _len, _callable, _isinstance = type, len, callable, isinstance
-    _int, _float, _complex, _str, _bytes, _bool = int, float, complex, str, bytes, bool
-    _list, _tuple, _dict, _set, _frozenset, _none = list, tuple, dict, set, frozenset, type(None)
-    int_repr, float_repr, complex_repr = int.__repr__, float.__repr__, complex.__repr__
-    str_repr, bytes_repr, join, encode_text = str.__repr__, bytes.__repr__, str.join, str.encode
-    list_append, dict_items, write, BaseException_, exit_ = list.append, dict.items, os.write, BaseException, os._exit
-    inf = float("inf")
-
-    class NotPlain(Exception):
-        pass
-
-    def plain(value, depth=0):
-        """An exact-builtin copy of ``value`` (so no method the solution defined survives), or NotPlain."""
-        kind = _type(value)
-        if depth > 100:
-            raise NotPlain("nested too deeply")
-        if kind is _int or kind is _float or kind is _complex or kind is _str or kind is _bytes or kind is _bool \
-                or kind is _none:
-            return value
-        if kind is _list or kind is _tuple:
-            items = []
-            for item in value:
-                list_append(items, plain(item, depth + 1))
-            return items if kind is _list else _tuple(items)
-        if kind is _set or kind is _frozenset:
-            return _set([plain(item, depth + 1) for item in _list(value)])
-        if kind is _dict:
-            return {plain(key, depth + 1): plain(item, depth + 1) for key, item in dict_items(value)}
-        raise NotPlain("not plain data: " + kind.__name__)
-
-    def literal(value):
-        """``value`` (already plain) as a Python literal that ``ast.literal_eval`` reads back exactly."""
-        kind = _type(value)
-        if kind is _bool or kind is _none:
-            return "True" if value is True else "False" if value is False else "None"
-        if kind is _int:
-            return int_repr(value)
-        if kind is _float:
-            if value != value:
-                raise NotPlain("nan has no literal")
-            return "1e999" if value == inf else "-1e999" if value == -inf else float_repr(value)
-        if kind is _complex:
-            return complex_repr(value)
-        if kind is _str:
-            return str_repr(value)
-        if kind is _bytes:
-            return bytes_repr(value)
-        if kind is _list:
-            return "[" + join(", ", [literal(item) for item in value]) + "]"
-        if kind is _tuple:
-            inner = join(", ", [literal(item) for item in value])
-            return "(" + inner + ("," if _len(value) == 1 else "") + ")"
-        if kind is _set:
-            return "{" + join(", ", [literal(item) for item in value]) + "}" if value else "set()"
-        return "{" + join(", ", [literal(key) + ": " + literal(item) for key, item in dict_items(value)]) + "}"
-
-    def guard(thing):
-        """What the tests see of a solution name: calls return plain copies, values are plain copies."""
-        if not _callable(thing):
-            return plain(thing)
-
-        def called(*args, **kwargs):
-            return plain(thing(*args, **kwargs))
-
-        return called
-
-    # records go out on a private duplicate of stdout; fd 1 itself (the solution's prints) goes nowhere
-    out = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.close(null)
-
-    def emit(line):
-        data = encode_text(line + "\n", "utf-8", "backslashreplace")
-        while data:
-            data = data[write(out, data):]
-
-    def fail(where, exc):
-        emit("!" + where + ": " + _type(exc).__name__)
-        exit_(1)
+    int_repr, BaseException_, exit_ = int.__repr__, BaseException, os._exit
+    NotPlain, plain, guard = _child_plain_data()
+    literal = _child_literal(NotPlain)
+    emit, fail = _child_output()
 
     solution = {"__name__": "__main__", "__builtins__": builtins}
     try:
@@ -314,10 +240,122 @@ def _child_main(spec_text):
     exit_(0)  # no atexit handlers, no finalizers the solution registered
 
 
+def _child_plain_data():
+    """``(NotPlain, plain, guard)``: ``plain(value)`` copies a value into exact builtin types (NotPlain
+    when it is anything else), ``guard(thing)`` is what the tests see of a solution name. Bound before the
+    solution runs."""
+    _type, _callable = type, callable
+    _int, _float, _complex, _str, _bytes, _bool = int, float, complex, str, bytes, bool
+    _list, _tuple, _dict, _set, _frozenset, _none = list, tuple, dict, set, frozenset, type(None)
+    list_append, dict_items = list.append, dict.items
+
+    class NotPlain(Exception):
+        pass
+
+    def plain(value, depth=0):
+        """An exact-builtin copy of ``value`` (so no method the solution defined survives), or NotPlain."""
+        kind = _type(value)
+        if depth > 100:
+            raise NotPlain("nested too deeply")
+        if kind is _int or kind is _float or kind is _complex or kind is _str or kind is _bytes or kind is _bool \
+                or kind is _none:
+            return value
+        if kind is _list or kind is _tuple:
+            items = []
+            for item in value:
+                list_append(items, plain(item, depth + 1))
+            return items if kind is _list else _tuple(items)
+        if kind is _set or kind is _frozenset:
+            return _set([plain(item, depth + 1) for item in _list(value)])
+        if kind is _dict:
+            return {plain(key, depth + 1): plain(item, depth + 1) for key, item in dict_items(value)}
+        raise NotPlain("not plain data: " + kind.__name__)
+
+    def guard(thing):
+        """What the tests see of a solution name: calls return plain copies, values are plain copies."""
+        if not _callable(thing):
+            return plain(thing)
+
+        def called(*args, **kwargs):
+            return plain(thing(*args, **kwargs))
+
+        return called
+
+    return NotPlain, plain, guard
+
+
+def _child_literal(not_plain):
+    """``literal(value)``: a plain value as Python source that ``ast.literal_eval`` reads back exactly
+    (``not_plain``, the NotPlain of plain(), for a nan). Bound before the solution runs."""
+    _type, _len = type, len
+    _int, _float, _complex, _str, _bytes, _bool = int, float, complex, str, bytes, bool
+    _list, _tuple, _set, _none = list, tuple, set, type(None)
+    int_repr, float_repr, complex_repr = int.__repr__, float.__repr__, complex.__repr__
+    str_repr, bytes_repr, join, dict_items = str.__repr__, bytes.__repr__, str.join, dict.items
+    inf = float("inf")
+
+    def literal(value):
+        """``value`` (already plain) as a Python literal that ``ast.literal_eval`` reads back exactly."""
+        kind = _type(value)
+        if kind is _bool or kind is _none:
+            return "True" if value is True else "False" if value is False else "None"
+        if kind is _int:
+            return int_repr(value)
+        if kind is _float:
+            if value != value:
+                raise not_plain("nan has no literal")
+            return "1e999" if value == inf else "-1e999" if value == -inf else float_repr(value)
+        if kind is _complex:
+            return complex_repr(value)
+        if kind is _str:
+            return str_repr(value)
+        if kind is _bytes:
+            return bytes_repr(value)
+        if kind is _list:
+            return "[" + join(", ", [literal(item) for item in value]) + "]"
+        if kind is _tuple:
+            inner = join(", ", [literal(item) for item in value])
+            return "(" + inner + ("," if _len(value) == 1 else "") + ")"
+        if kind is _set:
+            return "{" + join(", ", [literal(item) for item in value]) + "}" if value else "set()"
+        return "{" + join(", ", [literal(key) + ": " + literal(item) for key, item in dict_items(value)]) + "}"
+
+    return literal
+
+
+def _child_output():
+    """``(emit, fail)``: records go out on a private duplicate of stdout (``emit(line)``); fd 1 itself, the
+    solution's prints, goes nowhere. ``fail(where, exc)`` reports a failure and exits. Bound before the
+    solution runs."""
+    import os
+
+    _type, write, encode_text, exit_ = type, os.write, str.encode, os._exit
+    out = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+
+    def emit(line):
+        data = encode_text(line + "\n", "utf-8", "backslashreplace")
+        while data:
+            data = data[write(out, data):]
+
+    def fail(where, exc):
+        emit("!" + where + ": " + _type(exc).__name__)
+        exit_(1)
+
+    return emit, fail
+
+
+# _child_main and the helpers it calls: the program shipped into the sandbox
+_CHILD_FUNCTIONS = (_child_main, _child_plain_data, _child_literal, _child_output)
+
+
 def child_program(plan: Plan, solution: str) -> str:
     spec = {"solution": solution, "steps": [list(step) for step in plan.steps], "names": list(plan.names),
             "candidate": plan.candidate, "entry_point": plan.entry_point}
-    return f"{inspect.getsource(_child_main)}\n_child_main({json.dumps(spec)!r})\n"
+    sources = "\n".join(inspect.getsource(func) for func in _CHILD_FUNCTIONS)
+    return f"{sources}\n_child_main({json.dumps(spec)!r})\n"
 
 
 # --------------------------------------------------------------------------------------------------
