@@ -133,6 +133,7 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
     only those inside / outside the generator's range ("in-range", "out-of-range"); returns the rows."""
     from soar_agent.agent import Agent
     from soar_agent.pq import promoted_problems, rewarded_problems
+    from soar_agent.students import dataset_problems
 
     agent = Agent.open(None, run_dir, log=lambda message: None, existing_only=True)
     if steps == "promoted":
@@ -142,7 +143,7 @@ def write_teacher_items(run_dir: Path, steps: tuple[int, int] | str | None, path
     else:
         problems = [p for dataset in agent.store.datasets(agent.run_id, kind="curriculum")
                     if not steps or steps[0] <= dataset["teacher_step"] <= steps[1]
-                    for p in agent._dataset_problems(dataset)]
+                    for p in dataset_problems(agent, dataset)]
     if swap in ARITH_SWAPS and agent.domain.NAME != "arith":
         raise SystemExit(f"@{swap}: the arith domain only (the run's is {agent.domain.NAME})")
     if swap and swap.startswith("generator") and any(p.level is None for p in problems):

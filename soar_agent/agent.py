@@ -36,7 +36,7 @@ from soar_agent.preflight import check_machine, check_session, check_teacher_ite
 from soar_agent.soar_step import StepSkipped, soar_step
 from soar_agent.store import Store, StoreError
 from soar_agent.student_job import release_freed_memory
-from soar_agent.students import dataset_problems, students_train_on
+from soar_agent.students import students_train_on
 from soar_agent.tasks import get_domain
 from soar_agent.tasks.base import Problem
 
@@ -335,9 +335,6 @@ class Agent:
 
     def ends_with_final_training(self) -> bool:
         return budgets.ends_with_final_training(self)
-
-    def _dataset_problems(self, dataset: dict) -> list[Problem]:
-        return dataset_problems(self, dataset)
 
 
 def check_run_config(config: RunConfig) -> tuple[RunConfig, str | None]:

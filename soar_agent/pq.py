@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from soar_agent.evaluation import default_ks, evaluate_problems, summarize, unique_problems
+from soar_agent.students import dataset_problems
 
 
 def promoted_problems(agent) -> list:
@@ -31,7 +32,7 @@ def promoted_problems(agent) -> list:
     store, problems = agent.store, []
     for promotion in store.datasets(agent.run_id, kind="promotion"):
         source = store.get_dataset(promotion["meta"]["from_dataset"]) if promotion["meta"].get("from_dataset") else None
-        problems += agent._dataset_problems(source) if source else [
+        problems += dataset_problems(agent, source) if source else [
             store.to_problem(row) for row in store.dataset_problems(promotion["id"])]
     return problems
 
@@ -50,7 +51,7 @@ def rewarded_problems(agent) -> tuple[list, int]:
     promoted = promoted_dataset_ids(agent.store, agent.run_id)
     problems, promotion_questions = [], 0
     for dataset in rewarded_datasets(agent.store, agent.run_id, agent.config.promotion.tau):
-        items = agent._dataset_problems(dataset)
+        items = dataset_problems(agent, dataset)
         problems += items
         promotion_questions += len(items) if dataset["id"] in promoted else 0
     return problems, promotion_questions
@@ -358,7 +359,7 @@ def _size_training(agent, chain: _Chain, length: int) -> tuple[int, bool]:
 
 
 def _train_once(agent, chain: _Chain, student, problems: list, index: int, length: int, extra: dict):
-    from soar_agent.agent import UnitStopped
+    from soar_agent.control import UnitStopped
     from soar_agent.rl import trainer
 
     cfg = agent.config

@@ -34,6 +34,7 @@ def report_evaluation(agent: Agent, step: int, deadline: float | None = None) ->
 
     cfg = agent.config
     engine = HFEngine(agent.model("baseline"), agent.tokenizer, tick=agent.beat)
+    checkpoint = agent.latest_checkpoint("baseline")
     started = time.time()
     sets = {"hard-test": agent.hard_set("test")}
     if hasattr(agent.domain, "generate"):
@@ -41,7 +42,7 @@ def report_evaluation(agent: Agent, step: int, deadline: float | None = None) ->
         sets["easy"] = generate_problems(agent.domain, [lv for lv in EASY_LEVELS for _ in range(EASY_PER_LEVEL)], rng)
     # Small easy levels repeat questions, and hard sets stored before repeats were skipped may hold
     # them: one result per stored problem is all an evaluation can keep.
-    summaries = {name: evaluate_set(agent, step, name, unique_problems(problems)[0], engine, deadline)
+    summaries = {name: evaluate_set(agent, step, name, unique_problems(problems)[0], engine, checkpoint, deadline)
                  for name, problems in sets.items()}
     hard = summaries["hard-test"]
     agent.log(f"[eval step {step}] hard-test " + " ".join(f"{k} {v:.3f}" for k, v in hard.items()
@@ -53,12 +54,14 @@ def report_evaluation(agent: Agent, step: int, deadline: float | None = None) ->
     return summaries
 
 
-def evaluate_set(agent: Agent, step: int, name: str, problems: list[Problem], engine, deadline: float | None) -> dict:
-    """One set's evaluation of the baseline, stored with its rollouts; the base model's is kept across runs
-    (evalcache: the same in every run on this model and set) and taken from there when it is."""
+def evaluate_set(agent: Agent, step: int, name: str, problems: list[Problem], engine, checkpoint: dict | None,
+                 deadline: float | None) -> dict:
+    """One set's evaluation of the baseline (`checkpoint`, None for the base model), stored with its rollouts;
+    the base model's is kept across runs (evalcache: the same in every run on this model and set) and taken
+    from there when it is."""
     from soar_agent.evaluation import default_ks, evaluate_problems, summarize
 
-    cfg, checkpoint, started = agent.config, agent.latest_checkpoint("baseline"), time.time()
+    cfg, started = agent.config, time.time()
     samples = cfg.eval.samples if name == "hard-test" else 0
     key = base_evaluation_key(agent, problems, samples, derive_seed(cfg.run.seed, step, 7)) if checkpoint is None \
         else None

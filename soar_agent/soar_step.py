@@ -141,6 +141,7 @@ def train_students(agent: Agent, step: int, datasets: list[dict], questions: lis
 
 @dataclass
 class StepRewards:
+    trainings: list[dict]  # the step's student trainings, a reward or not
     by_dataset: dict[int, list[dict]]  # dataset id -> its students' trainings that have a reward
     rewards: dict[int, float]  # dataset id -> its students' mean reward (0 when none has one)
     dataset_stderr: dict[int, float | None]
@@ -166,7 +167,7 @@ def step_rewards(agent: Agent, step: int, datasets: list[dict]) -> StepRewards:
     teacher_rewards = list(rewards.values())
     if agent.config.run.mode == "intrinsic":
         teacher_rewards = intrinsic_rewards([success_rates(agent, d, step) for d in datasets])
-    return StepRewards(by_dataset, rewards, {k: pooled_reward([v])[1] for k, v in differences.items()},
+    return StepRewards(trainings, by_dataset, rewards, {k: pooled_reward([v])[1] for k, v in differences.items()},
                        pooled_reward(list(differences.values()))[1], teacher_rewards)
 
 
@@ -221,7 +222,7 @@ def complete_step(agent: Agent, step: int, datasets: list[dict], before: list[fl
     """The step's end as one store transaction: the teacher's checkpoint, the promotion (the best dataset's
     upper-median student becomes the baseline) and the step's metrics; then the students' weights go."""
     cfg, mean_reward = agent.config, rewards.mean
-    trainings = agent.store.trainings(agent.run_id, step)
+    trainings = rewards.trainings
     updated = sum(1 for t in trainings if (t["metrics"] or {}).get("updates", 1) > 0)
     if trainings and not updated:
         note = (f"step {step}: no student could update (no worked solution and no reward signal), so the"

@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny randomly initialised Llama with the embedded tokenizer, built in-process."""
+"""Shared fixtures: a tiny randomly initialised Llama with the embedded tokenizer, built in-process, and
+small arith hard sets."""
+
+import json
+import random
 
 import pytest
 
@@ -33,3 +37,16 @@ def random_tiny(random_tiny_dir):
     from soar_agent.models import load_model, load_tokenizer
 
     return load_model(random_tiny_dir), load_tokenizer(random_tiny_dir)
+
+
+@pytest.fixture
+def hard_files(tmp_path):
+    """--set overrides for an arith hard-train (8 problems) and hard-test (4) of level 6, in tmp_path."""
+    from soar_agent.mining import write_jsonl
+    from soar_agent.tasks import arith, generate_problems
+
+    rng = random.Random(5)
+    write_jsonl(generate_problems(arith, [6] * 8, rng), tmp_path / "train.jsonl")
+    write_jsonl(generate_problems(arith, [6] * 4, rng), tmp_path / "test.jsonl")
+    return [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
+            f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]

@@ -14,12 +14,10 @@ import pytest
 from soar_agent import cli
 from soar_agent.agent import Agent, Budget
 from soar_agent.config import load_config
-from soar_agent.mining import write_jsonl
 from soar_agent.models import EMBEDDED_MODEL_DIR
 from soar_agent.store import Store
-from soar_agent.tasks import arith, generate_problems
+from soar_agent.tasks import arith
 
-import random
 
 needs_embedded = pytest.mark.skipif(not (EMBEDDED_MODEL_DIR / "config.json").is_file(),
                                     reason="embedded model not built")
@@ -29,17 +27,6 @@ FAST = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=4", "teacher.m
         "student.max_new_tokens=120", "reward.questions=6", "eval.samples=2", "eval.every_teacher_steps=1",
         "eval.max_new_tokens=120", "promotion.tau=-1.0",
         "budget.pq_steps=0"]  # the final training has its own tests (test_outer_loop.py)
-
-
-@pytest.fixture
-def hard_files(tmp_path):
-    rng = random.Random(5)
-    train = generate_problems(arith, [6] * 8, rng)
-    test = generate_problems(arith, [6] * 4, rng)
-    write_jsonl(train, tmp_path / "train.jsonl")
-    write_jsonl(test, tmp_path / "test.jsonl")
-    return [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
-            f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
 
 
 def counts(db: Path) -> dict:

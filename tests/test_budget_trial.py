@@ -23,7 +23,7 @@ from soar_agent.reporting import watch_evaluation
 from soar_agent.config import load_config
 from soar_agent.mining import write_jsonl
 from soar_agent.tasks import arith, generate_problems
-from tests.test_outer_loop import TINY, fixed_items, hard_files, record_trainings, tiny_agent  # noqa: F401
+from tests.test_outer_loop import TINY, fixed_items, record_trainings, tiny_agent
 
 CURRICULA = Path(__file__).resolve().parent.parent / "curricula"
 

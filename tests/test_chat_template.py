@@ -11,7 +11,6 @@ from soar_agent.engine import HFEngine
 from soar_agent.models import TinyShape, build_char_tokenizer, build_tiny_model, load_tokenizer, save_checkpoint
 from soar_agent.tasks import arith, teacher_prompt
 from soar_agent.tasks.chat import ChatDomain, for_model
-from tests.test_agent import hard_files  # noqa: F401 (fixture)
 
 # A template in the style of instruct models, including a BOS it writes itself.
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"

@@ -18,7 +18,7 @@ from soar_agent import cli
 from soar_agent.agent import Agent, Budget
 from soar_agent.store import Store
 from soar_agent.students import reward_questions, reward_scores
-from tests.test_outer_loop import fixed_items, hard_files, tiny_agent  # noqa: F401 (a fixture)
+from tests.test_outer_loop import fixed_items, tiny_agent
 
 
 def send(agent, command: str) -> int:

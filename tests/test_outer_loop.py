@@ -4,7 +4,6 @@ leak, garbage retries, and the hard-only, intrinsic and eval-pq paths."""
 
 import datetime as dt
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,12 @@ import soar_agent.budget as budgets
 from soar_agent.agent import Agent, Budget
 from soar_agent.budget import final_training, no_time_for_a_step
 from soar_agent.reporting import best_by_reward
+from soar_agent.students import dataset_problems
 from soar_agent.soar_step import promoted_student, promotion_decision, success_rates, write_curriculum
 from soar_agent.config import load_config
 from soar_agent.engine import Completion
-from soar_agent.mining import write_jsonl
 from soar_agent.rl.train import sequence_logprobs
-from soar_agent.tasks import arith, generate_problems, teacher_prompt
+from soar_agent.tasks import arith, teacher_prompt
 from tests.test_engine import forward_input_shapes
 
 TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=2", "teacher.max_new_tokens=8",
@@ -261,15 +260,6 @@ def test_best_checkpoint_follows_the_summed_hard_train_reward():
 # ---------------------------------------------------------------------------------------------- runs
 
 
-@pytest.fixture
-def hard_files(tmp_path):
-    rng = random.Random(5)
-    write_jsonl(generate_problems(arith, [6] * 8, rng), tmp_path / "train.jsonl")
-    write_jsonl(generate_problems(arith, [6] * 4, rng), tmp_path / "test.jsonl")
-    return [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
-            f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
-
-
 def tiny_agent(tmp_path, hard_files, model_dir, *extra):
     config = load_config(None, TINY + hard_files + [f"model.path={json.dumps(str(model_dir))}", *extra])
     return Agent.open(config, tmp_path / "run", log=lambda m: None)
@@ -364,7 +354,7 @@ def test_length_split_stores_short_and_long_datasets_and_scores_each(tmp_path, h
     agent = tiny_agent(tmp_path, hard_files, random_tiny_dir, 'teacher.split="length"')
     agent.run(Budget(max_teacher_steps=1))
     datasets = agent.store.datasets(agent.run_id, kind="curriculum")
-    stored = [sorted(len(p.question) for p in agent._dataset_problems(d)) for d in datasets]
+    stored = [sorted(len(p.question) for p in dataset_problems(agent, d)) for d in datasets]
     assert stored == [[3, 5], [13, 17]]  # "1+1", "1+1+1" | seven ones, nine ones
     # each dataset's students trained on that dataset's items only
     assert [sorted(len(p.question) for p in c["problems"]) for c in calls] == [stored[0]] * 2 + [stored[1]] * 2
@@ -440,7 +430,7 @@ def test_eval_pq_trains_a_fresh_student_on_the_rewarded_questions_and_hard_train
     calls = record_trainings(monkeypatch)
     summary = evaluate_pq(agent, steps=1)
     chosen = [d for d in agent.store.datasets(agent.run_id, kind="curriculum") if d["id"] in (promoted_id, rewarded["id"])]
-    questions = [p for d in chosen for p in agent._dataset_problems(d)]
+    questions = [p for d in chosen for p in dataset_problems(agent, d)]
     assert summary["questions"] == len(questions) == 4 and summary["promotion_questions"] == 2
     (call,) = calls
     assert [(p.question, p.answer) for p in call["problems"]] == [

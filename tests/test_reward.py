@@ -120,15 +120,6 @@ def test_sampled_scores_are_paired_by_the_seed():
     assert any(o != first for o in others)  # the seed, not luck, makes the repeat identical
 
 
-@pytest.fixture
-def hard_files(tmp_path):
-    rng = random.Random(5)
-    write_jsonl(generate_problems(arith, [6] * 8, rng), tmp_path / "train.jsonl")
-    write_jsonl(generate_problems(arith, [6] * 4, rng), tmp_path / "test.jsonl")
-    return [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
-            f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
-
-
 def fixed_items(engine, domain, count, cfg, seed, progress=None):
     items = [teacher.check_item(domain, f"<question>{i}+{seed % 7}</question><answer>0</answer>", "verified")
              for i in range(count)]

@@ -1,20 +1,15 @@
 """One SOAR step walked phase by phase through soar_step's functions, on a tiny model and a real store: what
 each phase leaves stored, and that the phases in sequence are exactly the step the loop runs."""
 
-import json
-import random
-
 import pytest
 import torch
 
 import soar_agent.teacher as teacher
 from soar_agent.agent import Agent
 from soar_agent.config import load_config
-from soar_agent.mining import write_jsonl
 from soar_agent.soar_step import (complete_step, score_baseline, soar_step, step_rewards, train_students,
                                   update_teacher, write_curriculum)
 from soar_agent.students import reward_questions
-from soar_agent.tasks import arith, generate_problems
 
 # 8 items per dataset: one pass over their worked solutions is 2 supervised steps (student.batch_prompts x group_size
 # rows each; 48 new tokens hold a level-1 solution), so every student updates
@@ -22,15 +17,6 @@ TINY = ["teacher.datasets_per_step=2", "teacher.items_per_dataset=8", "teacher.m
         "student.students_per_dataset=2", "student.steps=2", "student.batch_prompts=2", "student.group_size=2",
         "student.max_new_tokens=48", "reward.questions=4", "eval.samples=1", "eval.every_teacher_steps=100",
         "eval.max_new_tokens=8", "promotion.tau=-1.0", "budget.pq_steps=0"]
-
-
-@pytest.fixture
-def hard_files(tmp_path):
-    rng = random.Random(5)
-    write_jsonl(generate_problems(arith, [6] * 8, rng), tmp_path / "train.jsonl")
-    write_jsonl(generate_problems(arith, [6] * 4, rng), tmp_path / "test.jsonl")
-    return [f"domain.hard_train={json.dumps(str(tmp_path / 'train.jsonl'))}",
-            f"domain.hard_test={json.dumps(str(tmp_path / 'test.jsonl'))}"]
 
 
 def open_run(run_dir, hard_files, *extra) -> Agent:

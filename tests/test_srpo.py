@@ -13,7 +13,6 @@ from soar_agent.rl import srpo, trainer
 from soar_agent.rl.advantages import grpo_advantages
 from soar_agent.students import record_training, student_job
 from soar_agent.tasks import arith
-from tests.test_agent import hard_files  # noqa: F401 (fixture)
 
 
 def _cfg(**overrides):

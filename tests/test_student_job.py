@@ -17,7 +17,7 @@ from soar_agent.agent import Agent, Budget
 from soar_agent.config import config_to_dict, load_config
 from soar_agent.student_job import StudentJob, run_on_ray, run_student_job
 from soar_agent.tasks import arith, generate_problems
-from tests.test_agent import FAST, hard_files, needs_embedded  # noqa: F401 (fixture)
+from tests.test_agent import FAST, needs_embedded
 
 import random
 

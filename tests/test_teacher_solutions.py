@@ -17,7 +17,7 @@ from soar_agent.config import TeacherSection
 from soar_agent.engine import Completion
 from soar_agent.tasks import arith, teacher_prompt
 from soar_agent.rl.train import sequence_logprobs
-from tests.test_outer_loop import TINY, hard_files, record_trainings, tiny_agent  # noqa: F401 (fixtures)
+from tests.test_outer_loop import tiny_agent
 
 QUESTION = "(3+4)*5-6"  # the solver's answer is 29
 WRONG_SOLUTION = "1. **add** 3+4=7, 7*5-6\n2. **mul** 7*5=35, 35-6\n3. **sub** 35-6=28\nAnswer: 28"
